@@ -1,0 +1,147 @@
+//! safetensors (`.safetensors`, and `.safetensors.zst` compressed with zstd).
+//!
+//! The header rules are the `safetensors` crate's: it validates what is read
+//! ([`::safetensors::SafeTensors::deserialize`]) and builds and checks the header that is
+//! written ([`::safetensors::tensor::Metadata::new`]). Data is read from the memory map and
+//! written to any stream, one tensor at a time, so the zstd variant shares the code.
+
+use super::{Checkpoint, FormatError};
+use crate::tensor::{Buffer, DType, Storage, Tensor};
+use ::safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+
+/// Largest decompressed size accepted from a `.zst` input, relative to its compressed size
+/// (weights compress by about 1.1x; a larger ratio is a bomb).
+pub const MAX_ZSTD_RATIO: u64 = 64;
+/// Largest decompressed size accepted from a `.zst` input whatever its ratio.
+pub const MAX_ZSTD_FLOOR: u64 = 64 << 20;
+
+fn dtype_from(d: Dtype) -> Result<DType, FormatError> {
+    Ok(match d {
+        Dtype::F64 => DType::F64,
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::I64 => DType::I64,
+        Dtype::I32 => DType::I32,
+        Dtype::I16 => DType::I16,
+        Dtype::I8 => DType::I8,
+        Dtype::U64 => DType::U64,
+        Dtype::U32 => DType::U32,
+        Dtype::U16 => DType::U16,
+        Dtype::U8 => DType::U8,
+        Dtype::BOOL => DType::Bool,
+        other => {
+            return Err(FormatError::Unsupported(format!(
+                "safetensors dtype {other:?} is not supported"
+            )))
+        }
+    })
+}
+
+fn dtype_to(d: DType) -> Dtype {
+    match d {
+        DType::F64 => Dtype::F64,
+        DType::F32 => Dtype::F32,
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::BF16,
+        DType::I64 => Dtype::I64,
+        DType::I32 => Dtype::I32,
+        DType::I16 => Dtype::I16,
+        DType::I8 => Dtype::I8,
+        DType::U64 => Dtype::U64,
+        DType::U32 => Dtype::U32,
+        DType::U16 => Dtype::U16,
+        DType::U8 => Dtype::U8,
+        DType::Bool => Dtype::BOOL,
+    }
+}
+
+/// Read a safetensors buffer into `ck`; its `__metadata__` becomes `ck.values`.
+pub fn read(buf: Buffer, ck: &mut Checkpoint) -> Result<(), FormatError> {
+    let bytes: &[u8] = (*buf).as_ref();
+    let serr = |e: ::safetensors::SafeTensorError| FormatError::Safetensors(e.to_string());
+    SafeTensors::deserialize(bytes).map_err(serr)?;
+    let (n, meta) = SafeTensors::read_metadata(bytes).map_err(serr)?;
+    let start = 8 + n;
+    let infos = meta.tensors();
+    for name in meta.offset_keys() {
+        let info = infos[&name];
+        let (b, e) = info.data_offsets;
+        let storage = Storage::Mapped {
+            buf: buf.clone(),
+            range: start + b..start + e,
+        };
+        ck.tensors.push(Tensor::new(
+            name,
+            dtype_from(info.dtype)?,
+            info.shape.clone(),
+            storage,
+        ));
+    }
+    if let Some(m) = meta.metadata() {
+        let mut kv: Vec<_> = m.iter().collect();
+        kv.sort();
+        ck.values = kv
+            .into_iter()
+            .map(|(k, v)| (format!("__metadata__.{k}"), Value::String(v.clone())))
+            .collect();
+    }
+    Ok(())
+}
+
+/// Decompress a `.safetensors.zst` input, refusing bombs.
+pub fn decompress(compressed: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let limit = (compressed.len() as u64)
+        .saturating_mul(MAX_ZSTD_RATIO)
+        .max(MAX_ZSTD_FLOOR);
+    let dec = zstd::stream::read::Decoder::new(compressed)?;
+    let mut out = Vec::new();
+    dec.take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| FormatError::Safetensors(format!("zstd: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(FormatError::Safetensors(format!(
+            "zstd data expands more than {MAX_ZSTD_RATIO}x (a decompression bomb?)"
+        )));
+    }
+    Ok(out)
+}
+
+/// Write `tensors` as safetensors to `out`, with `metadata` in the header.
+///
+/// Tensors keep their order; the header is built and validated by the safetensors crate
+/// and padded to a multiple of 8 bytes as the crate pads it.
+pub fn write<W: Write>(
+    mut out: W,
+    tensors: &[Tensor],
+    metadata: HashMap<String, String>,
+) -> Result<W, FormatError> {
+    let mut offset = 0usize;
+    let mut infos = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let n = t.byte_len();
+        infos.push((
+            t.name.clone(),
+            TensorInfo {
+                dtype: dtype_to(t.dtype),
+                shape: t.shape.clone(),
+                data_offsets: (offset, offset + n),
+            },
+        ));
+        offset += n;
+    }
+    let meta = Metadata::new(Some(metadata), infos)
+        .map_err(|e| FormatError::Safetensors(e.to_string()))?;
+    let mut header =
+        serde_json::to_vec(&meta).map_err(|e| FormatError::Safetensors(e.to_string()))?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(&header)?;
+    for t in tensors {
+        out.write_all(&t.bytes()?)?;
+    }
+    Ok(out)
+}

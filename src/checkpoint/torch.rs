@@ -1,0 +1,163 @@
+//! PyTorch checkpoints (`.pth`, `.pt`, `.pth.tar`, `.bin`).
+//!
+//! Reading is burn-store's `pytorch-reader`: zip, legacy and tar containers, every pickle
+//! protocol, hardened limits, tensors read lazily. Writing produces the zip container
+//! `torch.save` writes (torch/serialization.py `_save`), which `torch.load(weights_only=True)`
+//! accepts: `data.pkl` (protocol 2: an `OrderedDict` of `_rebuild_tensor_v2` calls on
+//! persistent `('storage', torch.<T>Storage, key, 'cpu', numel)` ids), one stored record per
+//! tensor under `data/`, each 64-byte aligned, plus `version`, `byteorder` and
+//! `.format_version`/`.storage_alignment`.
+
+use super::pickle::emit;
+use super::{Checkpoint, FormatError};
+use crate::tensor::{DType, Storage, Tensor};
+use std::io::{Seek, Write};
+use std::path::Path;
+
+/// Read a PyTorch checkpoint into `ck`.
+pub fn read(path: &Path, ck: &mut Checkpoint) -> Result<(), FormatError> {
+    let reader =
+        pytorch_reader::PytorchReader::new(path).map_err(|e| FormatError::Torch(e.to_string()))?;
+    let mut tensors: Vec<Tensor> = reader
+        .into_tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let dtype = match t.dtype() {
+                pytorch_reader::DType::F64 => DType::F64,
+                pytorch_reader::DType::F32 => DType::F32,
+                pytorch_reader::DType::F16 => DType::F16,
+                pytorch_reader::DType::BF16 => DType::BF16,
+                pytorch_reader::DType::I64 => DType::I64,
+                pytorch_reader::DType::I32 => DType::I32,
+                pytorch_reader::DType::I16 => DType::I16,
+                pytorch_reader::DType::I8 => DType::I8,
+                pytorch_reader::DType::U64 => DType::U64,
+                pytorch_reader::DType::U32 => DType::U32,
+                pytorch_reader::DType::U16 => DType::U16,
+                pytorch_reader::DType::U8 => DType::U8,
+                pytorch_reader::DType::Bool => DType::Bool,
+            };
+            let shape = t.shape().to_vec();
+            Tensor::new(name, dtype, shape, Storage::Torch(t))
+        })
+        .collect();
+    tensors.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+    ck.tensors = tensors;
+    Ok(())
+}
+
+/// Compare dotted names with numeric segments in numeric order (`layer1.2` < `layer1.10`).
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let mut x = a.split('.');
+    let mut y = b.split('.');
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some(p), Some(q)) => {
+                let o = match (p.parse::<u64>(), q.parse::<u64>()) {
+                    (Ok(i), Ok(j)) => i.cmp(&j),
+                    _ => p.cmp(q),
+                };
+                if o.is_ne() {
+                    return o;
+                }
+            }
+        }
+    }
+}
+
+/// PyTorch's storage class for a dtype.
+fn storage_class(d: DType) -> &'static str {
+    match d {
+        DType::F64 => "DoubleStorage",
+        DType::F32 => "FloatStorage",
+        DType::F16 => "HalfStorage",
+        DType::BF16 => "BFloat16Storage",
+        DType::I64 => "LongStorage",
+        DType::I32 => "IntStorage",
+        DType::I16 => "ShortStorage",
+        DType::I8 => "CharStorage",
+        DType::U8 => "ByteStorage",
+        DType::Bool => "BoolStorage",
+        DType::U16 | DType::U32 | DType::U64 => "UntypedStorage",
+    }
+}
+
+/// Build `data.pkl` for `tensors` (storage keys are their indices).
+fn data_pkl(tensors: &[Tensor]) -> Result<Vec<u8>, FormatError> {
+    let mut p = vec![0x80, 2];
+    emit::global(&mut p, "collections", "OrderedDict");
+    p.extend_from_slice(b")R(");
+    for (i, t) in tensors.iter().enumerate() {
+        if matches!(t.dtype, DType::U16 | DType::U32 | DType::U64) {
+            return Err(FormatError::Unsupported(format!(
+                "tensor '{}' is {}, which the PyTorch writer does not support",
+                t.name, t.dtype
+            )));
+        }
+        emit::str(&mut p, &t.name);
+        emit::global(&mut p, "torch._utils", "_rebuild_tensor_v2");
+        p.push(b'(');
+        // Persistent id ('storage', torch.<T>Storage, key, 'cpu', numel).
+        p.push(b'(');
+        emit::str(&mut p, "storage");
+        emit::global(&mut p, "torch", storage_class(t.dtype));
+        emit::str(&mut p, &i.to_string());
+        emit::str(&mut p, "cpu");
+        emit::int(&mut p, t.numel() as u64);
+        p.extend_from_slice(b"tQ");
+        emit::int(&mut p, 0);
+        let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+        let mut strides = vec![1u64; shape.len()];
+        for k in (0..shape.len().saturating_sub(1)).rev() {
+            strides[k] = strides[k + 1] * shape[k + 1].max(1);
+        }
+        emit::int_tuple(&mut p, shape);
+        emit::int_tuple(&mut p, strides);
+        p.push(0x89);
+        emit::global(&mut p, "collections", "OrderedDict");
+        p.extend_from_slice(b")RtR");
+    }
+    p.extend_from_slice(b"u.");
+    Ok(p)
+}
+
+/// Write `tensors` as a `torch.save` zip archive whose records sit under `root/`.
+pub fn write<W: Write + Seek>(out: W, root: &str, tensors: &[Tensor]) -> Result<W, FormatError> {
+    use zip::write::SimpleFileOptions;
+    let zerr = |e: zip::result::ZipError| FormatError::Torch(e.to_string());
+    let opts = SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(false);
+    let mut zw = zip::ZipWriter::new(out);
+    let entry = |zw: &mut zip::ZipWriter<W>,
+                 name: &str,
+                 data: &[u8],
+                 align: bool|
+     -> Result<(), FormatError> {
+        let big = data.len() as u64 >= u32::MAX as u64;
+        let o = opts.large_file(big);
+        let o = if align { o.with_alignment(64) } else { o };
+        zw.start_file(format!("{root}/{name}"), o).map_err(zerr)?;
+        zw.write_all(data)?;
+        Ok(())
+    };
+    entry(&mut zw, "data.pkl", &data_pkl(tensors)?, true)?;
+    entry(&mut zw, ".format_version", b"1", false)?;
+    entry(&mut zw, ".storage_alignment", b"64", false)?;
+    entry(&mut zw, "byteorder", b"little", false)?;
+    for (i, t) in tensors.iter().enumerate() {
+        let bytes = t.bytes()?;
+        entry(&mut zw, &format!("data/{i}"), &bytes, true)?;
+    }
+    entry(&mut zw, "version", b"3\n", false)?;
+    entry(
+        &mut zw,
+        ".data/serialization_id",
+        b"0000000000000000000000000000000000000000",
+        false,
+    )?;
+    zw.finish().map_err(zerr)
+}

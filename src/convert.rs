@@ -1,0 +1,583 @@
+//! Conversion, backbone extraction and inspection: what `swav-convert` and `swav-extract` do.
+//!
+//! Each operation reads a [`Checkpoint`], picks the model's tensors out of it ([`select`]),
+//! maps their names with [`crate::layout`] and writes them atomically in the format the
+//! output's extension names.
+
+use crate::atomic;
+use crate::checkpoint::{self, Checkpoint, CheckpointError, Format, FormatError};
+use crate::layout::{self, Layout, LayoutError, MapReport};
+use crate::tensor::{DType, Tensor};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Why a conversion failed.
+#[derive(Debug, Error)]
+pub enum ConvertError {
+    /// The input could not be read.
+    #[error(transparent)]
+    Read(#[from] CheckpointError),
+    /// The output could not be written.
+    #[error("{}: {source}", path.display())]
+    Write { path: PathBuf, source: FormatError },
+    /// The tensor names do not fit the layouts.
+    #[error("{}: {source}", path.display())]
+    Layout { path: PathBuf, source: LayoutError },
+    /// Something the user asked for does not fit the input.
+    #[error("{}: {message}", path.display())]
+    Input { path: PathBuf, message: String },
+    /// The output's extension names no format.
+    #[error("{}: unknown output format; use .safetensors, .safetensors.zst, .pth/.pt/.pth.tar/.bin or .pdparams/.pd", .0.display())]
+    OutputFormat(PathBuf),
+}
+
+/// A format this crate writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    Safetensors,
+    SafetensorsZstd,
+    Torch,
+    Paddle,
+}
+
+impl OutputFormat {
+    /// The format an output path's extension names.
+    pub fn from_path(path: &Path) -> Result<OutputFormat, ConvertError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        let ends = |e: &str| name.ends_with(e);
+        Ok(if ends(".safetensors.zst") || ends(".st.zst") {
+            OutputFormat::SafetensorsZstd
+        } else if ends(".safetensors") {
+            OutputFormat::Safetensors
+        } else if ends(".pth") || ends(".pt") || ends(".pth.tar") || ends(".bin") {
+            OutputFormat::Torch
+        } else if ends(".pdparams") || ends(".pd") {
+            OutputFormat::Paddle
+        } else {
+            return Err(ConvertError::OutputFormat(path.to_path_buf()));
+        })
+    }
+
+    /// The layout written when none is asked for.
+    pub fn default_layout(self) -> Layout {
+        match self {
+            OutputFormat::Safetensors | OutputFormat::SafetensorsZstd => Layout::Burn,
+            OutputFormat::Torch => Layout::Torch,
+            OutputFormat::Paddle => Layout::Paddle,
+        }
+    }
+}
+
+/// How to pick and rename tensors.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Take tensors under this top-level key (`state_dict`); `None` = detect.
+    pub key: Option<String>,
+    /// Prefixes to remove from names (`module.` is removed automatically when all names have it).
+    pub strip_prefix: Vec<String>,
+    /// Layout of the input; `None` = detect.
+    pub from_layout: Option<Layout>,
+}
+
+/// The model tensors of a checkpoint, with what was done to find them.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    /// Tensors, names relative to the model.
+    pub tensors: Vec<Tensor>,
+    /// The key they were found under.
+    pub key: Option<String>,
+    /// Prefixes removed.
+    pub stripped: Vec<String>,
+    /// Their layout.
+    pub layout: Layout,
+}
+
+/// Top-level keys under which training checkpoints keep the model.
+pub const MODEL_KEYS: &[&str] = &["state_dict", "model", "model_state_dict", "module"];
+
+fn top_segment(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
+}
+
+/// Pick the model's tensors from a checkpoint and detect their layout.
+pub fn select(ck: &Checkpoint, sel: &Selection) -> Result<Selected, ConvertError> {
+    let input_err = |message: String| ConvertError::Input {
+        path: ck.path.clone(),
+        message,
+    };
+    if ck.tensors.is_empty() {
+        return Err(input_err("the checkpoint holds no tensors".into()));
+    }
+    let tops: std::collections::BTreeSet<&str> =
+        ck.tensors.iter().map(|t| top_segment(&t.name)).collect();
+    let key = match &sel.key {
+        Some(k) => {
+            if !tops.contains(k.as_str()) {
+                let found: Vec<&str> = tops.iter().copied().take(8).collect();
+                return Err(input_err(format!(
+                    "no key '{k}' in the checkpoint (top-level keys: {})",
+                    found.join(", ")
+                )));
+            }
+            Some(k.clone())
+        }
+        None => MODEL_KEYS
+            .iter()
+            .find(|k| tops.contains(**k) && (tops.len() > 1 || **k == "state_dict"))
+            .map(|k| k.to_string()),
+    };
+    let mut tensors: Vec<Tensor> = match &key {
+        Some(k) => {
+            let p = format!("{k}.");
+            ck.tensors
+                .iter()
+                .filter_map(|t| t.name.strip_prefix(&p).map(|n| t.clone().renamed(n)))
+                .collect()
+        }
+        None => ck.tensors.clone(),
+    };
+    let mut stripped = Vec::new();
+    let mut prefixes = sel.strip_prefix.clone();
+    if tensors.iter().all(|t| t.name.starts_with("module.")) {
+        prefixes.push("module.".into());
+    }
+    for p in prefixes {
+        let p = if p.ends_with('.') { p } else { format!("{p}.") };
+        let mut any = false;
+        tensors = tensors
+            .into_iter()
+            .map(|t| match t.name.strip_prefix(&p) {
+                Some(n) => {
+                    any = true;
+                    let n = n.to_string();
+                    t.renamed(n)
+                }
+                None => t,
+            })
+            .collect();
+        if !any {
+            return Err(input_err(format!("no tensor name starts with '{p}'")));
+        }
+        stripped.push(p);
+    }
+    let layout = match sel.from_layout {
+        Some(l) => l,
+        None => layout::detect(tensors.iter().map(|t| t.name.as_str())).map_err(|source| {
+            ConvertError::Layout {
+                path: ck.path.clone(),
+                source,
+            }
+        })?,
+    };
+    Ok(Selected {
+        tensors,
+        key,
+        stripped,
+        layout,
+    })
+}
+
+/// Options of [`convert`].
+#[derive(Debug, Clone, Default)]
+pub struct ConvertOptions {
+    /// Which tensors and how they are named now.
+    pub selection: Selection,
+    /// Layout to write; `None` = the output format's default.
+    pub layout: Option<Layout>,
+    /// Convert float tensors to this type.
+    pub dtype: Option<DType>,
+    /// Prefix every output name with this (e.g. `module.`).
+    pub add_prefix: Option<String>,
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub input_format: Format,
+    pub output_format: OutputFormat,
+    pub key: Option<String>,
+    pub stripped: Vec<String>,
+    pub from_layout: Layout,
+    pub to_layout: Layout,
+    pub tensors: usize,
+    pub bytes: usize,
+    pub mapping: MapReport,
+    pub sha256: String,
+}
+
+/// Convert a checkpoint file into another format and layout.
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    opts: &ConvertOptions,
+) -> Result<Summary, ConvertError> {
+    let out_format = OutputFormat::from_path(output)?;
+    let ck = Checkpoint::open(input)?;
+    let sel = select(&ck, &opts.selection)?;
+    let to = opts.layout.unwrap_or(out_format.default_layout());
+    let (tensors, mapping) = map_layout(&ck.path, sel.tensors, sel.layout, to)?;
+    let tensors = finish(tensors, opts.dtype, opts.add_prefix.as_deref());
+    let meta = Meta {
+        ck: &ck,
+        layout: to,
+    };
+    let sha256 = write(output, out_format, &tensors, &meta)?;
+    Ok(Summary {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        input_format: ck.format,
+        output_format: out_format,
+        key: sel.key,
+        stripped: sel.stripped,
+        from_layout: sel.layout,
+        to_layout: to,
+        tensors: tensors.len(),
+        bytes: tensors.iter().map(Tensor::byte_len).sum(),
+        mapping,
+        sha256,
+    })
+}
+
+fn map_layout(
+    path: &Path,
+    tensors: Vec<Tensor>,
+    from: Layout,
+    to: Layout,
+) -> Result<(Vec<Tensor>, MapReport), ConvertError> {
+    if from == to {
+        return Ok((tensors, MapReport::default()));
+    }
+    layout::map(tensors, from, to).map_err(|source| ConvertError::Layout {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn finish(tensors: Vec<Tensor>, dtype: Option<DType>, add_prefix: Option<&str>) -> Vec<Tensor> {
+    tensors
+        .into_iter()
+        .map(|t| {
+            let t = match dtype {
+                Some(d) => t.cast(d),
+                None => t,
+            };
+            match add_prefix {
+                Some(p) => {
+                    let n = format!("{p}{}", t.name);
+                    t.renamed(n)
+                }
+                None => t,
+            }
+        })
+        .collect()
+}
+
+struct Meta<'a> {
+    ck: &'a Checkpoint,
+    layout: Layout,
+}
+
+/// Hash a file's bytes (memory-mapped) with SHA-256.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(hex(&Sha256::digest(b"")));
+    }
+    // SAFETY: read-only mapping of a file we only read.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    Ok(hex(&Sha256::digest(&map[..])))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Write `tensors` to `output` atomically; returns the input's SHA-256 (recorded in
+/// safetensors metadata, hashed on a second thread while the output is written).
+fn write(
+    output: &Path,
+    format: OutputFormat,
+    tensors: &[Tensor],
+    meta: &Meta,
+) -> Result<String, ConvertError> {
+    let werr = |source: FormatError| ConvertError::Write {
+        path: output.to_path_buf(),
+        source,
+    };
+    let input = meta.ck.path.clone();
+    let (sha, result) = std::thread::scope(|s| {
+        let hasher = s.spawn(|| sha256_file(&input));
+        let result = match format {
+            OutputFormat::Safetensors | OutputFormat::SafetensorsZstd => {
+                // The metadata needs the hash first.
+                let sha = hasher.join().expect("hash thread");
+                let sha_s = sha.as_ref().map(String::clone).unwrap_or_default();
+                let md = metadata(meta, &sha_s);
+                let r = atomic::write_file(output, |w| {
+                    if format == OutputFormat::SafetensorsZstd {
+                        let enc = zstd::Encoder::new(w, 3)?;
+                        let enc = checkpoint::safetensors::write(enc, tensors, md)?;
+                        Ok(enc.finish()?)
+                    } else {
+                        checkpoint::safetensors::write(w, tensors, md)
+                    }
+                });
+                return (sha, r);
+            }
+            OutputFormat::Torch => {
+                let root = archive_root(output);
+                atomic::write_file(output, |w| checkpoint::torch::write(w, &root, tensors))
+            }
+            OutputFormat::Paddle => {
+                atomic::write_file(output, |w| checkpoint::paddle::write(w, tensors))
+            }
+        };
+        (hasher.join().expect("hash thread"), result)
+    });
+    result.map_err(werr)?;
+    sha.map_err(|e| ConvertError::Read(CheckpointError::new(&meta.ck.path, e)))
+}
+
+/// The folder name `torch.save` gives the records: the file's stem, ASCII only.
+fn archive_root(output: &Path) -> String {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.split('.').next().unwrap_or("");
+    if !stem.is_empty()
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        stem.to_string()
+    } else {
+        "archive".to_string()
+    }
+}
+
+fn metadata(meta: &Meta, sha: &str) -> HashMap<String, String> {
+    let mut md = HashMap::new();
+    let source = meta
+        .ck
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    md.insert("source_file".into(), source);
+    md.insert("source_sha256".into(), sha.to_string());
+    md.insert(
+        "source_format".into(),
+        meta.ck.format.describe().to_string(),
+    );
+    md.insert("layout".into(), meta.layout.to_string());
+    md.insert(
+        "tool".into(),
+        format!("swav-rs {}", env!("CARGO_PKG_VERSION")),
+    );
+    if meta.layout == Layout::Torch {
+        md.insert("format".into(), "pt".into());
+    }
+    md
+}
+
+/// Options of [`extract`]: PASSL's `tools/extract_weight.py`.
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    /// Keep the tensors under this prefix (default `backbone`).
+    pub prefix: String,
+    /// Remove `prefix.` from the kept names.
+    pub remove_prefix: bool,
+    /// Layout to write; `None` = the output format's default.
+    pub layout: Option<Layout>,
+    /// Convert float tensors to this type.
+    pub dtype: Option<DType>,
+    /// Top-level key; `None` = detect.
+    pub key: Option<String>,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        ExtractOptions {
+            prefix: "backbone".into(),
+            remove_prefix: false,
+            layout: None,
+            dtype: None,
+            key: None,
+        }
+    }
+}
+
+/// Pull the backbone (or whatever is under `prefix`) out of a checkpoint.
+///
+/// PASSL layout: the tensors named `prefix.*`. facebookresearch/torch layout (no
+/// `backbone.` names): everything but `projection_head` and `prototypes`. Fails with
+/// "no key under prefix ..." when nothing matches.
+pub fn extract(
+    input: &Path,
+    output: &Path,
+    opts: &ExtractOptions,
+) -> Result<Summary, ConvertError> {
+    let out_format = OutputFormat::from_path(output)?;
+    let ck = Checkpoint::open(input)?;
+    let sel = select(
+        &ck,
+        &Selection {
+            key: opts.key.clone(),
+            ..Default::default()
+        },
+    )?;
+    let p = format!("{}.", opts.prefix.trim_end_matches('.'));
+    let under: Vec<Tensor> = sel
+        .tensors
+        .iter()
+        .filter_map(|t| t.name.strip_prefix(&p).map(|n| t.clone().renamed(n)))
+        .collect();
+    let backbone: Vec<Tensor> = if !under.is_empty() {
+        under
+    } else if opts.prefix.trim_end_matches('.') == "backbone" {
+        sel.tensors
+            .iter()
+            .filter(|t| layout::is_backbone(&t.name, sel.layout) == Some(true))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if backbone.is_empty() {
+        return Err(ConvertError::Input {
+            path: input.to_path_buf(),
+            message: format!("no key under prefix `{}` in the checkpoint", opts.prefix),
+        });
+    }
+    let to = opts.layout.unwrap_or(out_format.default_layout());
+    let from = layout::detect(backbone.iter().map(|t| t.name.as_str())).unwrap_or(sel.layout);
+    let (tensors, mapping) = map_layout(&ck.path, backbone, from, to)?;
+    let add = (!opts.remove_prefix).then_some(p);
+    let tensors = finish(tensors, opts.dtype, add.as_deref());
+    let sha256 = write(
+        output,
+        out_format,
+        &tensors,
+        &Meta {
+            ck: &ck,
+            layout: to,
+        },
+    )?;
+    Ok(Summary {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        input_format: ck.format,
+        output_format: out_format,
+        key: sel.key,
+        stripped: sel.stripped,
+        from_layout: from,
+        to_layout: to,
+        tensors: tensors.len(),
+        bytes: tensors.iter().map(Tensor::byte_len).sum(),
+        mapping,
+        sha256,
+    })
+}
+
+/// One tensor in an [`Inspection`].
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorRow {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub bytes: usize,
+}
+
+/// What `--inspect` reports about a file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub path: PathBuf,
+    pub format: Format,
+    pub format_name: &'static str,
+    pub key: Option<String>,
+    pub layout: Option<Layout>,
+    pub tensors: Vec<TensorRow>,
+    pub total_tensors: usize,
+    pub total_bytes: usize,
+    pub values: Vec<(String, serde_json::Value)>,
+    pub notes: Vec<String>,
+}
+
+/// Describe a checkpoint without converting it.
+pub fn inspect(input: &Path) -> Result<Inspection, ConvertError> {
+    let ck = Checkpoint::open(input)?;
+    let sel = select(&ck, &Selection::default()).ok();
+    Ok(Inspection {
+        path: ck.path.clone(),
+        format: ck.format,
+        format_name: ck.format.describe(),
+        key: sel.as_ref().and_then(|s| s.key.clone()),
+        layout: sel.as_ref().map(|s| s.layout),
+        tensors: ck
+            .tensors
+            .iter()
+            .map(|t| TensorRow {
+                name: t.name.clone(),
+                dtype: t.dtype.to_string(),
+                shape: t.shape.clone(),
+                bytes: t.byte_len(),
+            })
+            .collect(),
+        total_tensors: ck.tensors.len(),
+        total_bytes: ck.total_bytes(),
+        values: ck.values.clone(),
+        notes: ck.notes.clone(),
+    })
+}
+
+impl Inspection {
+    /// The human-readable table.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{}: {}, {} tensors, {} bytes",
+            self.path.display(),
+            self.format_name,
+            self.total_tensors,
+            self.total_bytes
+        );
+        let _ = writeln!(
+            s,
+            "model key: {}  layout: {}",
+            self.key.as_deref().unwrap_or("(top level)"),
+            self.layout
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "unknown".into())
+        );
+        let w = self
+            .tensors
+            .iter()
+            .map(|t| t.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        for t in &self.tensors {
+            let _ = writeln!(s, "  {:w$}  {:5} {:?}", t.name, t.dtype, t.shape);
+        }
+        for (k, v) in &self.values {
+            let _ = writeln!(s, "  {k} = {v}");
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "note: {n}");
+        }
+        s
+    }
+}
+
+use std::fmt::Write as _;

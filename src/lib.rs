@@ -1,0 +1,12 @@
+//! swav-rs: SwAV checkpoints, conversion between PaddlePaddle (PASSL), PyTorch
+//! (facebookresearch/swav, torchvision) and Burn, and the tools around them.
+//!
+//! Data flows one way: a file is read by [`checkpoint`] into named [`tensor::Tensor`]s, the
+//! names and shapes are mapped between conventions by [`layout`], and [`convert`] writes
+//! them out again (or hands them to the model).
+
+pub mod atomic;
+pub mod checkpoint;
+pub mod convert;
+pub mod layout;
+pub mod tensor;

@@ -1,0 +1,454 @@
+//! Tensors as every checkpoint reader hands them over: a name, an element type, a shape and
+//! a lazily read, mostly borrowed, byte source.
+//!
+//! Bytes are produced on demand ([`Tensor::bytes`]) in one canonical form — little-endian,
+//! row-major — whatever the container stored, so writers copy one tensor at a time from a
+//! memory-mapped input and never hold a whole model twice.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// A read-only byte buffer shared by the tensors that point into it (a memory map or a
+/// decompressed file).
+pub type Buffer = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// Element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DType {
+    F64,
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+    I16,
+    I8,
+    U64,
+    U32,
+    U16,
+    U8,
+    Bool,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub const fn size(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 | DType::U64 => 8,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
+            DType::I8 | DType::U8 | DType::Bool => 1,
+        }
+    }
+
+    /// Whether it is a floating-point type (the ones `--dtype` converts).
+    pub const fn is_float(self) -> bool {
+        matches!(self, DType::F64 | DType::F32 | DType::F16 | DType::BF16)
+    }
+
+    /// The short lower-case name used on the command line and in `--inspect`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DType::F64 => "f64",
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::I64 => "i64",
+            DType::I32 => "i32",
+            DType::I16 => "i16",
+            DType::I8 => "i8",
+            DType::U64 => "u64",
+            DType::U32 => "u32",
+            DType::U16 => "u16",
+            DType::U8 => "u8",
+            DType::Bool => "bool",
+        }
+    }
+
+    /// Parse a name given by [`DType::name`].
+    pub fn parse(s: &str) -> Option<DType> {
+        ALL.iter().copied().find(|d| d.name() == s)
+    }
+}
+
+const ALL: [DType; 13] = [
+    DType::F64,
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::I64,
+    DType::I32,
+    DType::I16,
+    DType::I8,
+    DType::U64,
+    DType::U32,
+    DType::U16,
+    DType::U8,
+    DType::Bool,
+];
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where a tensor's bytes come from, and how they are stored there.
+#[derive(Clone)]
+pub enum Storage {
+    /// A range of a shared buffer.
+    Mapped { buf: Buffer, range: Range<usize> },
+    /// A UTF-8 range of a shared buffer whose code points are the bytes (pickle protocol 2).
+    Latin1 {
+        buf: Buffer,
+        range: Range<usize>,
+        len: usize,
+    },
+    /// Bytes owned by the tensor.
+    Owned(Arc<Vec<u8>>),
+    /// A PyTorch tensor, read by pytorch-reader on demand (always canonical).
+    Torch(pytorch_reader::Tensor),
+    /// Another tensor converted to a float type on read (`--dtype`).
+    Cast { from: Box<Tensor>, to: DType },
+    /// Tensors whose bytes are concatenated (Paddle's split of tensors over 1 GiB).
+    Concat(Vec<Tensor>),
+}
+
+impl Storage {
+    fn raw(&self) -> io::Result<Cow<'_, [u8]>> {
+        Ok(match self {
+            Storage::Mapped { buf, range } => Cow::Borrowed(&(**buf).as_ref()[range.clone()]),
+            Storage::Latin1 { buf, range, len } => Cow::Owned(
+                crate::checkpoint::pickle::decode_latin1(&(**buf).as_ref()[range.clone()], *len),
+            ),
+            Storage::Owned(v) => Cow::Borrowed(v.as_slice()),
+            Storage::Torch(t) => Cow::Owned(t.read()?),
+            Storage::Cast { from, to } => Cow::Owned(cast_floats(&from.bytes()?, from.dtype, *to)?),
+            Storage::Concat(parts) => {
+                let mut out = Vec::new();
+                for p in parts {
+                    out.extend_from_slice(&p.bytes()?);
+                }
+                Cow::Owned(out)
+            }
+        })
+    }
+}
+
+/// How stored bytes differ from the canonical little-endian, row-major form.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Encoding {
+    /// Elements are big-endian.
+    pub big_endian: bool,
+    /// Stored column-major (numpy `fortran_order`).
+    pub fortran: bool,
+    /// Stored as the 2-D transpose of the logical shape (a layout's Linear convention).
+    pub transposed: bool,
+}
+
+/// One named tensor of a checkpoint.
+#[derive(Clone)]
+pub struct Tensor {
+    /// Full dotted name as the file has it.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Logical shape, outermost first.
+    pub shape: Vec<usize>,
+    storage: Storage,
+    encoding: Encoding,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tensor")
+            .field("name", &self.name)
+            .field("dtype", &self.dtype)
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tensor {
+    /// A tensor whose bytes are stored canonically.
+    pub fn new(
+        name: impl Into<String>,
+        dtype: DType,
+        shape: Vec<usize>,
+        storage: Storage,
+    ) -> Tensor {
+        Tensor::with_encoding(name, dtype, shape, storage, Encoding::default())
+    }
+
+    /// A tensor whose stored bytes need reordering on read.
+    pub fn with_encoding(
+        name: impl Into<String>,
+        dtype: DType,
+        shape: Vec<usize>,
+        storage: Storage,
+        encoding: Encoding,
+    ) -> Tensor {
+        Tensor {
+            name: name.into(),
+            dtype,
+            shape,
+            storage,
+            encoding,
+        }
+    }
+
+    /// A tensor owning its canonical bytes.
+    pub fn from_vec(
+        name: impl Into<String>,
+        dtype: DType,
+        shape: Vec<usize>,
+        data: Vec<u8>,
+    ) -> Tensor {
+        Tensor::new(name, dtype, shape, Storage::Owned(Arc::new(data)))
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Size of the canonical bytes.
+    pub fn byte_len(&self) -> usize {
+        self.numel() * self.dtype.size()
+    }
+
+    /// The same tensor under another name.
+    pub fn renamed(mut self, name: impl Into<String>) -> Tensor {
+        self.name = name.into();
+        self
+    }
+
+    /// This tensor converted to another float type (applied lazily on read); tensors that
+    /// are not floats (e.g. `num_batches_tracked`) are returned unchanged.
+    pub fn cast(self, to: DType) -> Tensor {
+        if self.dtype == to || !self.dtype.is_float() || !to.is_float() {
+            return self;
+        }
+        let (name, shape) = (self.name.clone(), self.shape.clone());
+        Tensor::new(
+            name,
+            to,
+            shape,
+            Storage::Cast {
+                from: Box::new(self),
+                to,
+            },
+        )
+    }
+
+    /// The 2-D transpose of this tensor (applied lazily on read).
+    pub fn transposed(mut self) -> Tensor {
+        assert_eq!(self.shape.len(), 2, "only 2-D tensors are transposed");
+        self.shape.swap(0, 1);
+        self.encoding.transposed = !self.encoding.transposed;
+        self
+    }
+
+    /// The tensor's bytes: little-endian, row-major.
+    pub fn bytes(&self) -> io::Result<Cow<'_, [u8]>> {
+        let raw = self.storage.raw()?;
+        if raw.len() != self.byte_len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "tensor '{}' holds {} bytes, its shape {:?} needs {}",
+                    self.name,
+                    raw.len(),
+                    self.shape,
+                    self.byte_len()
+                ),
+            ));
+        }
+        let e = self.encoding;
+        if e == Encoding::default() {
+            return Ok(raw);
+        }
+        let size = self.dtype.size();
+        let mut data = raw.into_owned();
+        if e.big_endian && size > 1 {
+            for el in data.chunks_exact_mut(size) {
+                el.reverse();
+            }
+        }
+        // Fortran order of shape S is the row-major order of reversed S; a transposed 2-D
+        // tensor is the same thing for rank 2. Both at once cancel out.
+        if e.fortran != e.transposed && self.shape.len() >= 2 {
+            let stored: Vec<usize> = if e.transposed {
+                vec![self.shape[1], self.shape[0]]
+            } else {
+                self.shape.iter().rev().copied().collect()
+            };
+            data = reverse_axes(&data, &stored, size);
+        }
+        Ok(Cow::Owned(data))
+    }
+
+    /// The bytes as f32 values (any float type is widened).
+    pub fn to_f32(&self) -> io::Result<Vec<f32>> {
+        let b = self.bytes()?;
+        cast_floats(&b, self.dtype, DType::F32).map(|v| {
+            v.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        })
+    }
+}
+
+/// Reorder row-major data of shape `shape` into row-major data of the reversed shape
+/// (the full axis reversal, which is the transpose for rank 2).
+fn reverse_axes(data: &[u8], shape: &[usize], size: usize) -> Vec<u8> {
+    let n = shape.len();
+    let numel: usize = shape.iter().product();
+    let mut out = vec![0u8; data.len()];
+    // Strides of the source, row-major.
+    let mut src_strides = vec![1usize; n];
+    for i in (0..n.saturating_sub(1)).rev() {
+        src_strides[i] = src_strides[i + 1] * shape[i + 1];
+    }
+    // Walk the output in row-major order of the reversed shape.
+    let rshape: Vec<usize> = shape.iter().rev().copied().collect();
+    let mut idx = vec![0usize; n];
+    for o in 0..numel {
+        // Output index idx (over rshape) is source index reversed.
+        let mut s = 0;
+        for k in 0..n {
+            s += idx[k] * src_strides[n - 1 - k];
+        }
+        out[o * size..(o + 1) * size].copy_from_slice(&data[s * size..(s + 1) * size]);
+        for k in (0..n).rev() {
+            idx[k] += 1;
+            if idx[k] < rshape[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+    out
+}
+
+/// Convert little-endian float bytes between float types, rounding to nearest-even as
+/// PyTorch and numpy do (f16 and bf16 widen exactly to f32, so only f64 goes through f64).
+pub fn cast_floats(data: &[u8], from: DType, to: DType) -> io::Result<Vec<u8>> {
+    use half::{bf16, f16};
+    if from == to {
+        return Ok(data.to_vec());
+    }
+    if !from.is_float() || !to.is_float() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cannot convert {from} to {to}"),
+        ));
+    }
+    let mut out = Vec::with_capacity(data.len() / from.size() * to.size());
+    if from == DType::F64 {
+        for c in data.chunks_exact(8) {
+            let v = f64::from_le_bytes(c.try_into().expect("8 bytes"));
+            match to {
+                DType::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
+                DType::F16 => out.extend_from_slice(&f16::from_f64(v).to_le_bytes()),
+                _ => out.extend_from_slice(&bf16::from_f64(v).to_le_bytes()),
+            }
+        }
+        return Ok(out);
+    }
+    let widen = |c: &[u8]| -> f32 {
+        match from {
+            DType::F32 => f32::from_le_bytes(c.try_into().expect("4 bytes")),
+            DType::F16 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
+            _ => bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+        }
+    };
+    for c in data.chunks_exact(from.size()) {
+        let v = widen(c);
+        match to {
+            DType::F64 => out.extend_from_slice(&(v as f64).to_le_bytes()),
+            DType::F32 => out.extend_from_slice(&v.to_le_bytes()),
+            DType::F16 => out.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
+            _ => out.extend_from_slice(&bf16::from_f32(v).to_le_bytes()),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_and_fortran() {
+        // 2x3 row-major [[1,2,3],[4,5,6]] as u8.
+        let t = Tensor::from_vec("x", DType::U8, vec![2, 3], vec![1, 2, 3, 4, 5, 6]);
+        let tt = t.clone().transposed();
+        assert_eq!(tt.shape, vec![3, 2]);
+        assert_eq!(&*tt.bytes().unwrap(), &[1, 4, 2, 5, 3, 6]);
+        assert_eq!(&*tt.transposed().bytes().unwrap(), &[1, 2, 3, 4, 5, 6]);
+        // The same logical array stored column-major.
+        let f = Tensor::with_encoding(
+            "f",
+            DType::U8,
+            vec![2, 3],
+            Storage::Owned(Arc::new(vec![1, 4, 2, 5, 3, 6])),
+            Encoding {
+                fortran: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(&*f.bytes().unwrap(), &[1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn fortran_rank3() {
+        // Logical shape [2,2,2], element (i,j,k) = 4i+2j+k; Fortran stores i fastest.
+        let mut stored = vec![];
+        for k in 0..2u8 {
+            for j in 0..2u8 {
+                for i in 0..2u8 {
+                    stored.push(4 * i + 2 * j + k);
+                }
+            }
+        }
+        let f = Tensor::with_encoding(
+            "f",
+            DType::U8,
+            vec![2, 2, 2],
+            Storage::Owned(Arc::new(stored)),
+            Encoding {
+                fortran: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(&*f.bytes().unwrap(), &[0, 1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn big_endian() {
+        let t = Tensor::with_encoding(
+            "b",
+            DType::U16,
+            vec![2],
+            Storage::Owned(Arc::new(vec![0, 1, 0, 2])),
+            Encoding {
+                big_endian: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(&*t.bytes().unwrap(), &[1, 0, 2, 0]);
+    }
+
+    #[test]
+    fn casts() {
+        let one = 1.5f32.to_le_bytes();
+        let h = cast_floats(&one, DType::F32, DType::BF16).unwrap();
+        let back = cast_floats(&h, DType::BF16, DType::F32).unwrap();
+        assert_eq!(back, one);
+        assert!(cast_floats(&[0; 8], DType::I64, DType::F32).is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! Integration tests: one binary (linking Burn-sized crates is slow, so tests share it).
+
+mod cli;
+mod convert;
+mod corpus;
+mod hostile;
+mod vectors;
+
+use std::path::PathBuf;
+
+/// A file shipped in `tests/fixtures/`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}

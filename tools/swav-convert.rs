@@ -1,0 +1,114 @@
+//! `swav-convert IN OUT`: convert a Paddle, PyTorch or safetensors checkpoint into
+//! safetensors, `.safetensors.zst`, `.pth` or `.pdparams`, mapping parameter names between the
+//! torch, paddle and burn layouts. `swav-convert --inspect FILE` describes a file.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use swav::convert::{self, ConvertOptions, Selection};
+use swav::layout::Layout;
+use swav::tensor::DType;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Convert SwAV checkpoints between PaddlePaddle, PyTorch, safetensors and Burn layouts"
+)]
+struct Args {
+    /// Input checkpoint (.pdparams, .pd, .pdopt, .pth, .pt, .pth.tar, .bin, .safetensors[.zst]); format detected from content.
+    #[arg(required_unless_present = "inspect")]
+    input: Option<PathBuf>,
+    /// Output file; its extension picks the format: .safetensors, .safetensors.zst, .pth/.pt, .pdparams.
+    #[arg(required_unless_present = "inspect")]
+    output: Option<PathBuf>,
+    /// Describe FILE (format, layout, tensors, totals) instead of converting.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["input", "output"])]
+    inspect: Option<PathBuf>,
+    /// Layout of the output names [default: burn for safetensors, torch for .pth, paddle for .pdparams].
+    #[arg(long, value_enum)]
+    layout: Option<Layout>,
+    /// Layout of the input names [default: detected].
+    #[arg(long, value_enum)]
+    from_layout: Option<Layout>,
+    /// Convert floating-point tensors to this type: f32, f16, bf16, f64.
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<DType>,
+    /// Top-level key holding the model in a training checkpoint [default: state_dict when present].
+    #[arg(long)]
+    key: Option<String>,
+    /// Remove this prefix from input names (repeatable); `module.` is removed automatically when every name has it.
+    #[arg(long, value_name = "PREFIX")]
+    strip_prefix: Vec<String>,
+    /// Put this prefix before every output name (e.g. `module.`).
+    #[arg(long, value_name = "PREFIX")]
+    add_prefix: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match DType::parse(s) {
+        Some(d) if d.is_float() => Ok(d),
+        _ => Err(format!("'{s}' is not one of f32, f16, bf16, f64")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("swav-convert: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), convert::ConvertError> {
+    if let Some(file) = args.inspect {
+        let report = convert::inspect(&file)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("serializable")
+            );
+        } else {
+            print!("{}", report.to_text());
+        }
+        return Ok(());
+    }
+    let (input, output) = (
+        args.input.expect("required"),
+        args.output.expect("required"),
+    );
+    let opts = ConvertOptions {
+        selection: Selection {
+            key: args.key,
+            strip_prefix: args.strip_prefix,
+            from_layout: args.from_layout,
+        },
+        layout: args.layout,
+        dtype: args.dtype,
+        add_prefix: args.add_prefix,
+    };
+    let s = convert::convert(&input, &output, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&s).expect("serializable"));
+    } else {
+        println!(
+            "{} -> {}: {} tensors ({} bytes), {} layout -> {} layout{}",
+            s.input.display(),
+            s.output.display(),
+            s.tensors,
+            s.bytes,
+            s.from_layout,
+            s.to_layout,
+            s.key
+                .as_ref()
+                .map(|k| format!(", from key '{k}'"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! `swav-extract CKPT --output OUT [--prefix backbone] [--remove-prefix]`: PASSL's
+//! `tools/extract_weight.py` for any input and output format.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use swav::convert::{self, ExtractOptions};
+use swav::layout::Layout;
+use swav::tensor::DType;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Pull the backbone out of a SwAV (training) checkpoint"
+)]
+struct Args {
+    /// Checkpoint to read (any format swav-convert reads).
+    checkpoint: PathBuf,
+    /// Output file; extension picks the format (.pdparams, .pth, .safetensors, .safetensors.zst).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Keep the tensors under this prefix.
+    #[arg(long, default_value = "backbone")]
+    prefix: String,
+    /// Remove `PREFIX.` from the kept names.
+    #[arg(long)]
+    remove_prefix: bool,
+    /// Layout of the output names [default: by output format].
+    #[arg(long, value_enum)]
+    layout: Option<Layout>,
+    /// Convert floating-point tensors to this type (f32, f16, bf16, f64).
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<DType>,
+    /// Top-level key holding the model [default: state_dict when present].
+    #[arg(long)]
+    key: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match DType::parse(s) {
+        Some(d) if d.is_float() => Ok(d),
+        _ => Err(format!("'{s}' is not one of f32, f16, bf16, f64")),
+    }
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    let opts = ExtractOptions {
+        prefix: a.prefix,
+        remove_prefix: a.remove_prefix,
+        layout: a.layout,
+        dtype: a.dtype,
+        key: a.key,
+    };
+    match convert::extract(&a.checkpoint, &a.output, &opts) {
+        Ok(s) if a.json => {
+            println!("{}", serde_json::to_string(&s).expect("serializable"));
+            ExitCode::SUCCESS
+        }
+        Ok(s) => {
+            println!(
+                "{} -> {}: {} backbone tensors, {} layout",
+                s.input.display(),
+                s.output.display(),
+                s.tensors,
+                s.to_layout
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("swav-extract: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
