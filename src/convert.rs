@@ -206,12 +206,36 @@ pub struct Summary {
     pub output_format: OutputFormat,
     pub key: Option<String>,
     pub stripped: Vec<String>,
-    pub from_layout: Layout,
-    pub to_layout: Layout,
+    /// Layout of the input names; `None` when they are not a SwAV model's (kept as they are).
+    pub from_layout: Option<Layout>,
+    /// Layout written; `None` when names were kept as they are.
+    pub to_layout: Option<Layout>,
     pub tensors: usize,
     pub bytes: usize,
     pub mapping: MapReport,
     pub sha256: String,
+}
+
+impl Summary {
+    /// One line for the terminal.
+    pub fn describe(&self) -> String {
+        let names = match (self.from_layout, self.to_layout) {
+            (Some(f), Some(t)) => format!("{f} layout -> {t} layout"),
+            _ => "names kept (not a SwAV model's layout)".to_string(),
+        };
+        let key = self
+            .key
+            .as_ref()
+            .map(|k| format!(", from key '{k}'"))
+            .unwrap_or_default();
+        format!(
+            "{} -> {}: {} tensors ({} bytes), {names}{key}",
+            self.input.display(),
+            self.output.display(),
+            self.tensors,
+            self.bytes
+        )
+    }
 }
 
 /// Convert a checkpoint file into another format and layout.
@@ -222,13 +246,31 @@ pub fn convert(
 ) -> Result<Summary, ConvertError> {
     let out_format = OutputFormat::from_path(output)?;
     let ck = Checkpoint::open(input)?;
-    let sel = select(&ck, &opts.selection)?;
-    let to = opts.layout.unwrap_or(out_format.default_layout());
+    let as_named = opts.layout.is_none() && opts.selection.from_layout.is_none();
+    let (sel, to, renamed) = match select(&ck, &opts.selection) {
+        Ok(sel) => {
+            let to = opts.layout.unwrap_or(out_format.default_layout());
+            (sel, to, true)
+        }
+        // Not a SwAV model's names and no layout asked for: convert the container only.
+        Err(ConvertError::Layout {
+            source: LayoutError::Undetected,
+            ..
+        }) if as_named => {
+            let to = out_format.default_layout();
+            let selection = Selection {
+                from_layout: Some(to),
+                ..opts.selection.clone()
+            };
+            (select(&ck, &selection)?, to, false)
+        }
+        Err(e) => return Err(e),
+    };
     let (tensors, mapping) = map_layout(&ck.path, sel.tensors, sel.layout, to)?;
     let tensors = finish(tensors, opts.dtype, opts.add_prefix.as_deref());
     let meta = Meta {
         ck: &ck,
-        layout: to,
+        layout: renamed.then_some(to),
     };
     let sha256 = write(output, out_format, &tensors, &meta)?;
     Ok(Summary {
@@ -238,8 +280,8 @@ pub fn convert(
         output_format: out_format,
         key: sel.key,
         stripped: sel.stripped,
-        from_layout: sel.layout,
-        to_layout: to,
+        from_layout: renamed.then_some(sel.layout),
+        to_layout: renamed.then_some(to),
         tensors: tensors.len(),
         bytes: tensors.iter().map(Tensor::byte_len).sum(),
         mapping,
@@ -283,68 +325,95 @@ fn finish(tensors: Vec<Tensor>, dtype: Option<DType>, add_prefix: Option<&str>) 
 
 struct Meta<'a> {
     ck: &'a Checkpoint,
-    layout: Layout,
+    /// The layout written, if names follow one.
+    layout: Option<Layout>,
 }
 
-/// Hash a file's bytes (memory-mapped) with SHA-256.
+/// Hash a file with SHA-256, reading it through the page cache in large blocks (not through a
+/// memory map, which would count the whole file in this process's resident memory).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let file = std::fs::File::open(path)?;
-    if file.metadata()?.len() == 0 {
-        return Ok(hex(&Sha256::digest(b"")));
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
     }
-    // SAFETY: read-only mapping of a file we only read.
-    let map = unsafe { memmap2::Mmap::map(&file)? };
-    Ok(hex(&Sha256::digest(&map[..])))
+    Ok(hex(&hasher.finalize()))
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Write `tensors` to `output` atomically; returns the input's SHA-256 (recorded in
-/// safetensors metadata, hashed on a second thread while the output is written).
+/// Write `tensors` to `output` atomically; returns the input's SHA-256.
+///
+/// The hash is computed on a second thread while the output is written. safetensors
+/// records it in its header: the header is written with a placeholder of the same length
+/// and patched once the hash is known (zstd output, which cannot be patched, waits for it).
 fn write(
     output: &Path,
     format: OutputFormat,
     tensors: &[Tensor],
     meta: &Meta,
 ) -> Result<String, ConvertError> {
+    use std::io::{Seek, SeekFrom, Write};
     let werr = |source: FormatError| ConvertError::Write {
         path: output.to_path_buf(),
         source,
     };
     let input = meta.ck.path.clone();
-    let (sha, result) = std::thread::scope(|s| {
+    let hashed = |h: std::thread::ScopedJoinHandle<'_, std::io::Result<String>>| -> Result<String, FormatError> {
+        Ok(h.join().expect("hash thread panicked")?)
+    };
+    let mut sha = String::new();
+    std::thread::scope(|s| {
         let hasher = s.spawn(|| sha256_file(&input));
-        let result = match format {
-            OutputFormat::Safetensors | OutputFormat::SafetensorsZstd => {
-                // The metadata needs the hash first.
-                let sha = hasher.join().expect("hash thread");
-                let sha_s = sha.as_ref().map(String::clone).unwrap_or_default();
-                let md = metadata(meta, &sha_s);
-                let r = atomic::write_file(output, |w| {
-                    if format == OutputFormat::SafetensorsZstd {
-                        let enc = zstd::Encoder::new(w, 3)?;
-                        let enc = checkpoint::safetensors::write(enc, tensors, md)?;
-                        Ok(enc.finish()?)
-                    } else {
-                        checkpoint::safetensors::write(w, tensors, md)
-                    }
-                });
-                return (sha, r);
+        let sha = &mut sha;
+        match format {
+            OutputFormat::SafetensorsZstd => {
+                *sha = hashed(hasher)?;
+                atomic::write_file(output, |w| {
+                    let enc = zstd::Encoder::new(w, 3)?;
+                    let enc = checkpoint::safetensors::write(enc, tensors, metadata(meta, sha))?;
+                    Ok(enc.finish()?)
+                })
             }
+            OutputFormat::Safetensors => atomic::write_file(output, |w| {
+                let placeholder = "0".repeat(64);
+                let mut w =
+                    checkpoint::safetensors::write(w, tensors, metadata(meta, &placeholder))?;
+                *sha = hashed(hasher)?;
+                let header = checkpoint::safetensors::header(tensors, metadata(meta, sha))?;
+                let first = checkpoint::safetensors::header(tensors, metadata(meta, &placeholder))?;
+                if header.len() != first.len() {
+                    return Err(FormatError::Safetensors(
+                        "header changed size when patched".into(),
+                    ));
+                }
+                w.seek(SeekFrom::Start(8))?;
+                w.write_all(&header)?;
+                Ok(w)
+            }),
             OutputFormat::Torch => {
                 let root = archive_root(output);
-                atomic::write_file(output, |w| checkpoint::torch::write(w, &root, tensors))
+                atomic::write_file(output, |w| checkpoint::torch::write(w, &root, tensors))?;
+                *sha = hashed(hasher)?;
+                Ok(())
             }
             OutputFormat::Paddle => {
-                atomic::write_file(output, |w| checkpoint::paddle::write(w, tensors))
+                atomic::write_file(output, |w| checkpoint::paddle::write(w, tensors))?;
+                *sha = hashed(hasher)?;
+                Ok(())
             }
-        };
-        (hasher.join().expect("hash thread"), result)
-    });
-    result.map_err(werr)?;
-    sha.map_err(|e| ConvertError::Read(CheckpointError::new(&meta.ck.path, e)))
+        }
+    })
+    .map_err(werr)?;
+    Ok(sha)
 }
 
 /// The folder name `torch.save` gives the records: the file's stem, ASCII only.
@@ -379,12 +448,14 @@ fn metadata(meta: &Meta, sha: &str) -> HashMap<String, String> {
         "source_format".into(),
         meta.ck.format.describe().to_string(),
     );
-    md.insert("layout".into(), meta.layout.to_string());
+    if let Some(l) = meta.layout {
+        md.insert("layout".into(), l.to_string());
+    }
     md.insert(
         "tool".into(),
         format!("swav-rs {}", env!("CARGO_PKG_VERSION")),
     );
-    if meta.layout == Layout::Torch {
+    if meta.layout == Some(Layout::Torch) {
         md.insert("format".into(), "pt".into());
     }
     md
@@ -470,7 +541,7 @@ pub fn extract(
         &tensors,
         &Meta {
             ck: &ck,
-            layout: to,
+            layout: Some(to),
         },
     )?;
     Ok(Summary {
@@ -480,8 +551,8 @@ pub fn extract(
         output_format: out_format,
         key: sel.key,
         stripped: sel.stripped,
-        from_layout: from,
-        to_layout: to,
+        from_layout: Some(from),
+        to_layout: Some(to),
         tensors: tensors.len(),
         bytes: tensors.iter().map(Tensor::byte_len).sum(),
         mapping,

@@ -11,9 +11,94 @@ use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 
-/// A read-only byte buffer shared by the tensors that point into it (a memory map or a
-/// decompressed file).
-pub type Buffer = Arc<dyn AsRef<[u8]> + Send + Sync>;
+/// Bytes read in one go when streaming a tensor to a writer.
+pub const STREAM_CHUNK: usize = 8 << 20;
+
+/// Read-only bytes that tensors point into: a memory-mapped file or a decompressed buffer.
+pub trait Source: Send + Sync {
+    /// All the bytes.
+    fn bytes(&self) -> &[u8];
+    /// A range has been consumed: a memory map gives its pages back, so a streamed
+    /// conversion's resident memory stays flat whatever the file size.
+    fn release(&self, _range: Range<usize>) {}
+    /// The file these bytes are (offsets equal), for in-kernel copies.
+    fn file(&self) -> Option<&std::fs::File> {
+        None
+    }
+}
+
+impl Source for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// A read-only memory-mapped file (the whole file, from offset 0).
+pub struct MappedFile {
+    map: memmap2::Mmap,
+    file: std::fs::File,
+}
+
+impl MappedFile {
+    /// Map all of `file`.
+    pub fn new(file: std::fs::File) -> io::Result<MappedFile> {
+        // SAFETY: the mapping is read-only; a file changed under it by another process gives
+        // wrong bytes, which every reader checks like any other input.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        Ok(MappedFile { map, file })
+    }
+}
+
+impl Source for MappedFile {
+    fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    fn file(&self) -> Option<&std::fs::File> {
+        Some(&self.file)
+    }
+
+    #[cfg(unix)]
+    fn release(&self, range: Range<usize>) {
+        const PAGE: usize = 4096;
+        let start = range.start.next_multiple_of(PAGE);
+        let end = range.end / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the mapping is a read-only, private mapping of a file. MADV_DONTNEED
+            // only drops its pages from this process; a later access faults them back in from
+            // the file with the same content, so outstanding borrows stay valid.
+            unsafe {
+                let _ = self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                );
+            }
+        }
+    }
+}
+
+/// A shared [`Source`].
+pub type Buffer = Arc<dyn Source>;
+
+/// A stream that tensors are written to.
+pub trait Sink: io::Write {
+    /// Write one tensor's canonical bytes.
+    fn put(&mut self, t: &Tensor) -> io::Result<()> {
+        t.write_to(self)
+    }
+}
+
+/// A buffered output file takes in-kernel copies from file-backed inputs.
+impl Sink for io::BufWriter<&std::fs::File> {
+    fn put(&mut self, t: &Tensor) -> io::Result<()> {
+        t.copy_to_file(self)
+    }
+}
+
+impl Sink for Vec<u8> {}
+impl<W: io::Write> Sink for zstd::stream::write::Encoder<'_, W> {}
+impl<W: io::Write + io::Seek> Sink for zip::ZipWriter<W> {}
 
 /// Element type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,9 +205,9 @@ pub enum Storage {
 impl Storage {
     fn raw(&self) -> io::Result<Cow<'_, [u8]>> {
         Ok(match self {
-            Storage::Mapped { buf, range } => Cow::Borrowed(&(**buf).as_ref()[range.clone()]),
+            Storage::Mapped { buf, range } => Cow::Borrowed(&buf.bytes()[range.clone()]),
             Storage::Latin1 { buf, range, len } => Cow::Owned(
-                crate::checkpoint::pickle::decode_latin1(&(**buf).as_ref()[range.clone()], *len),
+                crate::checkpoint::pickle::decode_latin1(&buf.bytes()[range.clone()], *len),
             ),
             Storage::Owned(v) => Cow::Borrowed(v.as_slice()),
             Storage::Torch(t) => Cow::Owned(t.read()?),
@@ -291,6 +376,80 @@ impl Tensor {
         Ok(Cow::Owned(data))
     }
 
+    /// Write the tensor's canonical bytes to `w`, streaming from a memory map chunk by chunk
+    /// (and giving the pages back) where the stored form is already canonical.
+    pub fn write_to<W: io::Write + ?Sized>(&self, w: &mut W) -> io::Result<()> {
+        if self.encoding != Encoding::default() {
+            return w.write_all(&self.bytes()?);
+        }
+        let mismatch = |have: usize| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "tensor '{}' holds {have} bytes, its shape {:?} needs {}",
+                    self.name,
+                    self.shape,
+                    self.byte_len()
+                ),
+            )
+        };
+        match &self.storage {
+            Storage::Mapped { buf, range } => {
+                if range.len() != self.byte_len() {
+                    return Err(mismatch(range.len()));
+                }
+                let mut at = range.start;
+                while at < range.end {
+                    let end = (at + STREAM_CHUNK).min(range.end);
+                    w.write_all(&buf.bytes()[at..end])?;
+                    buf.release(at..end);
+                    at = end;
+                }
+                Ok(())
+            }
+            Storage::Latin1 { buf, range, len } => {
+                if *len != self.byte_len() {
+                    return Err(mismatch(*len));
+                }
+                let src = &buf.bytes()[range.clone()];
+                stream_latin1(src, STREAM_CHUNK, w, |r| {
+                    buf.release(range.start + r.start..range.start + r.end)
+                })
+            }
+            Storage::Concat(parts) => parts.iter().try_for_each(|p| p.write_to(w)),
+            _ => w.write_all(&self.bytes()?),
+        }
+    }
+
+    /// Write the tensor's canonical bytes to a buffered file. Bytes stored canonically in
+    /// another file are copied by the kernel (`copy_file_range` through `std::io::copy`),
+    /// never passing through this process; everything else goes through [`Tensor::write_to`].
+    pub fn copy_to_file(&self, w: &mut io::BufWriter<&std::fs::File>) -> io::Result<()> {
+        use io::{Read, Seek};
+        match (&self.storage, self.encoding == Encoding::default()) {
+            (Storage::Mapped { buf, range }, true) if range.len() == self.byte_len() => {
+                let Some(mut src) = buf.file() else {
+                    return self.write_to(w);
+                };
+                src.seek(io::SeekFrom::Start(range.start as u64))?;
+                let n = io::copy(&mut src.take(range.len() as u64), w)?;
+                if n != range.len() as u64 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "tensor '{}': the file ended after {n} of {} bytes",
+                            self.name,
+                            range.len()
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            (Storage::Concat(parts), true) => parts.iter().try_for_each(|p| p.copy_to_file(w)),
+            _ => self.write_to(w),
+        }
+    }
+
     /// The bytes as f32 values (any float type is widened).
     pub fn to_f32(&self) -> io::Result<Vec<f32>> {
         let b = self.bytes()?;
@@ -300,6 +459,29 @@ impl Tensor {
                 .collect()
         })
     }
+}
+
+/// Decode latin1-as-UTF-8 bytes to `w` in chunks of about `chunk` bytes, never splitting a
+/// two-byte sequence, calling `done` with each consumed range.
+fn stream_latin1<W: io::Write + ?Sized>(
+    src: &[u8],
+    chunk: usize,
+    w: &mut W,
+    done: impl Fn(Range<usize>),
+) -> io::Result<()> {
+    let mut at = 0;
+    while at < src.len() {
+        let mut end = (at + chunk.max(2)).min(src.len());
+        if end < src.len() && src[end - 1] >= 0xc0 {
+            end -= 1;
+        }
+        let part = &src[at..end];
+        let n = part.iter().filter(|&&b| !(0x80..0xc0).contains(&b)).count();
+        w.write_all(&crate::checkpoint::pickle::decode_latin1(part, n))?;
+        done(at..end);
+        at = end;
+    }
+    Ok(())
 }
 
 /// Reorder row-major data of shape `shape` into row-major data of the reversed shape
@@ -426,6 +608,21 @@ mod tests {
             },
         );
         assert_eq!(&*f.bytes().unwrap(), &[0, 1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn latin1_streams_across_chunk_edges() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let utf8: Vec<u8> = bytes
+            .iter()
+            .map(|&b| b as char)
+            .collect::<String>()
+            .into_bytes();
+        for chunk in [2, 3, 5, 64, 1000] {
+            let mut out = Vec::new();
+            stream_latin1(&utf8, chunk, &mut out, |_| {}).unwrap();
+            assert_eq!(out, bytes, "chunk {chunk}");
+        }
     }
 
     #[test]

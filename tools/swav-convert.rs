@@ -96,19 +96,7 @@ fn run(args: Args) -> Result<(), convert::ConvertError> {
     if args.json {
         println!("{}", serde_json::to_string(&s).expect("serializable"));
     } else {
-        println!(
-            "{} -> {}: {} tensors ({} bytes), {} layout -> {} layout{}",
-            s.input.display(),
-            s.output.display(),
-            s.tensors,
-            s.bytes,
-            s.from_layout,
-            s.to_layout,
-            s.key
-                .as_ref()
-                .map(|k| format!(", from key '{k}'"))
-                .unwrap_or_default()
-        );
+        println!("{}", s.describe());
     }
     Ok(())
 }

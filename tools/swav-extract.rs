@@ -61,13 +61,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(s) => {
-            println!(
-                "{} -> {}: {} backbone tensors, {} layout",
-                s.input.display(),
-                s.output.display(),
-                s.tensors,
-                s.to_layout
-            );
+            println!("{}", s.describe());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -90,7 +90,7 @@ impl Checkpoint {
         let path = path.as_ref();
         let err = |e: FormatError| CheckpointError::new(path, e);
         let buf = map_file(path).map_err(err)?;
-        let bytes: &[u8] = (*buf).as_ref();
+        let bytes: &[u8] = buf.bytes();
         let format = sniff::sniff(bytes).map_err(err)?;
         let mut ck = Checkpoint {
             path: path.to_path_buf(),
@@ -131,8 +131,5 @@ fn map_file(path: &Path) -> Result<Buffer, FormatError> {
     if len == 0 {
         return Err(FormatError::Empty);
     }
-    // SAFETY: the mapping is read-only; a file changed under it by another process gives
-    // wrong bytes, not unsafety in this process beyond what reading it would.
-    let map = unsafe { memmap2::Mmap::map(&file)? };
-    Ok(Arc::new(map))
+    Ok(Arc::new(crate::tensor::MappedFile::new(file)?))
 }

@@ -15,7 +15,7 @@
 use super::numpy::{self, U16As};
 use super::pickle::{self, emit, Id, Node, Pickle};
 use super::{Checkpoint, FormatError};
-use crate::tensor::{Buffer, Storage, Tensor};
+use crate::tensor::{Buffer, Sink, Storage, Tensor};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -31,8 +31,7 @@ pub const BIG_PARAM_KEY: &str = "UnpackBigParamInfor@@";
 
 /// Read a pickle checkpoint into `ck`.
 pub fn read(buf: &Buffer, ck: &mut Checkpoint) -> Result<(), FormatError> {
-    let bytes: &[u8] = (**buf).as_ref();
-    let pk = pickle::parse(bytes)?;
+    let pk = pickle::parse_with(buf.bytes(), &|r| buf.release(r))?;
     let mut w = Walker {
         pk: &pk,
         buf,
@@ -133,7 +132,7 @@ impl Walker<'_> {
                 }
             }
             Node::Scalar(d, b) => {
-                let bytes = b.to_vec((**self.buf).as_ref());
+                let bytes = b.to_vec(self.buf.bytes());
                 self.values.push((name, scalar_value(d, &bytes)));
             }
             Node::None => self.values.push((name, Value::Null)),
@@ -272,7 +271,7 @@ fn scalar_value(d: &pickle::NpDtype, b: &[u8]) -> Value {
 /// Arrays use `numpy.core.multiarray._reconstruct`, which numpy 1.x and 2.x both load; bf16
 /// is stored as `uint16` (Paddle's convention). Protocol 4 holds arrays of any size, so
 /// nothing is split into `@@.N` slices.
-pub fn write<W: std::io::Write>(mut out: W, tensors: &[Tensor]) -> Result<W, FormatError> {
+pub fn write<W: Sink>(mut out: W, tensors: &[Tensor]) -> Result<W, FormatError> {
     let mut head = vec![0x80, 4, b'}', b'('];
     out.write_all(&head)?;
     for t in tensors {
@@ -305,16 +304,16 @@ pub fn write<W: std::io::Write>(mut out: W, tensors: &[Tensor]) -> Result<W, For
         head.extend_from_slice(b"(K\x03");
         emit::str(&mut head, order);
         head.extend_from_slice(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89");
-        let data = t.bytes()?;
-        if data.len() <= u32::MAX as usize {
+        let n = t.byte_len();
+        if n <= u32::MAX as usize {
             head.push(b'B');
-            head.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            head.extend_from_slice(&(n as u32).to_le_bytes());
         } else {
             head.push(0x8e);
-            head.extend_from_slice(&(data.len() as u64).to_le_bytes());
+            head.extend_from_slice(&(n as u64).to_le_bytes());
         }
         out.write_all(&head)?;
-        out.write_all(&data)?;
+        out.put(t)?;
         out.write_all(b"tb")?;
     }
     out.write_all(b"u.")?;

@@ -209,8 +209,12 @@ pub enum Node {
     BigInt,
     Float(f64),
     Str(String),
-    /// A string longer than [`LONG_STRING`], left in the input (a UTF-8 range).
-    LongStr(Range<usize>),
+    /// A string longer than [`LONG_STRING`], left in the input (a UTF-8 range), with its
+    /// character count when every character is ≤ U+00FF (i.e. it can be latin1 bytes).
+    LongStr {
+        utf8: Range<usize>,
+        latin1: Option<usize>,
+    },
     Bytes(Bytes),
     Tuple(Vec<Id>),
     List(Vec<Id>),
@@ -262,10 +266,22 @@ impl Pickle {
 
 /// Parse one pickle from the start of `input`.
 pub fn parse(input: &[u8]) -> Result<Pickle, PickleError> {
-    Machine::new(input).run()
+    parse_with(input, &|_| {})
 }
 
+/// Parse one pickle, calling `release` with each range of a long string once it has been
+/// scanned (a memory-mapped input gives those pages back).
+pub fn parse_with(input: &[u8], release: &dyn Fn(Range<usize>)) -> Result<Pickle, PickleError> {
+    let mut m = Machine::new(input);
+    m.release = release;
+    m.run()
+}
+
+/// Bytes of a long string scanned between two `release` calls.
+const SCAN_CHUNK: usize = 16 << 20;
+
 struct Machine<'a> {
+    release: &'a dyn Fn(Range<usize>),
     input: &'a [u8],
     pos: usize,
     nodes: Vec<Node>,
@@ -277,6 +293,7 @@ struct Machine<'a> {
 impl<'a> Machine<'a> {
     fn new(input: &'a [u8]) -> Self {
         Machine {
+            release: &|_| {},
             input,
             pos: 0,
             nodes: Vec::new(),
@@ -719,9 +736,36 @@ impl<'a> Machine<'a> {
             return Ok(Node::Str(self.utf8(n)?));
         }
         let r = self.take(n)?;
-        std::str::from_utf8(&self.input[r.clone()])
-            .map_err(|_| self.malformed("string is not UTF-8"))?;
-        Ok(Node::LongStr(r))
+        // One pass: count characters while every one is ≤ U+00FF (then it is valid UTF-8);
+        // anything else gets the full UTF-8 check.
+        let s = &self.input[r.clone()];
+        let mut count = 0usize;
+        let mut i = 0;
+        let mut latin1 = true;
+        let mut released = 0;
+        while i < s.len() {
+            match s[i] {
+                0..=0x7f => i += 1,
+                0xc2 | 0xc3 if i + 1 < s.len() && (0x80..0xc0).contains(&s[i + 1]) => i += 2,
+                _ => {
+                    latin1 = false;
+                    break;
+                }
+            }
+            count += 1;
+            if i - released >= SCAN_CHUNK {
+                (self.release)(r.start + released..r.start + i);
+                released = i;
+            }
+        }
+        if !latin1 {
+            std::str::from_utf8(s).map_err(|_| self.malformed("string is not UTF-8"))?;
+        }
+        (self.release)(r.start + released..r.end);
+        Ok(Node::LongStr {
+            utf8: r,
+            latin1: latin1.then_some(count),
+        })
     }
 
     fn pairs(&self, items: Vec<Id>) -> Result<Vec<(Id, Id)>, PickleError> {
@@ -883,7 +927,18 @@ impl<'a> Machine<'a> {
         }
         let utf8 = match self.node(s) {
             Node::Str(text) => text.as_bytes(),
-            Node::LongStr(r) => &self.input[r.clone()],
+            Node::LongStr {
+                utf8,
+                latin1: Some(len),
+            } => {
+                return Ok(Node::Bytes(Bytes::Latin1 {
+                    utf8: utf8.clone(),
+                    len: *len,
+                }))
+            }
+            Node::LongStr { .. } => {
+                return Err(self.bad_call("latin1 string with a character above U+00FF"))
+            }
             _ => return Err(self.bad_call("_codecs.encode of a non-string")),
         };
         // Every code point must be ≤ U+00FF: ASCII, or a 0xC2/0xC3 lead byte.
@@ -897,13 +952,7 @@ impl<'a> Machine<'a> {
             }
             len += 1;
         }
-        Ok(Node::Bytes(match self.node(s) {
-            Node::LongStr(r) => Bytes::Latin1 {
-                utf8: r.clone(),
-                len,
-            },
-            _ => Bytes::Owned(decode_latin1(utf8, len)),
-        }))
+        Ok(Node::Bytes(Bytes::Owned(decode_latin1(utf8, len))))
     }
 
     fn shape_of(&self, id: Id) -> Result<Vec<usize>, PickleError> {
@@ -971,7 +1020,7 @@ impl<'a> Machine<'a> {
                 };
                 let data = match self.node(rest[3]) {
                     Node::Bytes(b) => b.clone(),
-                    Node::Str(_) | Node::LongStr(_) => {
+                    Node::Str(_) | Node::LongStr { .. } => {
                         return Err(self.bad_call("ndarray data as text"))
                     }
                     Node::List(_) => {
@@ -1087,7 +1136,7 @@ fn kind(n: &Node) -> &'static str {
         Node::Bool(_) => "a bool",
         Node::Int(_) | Node::BigInt => "an int",
         Node::Float(_) => "a float",
-        Node::Str(_) | Node::LongStr(_) => "a string",
+        Node::Str(_) | Node::LongStr { .. } => "a string",
         Node::Bytes(_) => "bytes",
         Node::Tuple(_) => "a tuple",
         Node::List(_) => "a list",

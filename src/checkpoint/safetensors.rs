@@ -6,11 +6,11 @@
 //! written to any stream, one tensor at a time, so the zstd variant shares the code.
 
 use super::{Checkpoint, FormatError};
-use crate::tensor::{Buffer, DType, Storage, Tensor};
+use crate::tensor::{Buffer, DType, Sink, Storage, Tensor};
 use ::safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 
 /// Largest decompressed size accepted from a `.zst` input, relative to its compressed size
 /// (weights compress by about 1.1x; a larger ratio is a bomb).
@@ -61,7 +61,7 @@ fn dtype_to(d: DType) -> Dtype {
 
 /// Read a safetensors buffer into `ck`; its `__metadata__` becomes `ck.values`.
 pub fn read(buf: Buffer, ck: &mut Checkpoint) -> Result<(), FormatError> {
-    let bytes: &[u8] = (*buf).as_ref();
+    let bytes: &[u8] = buf.bytes();
     let serr = |e: ::safetensors::SafeTensorError| FormatError::Safetensors(e.to_string());
     SafeTensors::deserialize(bytes).map_err(serr)?;
     let (n, meta) = SafeTensors::read_metadata(bytes).map_err(serr)?;
@@ -110,15 +110,13 @@ pub fn decompress(compressed: &[u8]) -> Result<Vec<u8>, FormatError> {
     Ok(out)
 }
 
-/// Write `tensors` as safetensors to `out`, with `metadata` in the header.
-///
-/// Tensors keep their order; the header is built and validated by the safetensors crate
-/// and padded to a multiple of 8 bytes as the crate pads it.
-pub fn write<W: Write>(
-    mut out: W,
+/// The header for `tensors` (length prefix excluded): built and validated by the
+/// safetensors crate's `Metadata`, padded with spaces to a multiple of 8 bytes as the crate
+/// pads it. Tensors keep their order.
+pub fn header(
     tensors: &[Tensor],
     metadata: HashMap<String, String>,
-) -> Result<W, FormatError> {
+) -> Result<Vec<u8>, FormatError> {
     let mut offset = 0usize;
     let mut infos = Vec::with_capacity(tensors.len());
     for t in tensors {
@@ -133,15 +131,24 @@ pub fn write<W: Write>(
         ));
         offset += n;
     }
-    let meta = Metadata::new(Some(metadata), infos)
-        .map_err(|e| FormatError::Safetensors(e.to_string()))?;
-    let mut header =
-        serde_json::to_vec(&meta).map_err(|e| FormatError::Safetensors(e.to_string()))?;
+    let serr = |e: &dyn std::fmt::Display| FormatError::Safetensors(e.to_string());
+    let meta = Metadata::new(Some(metadata), infos).map_err(|e| serr(&e))?;
+    let mut header = serde_json::to_vec(&meta).map_err(|e| serr(&e))?;
     header.resize(header.len().next_multiple_of(8), b' ');
+    Ok(header)
+}
+
+/// Write `tensors` as safetensors to `out`, with `metadata` in the header.
+pub fn write<W: Sink>(
+    mut out: W,
+    tensors: &[Tensor],
+    metadata: HashMap<String, String>,
+) -> Result<W, FormatError> {
+    let header = header(tensors, metadata)?;
     out.write_all(&(header.len() as u64).to_le_bytes())?;
     out.write_all(&header)?;
     for t in tensors {
-        out.write_all(&t.bytes()?)?;
+        out.put(t)?;
     }
     Ok(out)
 }

@@ -59,7 +59,7 @@ fn convert_inspect_and_extract() {
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("265 backbone tensors"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("265 tensors"));
 }
 
 #[test]

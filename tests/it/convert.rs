@@ -86,7 +86,7 @@ fn every_format_and_layout_round_trips_bit_exact() {
                 };
                 let s =
                     convert::convert(&fixture(src), &path, &opts).unwrap_or_else(|e| panic!("{e}"));
-                assert_eq!(s.to_layout, l);
+                assert_eq!(s.to_layout, Some(l));
                 let back = Checkpoint::open(&path).unwrap();
                 let sel = convert::select(&back, &Selection::default()).unwrap();
                 assert_eq!(
@@ -285,4 +285,21 @@ fn training_checkpoint_values_are_kept() {
     let i = convert::inspect(&fixture("passl_swav_tiny_epoch_3.pd")).unwrap();
     assert_eq!(i.key.as_deref(), Some("state_dict"));
     assert_eq!(i.layout, Some(Layout::Paddle));
+}
+
+#[test]
+fn non_model_files_convert_with_names_kept_unless_a_layout_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("plain.safetensors");
+    let s = convert::convert(&fixture("vectors/numpy_p4.pkl"), &out, &Default::default()).unwrap();
+    assert_eq!(s.to_layout, None);
+    assert!(s.describe().contains("names kept"));
+    let back = Checkpoint::open(&out).unwrap();
+    assert!(back.get("fortran").is_some() && back.get("big_endian").is_some());
+    let opts = ConvertOptions {
+        layout: Some(Layout::Torch),
+        ..Default::default()
+    };
+    let e = convert::convert(&fixture("vectors/numpy_p4.pkl"), &out, &opts).unwrap_err();
+    assert!(e.to_string().contains("cannot tell the layout"), "{e}");
 }

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Benchmark swav-convert against the Python peer and cp, in one run on the same files.
+#
+# Makes (once, cached in $BENCH_DIR) a venv with torch + paddlepaddle, the full-size ResNet-50
+# SwAV fixtures (tests/fixtures/generate/make_fixtures.py --config full) and a >1 GiB
+# paddle.save(protocol=2) file (split into @@.N slices by Paddle), then for each input prints:
+# our time, the peer's time (paddle.load / torch.load + safetensors save_file; in-process, imports
+# excluded, and whole process), cp's time, peak RSS of each, and the ratios against the targets
+# (>= 10x the peer, >= 0.5x cp throughput, peak RSS <= largest tensor + 64 MiB).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK="${BENCH_DIR:-/var/tmp/swav-bench}"
+VENV="${BENCH_VENV:-$WORK/venv}"
+mkdir -p "$WORK/out"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q numpy safetensors torch paddlepaddle
+fi
+PY="$VENV/bin/python"
+[ -f "$WORK/full/fair_swav_full.pth.tar" ] || "$PY" tests/fixtures/generate/make_fixtures.py "$WORK/full" --config full >/dev/null
+if [ ! -f "$WORK/big_p2.pdparams" ]; then
+  "$PY" - "$WORK/big_p2.pdparams" <<'PY' 2>/dev/null
+import sys, numpy as np, paddle
+rng = np.random.default_rng(0)
+big = rng.standard_normal(300_000_000, dtype=np.float32)  # 1.2 GB: over Paddle's 1 GiB slice limit
+paddle.save({"big": paddle.to_tensor(big), "small": paddle.to_tensor(np.ones(16, np.float32))}, sys.argv[1], protocol=2)
+PY
+fi
+cargo build --release --locked --bins -q
+BIN=target/release/swav-convert
+
+inputs=(
+  "$WORK/full/passl_swav_full.pdparams"
+  "$WORK/full/passl_swav_full_epoch_3.pd"
+  "$WORK/full/fair_swav_full.pth.tar"
+  "$WORK/full/fair_swav_full_legacy.pth.tar"
+  "$WORK/big_p2.pdparams"
+)
+measure() { # prints "seconds maxrss_kib" of a command, its stdout to $WORK/out/stdout
+  /usr/bin/time -f "%e %M" -o "$WORK/out/time" "$@" > "$WORK/out/stdout"
+  cat "$WORK/out/time"
+}
+printf "%-30s %8s | %8s %8s %8s | %8s %8s %8s | %9s %9s %9s | %7s %7s %s\n" \
+  input MB ours_s peer_s peer_prc cp_s ours_MB/s cp_MB/s ours_RSS peer_RSS lim_RSS x_peer x_cp verdict
+for f in "${inputs[@]}"; do
+  size=$(stat -c %s "$f")
+  cat "$f" > /dev/null # warm the page cache for all three
+  largest=$("$BIN" --inspect "$f" --json | "$PY" -c "import json,sys; print(max(t['bytes'] for t in json.load(sys.stdin)['tensors']))")
+  read -r ours ours_rss < <(measure "$BIN" "$f" "$WORK/out/ours.safetensors")
+  read -r peer_proc peer_rss < <(measure "$PY" scripts/peer_convert.py "$f" "$WORK/out/peer.safetensors")
+  peer=$(cat "$WORK/out/stdout")
+  read -r cpt _ < <(measure cp "$f" "$WORK/out/copy")
+  "$PY" - "$f" "$size" "$ours" "$peer" "$peer_proc" "$cpt" "$ours_rss" "$peer_rss" "$largest" <<'PY'
+import sys, os
+f, size, ours, peer, peer_proc, cpt, ours_rss, peer_rss, largest = sys.argv[1:]
+size, ours, peer, peer_proc, cpt = int(size), float(ours), float(peer), float(peer_proc), float(cpt)
+ours, cpt = max(ours, 0.01), max(cpt, 0.01)
+mb = size / 1e6
+lim = int(largest) / 2**20 + 64
+x_peer, x_cp = peer / ours, (mb / ours) / (mb / cpt)
+ok = x_peer >= 10 and x_cp >= 0.5 and int(ours_rss) / 1024 <= lim
+print(f"{os.path.basename(f):30s} {mb:8.0f} | {ours:8.2f} {peer:8.2f} {peer_proc:8.2f} | {cpt:8.2f} {mb/ours:8.0f} {mb/cpt:8.0f} | "
+      f"{int(ours_rss)/1024:9.0f} {int(peer_rss)/1024:9.0f} {lim:9.0f} | {x_peer:7.1f} {x_cp:7.2f} {'ok' if ok else 'MISSED'}")
+PY
+done
+rm -f "$WORK/out/ours.safetensors" "$WORK/out/peer.safetensors" "$WORK/out/copy"
