@@ -91,22 +91,53 @@ impl Bytes {
     }
 }
 
-/// Decode a UTF-8 string whose code points are all ≤ 255 into one byte per code point.
+/// Decode a UTF-8 string whose code points are all ≤ 255 (checked by [`latin1_len`]) into
+/// one byte per code point. Branch-free: array data is random bytes, half of them above
+/// 0x7F, which a branch per character would mispredict.
 pub fn decode_latin1(utf8: &[u8], len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut i = 0;
-    while i < utf8.len() {
-        let b = utf8[i];
-        if b < 0x80 {
-            out.push(b);
-            i += 1;
+    // Walk the input in order and write every position's value at the output cursor, which
+    // a continuation byte moves back onto its lead's slot: no data-dependent branch or load
+    // (array data is random bytes, half of them above 0x7F).
+    let mut out = vec![0u8; len + 1];
+    let mut j = 0usize;
+    let mut prev = 0u8;
+    for &b in utf8 {
+        let value = if prev & 0xfe == 0xc2 {
+            (prev << 6) | (b & 0x3f)
         } else {
-            // Validated at parse time: a two-byte sequence 0xC2/0xC3.
-            out.push(((b & 0x03) << 6) | (utf8[i + 1] & 0x3f));
-            i += 2;
-        }
+            b
+        };
+        j = j.wrapping_sub((b & 0xc0 == 0x80) as usize);
+        out[j.min(len)] = value;
+        j = j.wrapping_add(1);
+        prev = b;
     }
+    out.truncate(len);
     out
+}
+
+/// The number of characters of `utf8` if it is a valid UTF-8 string of characters ≤ U+00FF
+/// (ASCII bytes and 0xC2/0xC3 lead bytes each followed by one continuation byte), else `None`.
+/// Written as whole-slice passes the compiler vectorises.
+pub fn latin1_len(utf8: &[u8]) -> Option<usize> {
+    let (Some(&first), Some(&last)) = (utf8.first(), utf8.last()) else {
+        return Some(0);
+    };
+    let is_lead = |b: u8| b & 0xfe == 0xc2;
+    let is_cont = |b: u8| b & 0xc0 == 0x80;
+    // Only ASCII, continuations and 0xC2/0xC3 may appear.
+    let bad = utf8
+        .iter()
+        .fold(0u8, |acc, &b| acc | (b >= 0xc0 && !is_lead(b)) as u8);
+    // Every continuation follows a lead and every lead is followed by a continuation.
+    let mismatched = utf8[..utf8.len() - 1]
+        .iter()
+        .zip(&utf8[1..])
+        .fold(0u8, |acc, (&a, &b)| acc | (is_lead(a) != is_cont(b)) as u8);
+    if bad != 0 || mismatched != 0 || is_cont(first) || is_lead(last) {
+        return None;
+    }
+    Some(utf8.len() - utf8.iter().filter(|&&b| is_cont(b)).count())
 }
 
 /// The globals this reader knows. Anything else is [`Global::Other`], which may be
@@ -736,36 +767,28 @@ impl<'a> Machine<'a> {
             return Ok(Node::Str(self.utf8(n)?));
         }
         let r = self.take(n)?;
-        // One pass: count characters while every one is ≤ U+00FF (then it is valid UTF-8);
-        // anything else gets the full UTF-8 check.
+        // Characters ≤ U+00FF (then it is valid UTF-8) are counted chunk by chunk, giving
+        // scanned pages back; anything else gets the full UTF-8 check.
         let s = &self.input[r.clone()];
-        let mut count = 0usize;
-        let mut i = 0;
-        let mut latin1 = true;
-        let mut released = 0;
-        while i < s.len() {
-            match s[i] {
-                0..=0x7f => i += 1,
-                0xc2 | 0xc3 if i + 1 < s.len() && (0x80..0xc0).contains(&s[i + 1]) => i += 2,
-                _ => {
-                    latin1 = false;
-                    break;
-                }
+        let mut count = Some(0usize);
+        let mut at = 0;
+        while at < s.len() {
+            let mut end = (at + SCAN_CHUNK).min(s.len());
+            if end < s.len() && s[end - 1] & 0xfe == 0xc2 {
+                end += 1; // keep a two-byte sequence in one chunk
             }
-            count += 1;
-            if i - released >= SCAN_CHUNK {
-                (self.release)(r.start + released..r.start + i);
-                released = i;
+            count = count.zip(latin1_len(&s[at..end])).map(|(a, b)| a + b);
+            if count.is_none() {
+                break;
             }
+            (self.release)(r.start + at..r.start + end);
+            at = end;
         }
-        if !latin1 {
+        if count.is_none() {
             std::str::from_utf8(s).map_err(|_| self.malformed("string is not UTF-8"))?;
         }
-        (self.release)(r.start + released..r.end);
-        Ok(Node::LongStr {
-            utf8: r,
-            latin1: latin1.then_some(count),
-        })
+        let latin1 = count;
+        Ok(Node::LongStr { utf8: r, latin1 })
     }
 
     fn pairs(&self, items: Vec<Id>) -> Result<Vec<(Id, Id)>, PickleError> {
@@ -941,17 +964,8 @@ impl<'a> Machine<'a> {
             }
             _ => return Err(self.bad_call("_codecs.encode of a non-string")),
         };
-        // Every code point must be ≤ U+00FF: ASCII, or a 0xC2/0xC3 lead byte.
-        let mut len = 0;
-        let mut i = 0;
-        while i < utf8.len() {
-            match utf8[i] {
-                0..=0x7f => i += 1,
-                0xc2 | 0xc3 => i += 2,
-                _ => return Err(self.bad_call("latin1 string with a character above U+00FF")),
-            }
-            len += 1;
-        }
+        let len = latin1_len(utf8)
+            .ok_or_else(|| self.bad_call("latin1 string with a character above U+00FF"))?;
         Ok(Node::Bytes(Bytes::Owned(decode_latin1(utf8, len))))
     }
 
@@ -1224,6 +1238,19 @@ mod tests {
         let p = b"\x80\x02\x8a\x01\xff.";
         let pk = parse(p).unwrap();
         assert_eq!(pk.node(pk.root), &Node::Int(-1));
+    }
+
+    #[test]
+    fn latin1_strings() {
+        let bytes: Vec<u8> = (0..=255u8).rev().collect();
+        let text: String = bytes.iter().map(|&b| b as char).collect();
+        let n = latin1_len(text.as_bytes()).unwrap();
+        assert_eq!(n, 256);
+        assert_eq!(decode_latin1(text.as_bytes(), n), bytes);
+        assert_eq!(latin1_len("é€".as_bytes()), None); // U+20AC
+        assert_eq!(latin1_len(&[0xc3]), None); // lead at the end
+        assert_eq!(latin1_len(&[0xa9, 0x41]), None); // continuation first
+        assert_eq!(latin1_len(&[0x41, 0xc3, 0x41]), None); // lead without continuation
     }
 
     #[test]

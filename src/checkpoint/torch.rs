@@ -43,7 +43,64 @@ pub fn read(path: &Path, ck: &mut Checkpoint) -> Result<(), FormatError> {
         .collect();
     tensors.sort_by(|a, b| natural_cmp(&a.name, &b.name));
     ck.tensors = tensors;
+    // Plain values beside the tensors (epoch, arch, ...): informative only, so a file whose
+    // non-tensor part pytorch-reader cannot represent still converts.
+    if let Ok(root) = pytorch_reader::PytorchReader::read_pickle_data(path, None) {
+        plain_values(&root, String::new(), 0, &mut ck.values);
+    }
     Ok(())
+}
+
+/// Most plain values collected from a PyTorch file.
+const MAX_VALUES: usize = 1000;
+/// Longest list of scalars kept as a value.
+const MAX_LIST: usize = 16;
+
+fn plain_values(
+    v: &pytorch_reader::PickleValue,
+    name: String,
+    depth: usize,
+    out: &mut Vec<(String, serde_json::Value)>,
+) {
+    use pytorch_reader::PickleValue as P;
+    use serde_json::Value;
+    if out.len() >= MAX_VALUES || depth > 32 {
+        return;
+    }
+    let scalar = |v: &P| -> Option<Value> {
+        Some(match v {
+            P::None => Value::Null,
+            P::Bool(b) => Value::Bool(*b),
+            P::Int(i) => Value::from(*i),
+            P::Float(f) => Value::from(*f),
+            P::String(s) => Value::String(s.clone()),
+            _ => return None,
+        })
+    };
+    match v {
+        P::Dict(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by(|a, b| natural_cmp(a, b));
+            for k in keys {
+                let n = if name.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{name}.{k}")
+                };
+                plain_values(&map[k], n, depth + 1, out);
+            }
+        }
+        P::List(items) if items.len() <= MAX_LIST => {
+            if let Some(list) = items.iter().map(scalar).collect::<Option<Vec<_>>>() {
+                out.push((name, Value::Array(list)));
+            }
+        }
+        other => {
+            if let Some(s) = scalar(other) {
+                out.push((name, s));
+            }
+        }
+    }
 }
 
 /// Compare dotted names with numeric segments in numeric order (`layer1.2` < `layer1.10`).
