@@ -266,22 +266,55 @@ pub fn convert(
         }
         Err(e) => return Err(e),
     };
-    let (tensors, mapping) = map_layout(&ck.path, sel.tensors, sel.layout, to)?;
-    let tensors = finish(tensors, opts.dtype, opts.add_prefix.as_deref());
-    let meta = Meta {
+    emit(Job {
         ck: &ck,
-        layout: renamed.then_some(to),
+        selected: sel,
+        to: renamed.then_some(to),
+        output,
+        format: out_format,
+        dtype: opts.dtype,
+        add_prefix: opts.add_prefix.clone(),
+    })
+}
+
+/// The shared tail of [`convert`] and [`extract`]: rename, cast, write, report.
+struct Job<'a> {
+    ck: &'a Checkpoint,
+    selected: Selected,
+    /// The layout to write; `None` keeps the names as they are.
+    to: Option<Layout>,
+    output: &'a Path,
+    format: OutputFormat,
+    dtype: Option<DType>,
+    add_prefix: Option<String>,
+}
+
+fn emit(job: Job) -> Result<Summary, ConvertError> {
+    let Selected {
+        tensors,
+        key,
+        stripped,
+        layout: from,
+    } = job.selected;
+    let (tensors, mapping) = match job.to {
+        Some(to) => map_layout(&job.ck.path, tensors, from, to)?,
+        None => (tensors, MapReport::default()),
     };
-    let sha256 = write(output, out_format, &tensors, &meta)?;
+    let tensors = finish(tensors, job.dtype, job.add_prefix.as_deref());
+    let meta = Meta {
+        ck: job.ck,
+        layout: job.to,
+    };
+    let sha256 = write(job.output, job.format, &tensors, &meta)?;
     Ok(Summary {
-        input: input.to_path_buf(),
-        output: output.to_path_buf(),
-        input_format: ck.format,
-        output_format: out_format,
-        key: sel.key,
-        stripped: sel.stripped,
-        from_layout: renamed.then_some(sel.layout),
-        to_layout: renamed.then_some(to),
+        input: job.ck.path.clone(),
+        output: job.output.to_path_buf(),
+        input_format: job.ck.format,
+        output_format: job.format,
+        key,
+        stripped,
+        from_layout: job.to.map(|_| from),
+        to_layout: job.to,
         tensors: tensors.len(),
         bytes: tensors.iter().map(Tensor::byte_len).sum(),
         mapping,
@@ -532,31 +565,18 @@ pub fn extract(
     }
     let to = opts.layout.unwrap_or(out_format.default_layout());
     let from = layout::detect(backbone.iter().map(|t| t.name.as_str())).unwrap_or(sel.layout);
-    let (tensors, mapping) = map_layout(&ck.path, backbone, from, to)?;
-    let add = (!opts.remove_prefix).then_some(p);
-    let tensors = finish(tensors, opts.dtype, add.as_deref());
-    let sha256 = write(
-        output,
-        out_format,
-        &tensors,
-        &Meta {
-            ck: &ck,
-            layout: Some(to),
+    emit(Job {
+        ck: &ck,
+        selected: Selected {
+            tensors: backbone,
+            layout: from,
+            ..sel
         },
-    )?;
-    Ok(Summary {
-        input: input.to_path_buf(),
-        output: output.to_path_buf(),
-        input_format: ck.format,
-        output_format: out_format,
-        key: sel.key,
-        stripped: sel.stripped,
-        from_layout: Some(from),
-        to_layout: Some(to),
-        tensors: tensors.len(),
-        bytes: tensors.iter().map(Tensor::byte_len).sum(),
-        mapping,
-        sha256,
+        to: Some(to),
+        output,
+        format: out_format,
+        dtype: opts.dtype,
+        add_prefix: (!opts.remove_prefix).then_some(p),
     })
 }
 

@@ -153,6 +153,14 @@ impl DType {
         }
     }
 
+    /// Parse a floating-point type name, for `--dtype`.
+    pub fn parse_float(s: &str) -> Result<DType, String> {
+        match DType::parse(s) {
+            Some(d) if d.is_float() => Ok(d),
+            _ => Err(format!("'{s}' is not one of f32, f16, bf16, f64")),
+        }
+    }
+
     /// Parse a name given by [`DType::name`].
     pub fn parse(s: &str) -> Option<DType> {
         ALL.iter().copied().find(|d| d.name() == s)

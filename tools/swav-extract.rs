@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, value_enum)]
     layout: Option<Layout>,
     /// Convert floating-point tensors to this type (f32, f16, bf16, f64).
-    #[arg(long, value_parser = parse_dtype)]
+    #[arg(long, value_parser = DType::parse_float)]
     dtype: Option<DType>,
     /// Top-level key holding the model [default: state_dict when present].
     #[arg(long)]
@@ -37,13 +37,6 @@ struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_dtype(s: &str) -> Result<DType, String> {
-    match DType::parse(s) {
-        Some(d) if d.is_float() => Ok(d),
-        _ => Err(format!("'{s}' is not one of f32, f16, bf16, f64")),
-    }
 }
 
 fn main() -> ExitCode {

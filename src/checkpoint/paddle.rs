@@ -21,8 +21,11 @@ use std::collections::HashMap;
 
 /// Deepest nesting of containers walked.
 pub const MAX_DEPTH: usize = 256;
-/// Most values visited while walking (bounds shared-reference blow-ups).
+/// Most values visited while walking, whatever the file: bounds shared-reference blow-ups.
 pub const MAX_VISITS: usize = 8_000_000;
+/// Visits allowed beyond twice the number of values the pickle holds. A tree is visited once
+/// per value; only shared references (memo `GET`s of containers) make a walk longer.
+pub const VISIT_SLACK: usize = 100_000;
 
 /// The name-table key `paddle.save` adds to a flat state_dict.
 pub const NAME_TABLE_KEY: &str = "StructuredToParameterName@@";
@@ -36,6 +39,7 @@ pub fn read(buf: &Buffer, ck: &mut Checkpoint) -> Result<(), FormatError> {
         pk: &pk,
         buf,
         visits: 0,
+        max_visits: MAX_VISITS.min(2 * pk.len() + VISIT_SLACK),
         tensors: Vec::new(),
         values: Vec::new(),
         big: HashMap::new(),
@@ -65,6 +69,7 @@ struct Walker<'a> {
     pk: &'a Pickle,
     buf: &'a Buffer,
     visits: usize,
+    max_visits: usize,
     tensors: Vec<Tensor>,
     values: Vec<(String, Value)>,
     big: HashMap<String, BigParam>,
@@ -82,9 +87,10 @@ fn join(prefix: &str, seg: &str) -> String {
 impl Walker<'_> {
     fn walk(&mut self, id: Id, name: String, depth: usize) -> Result<(), FormatError> {
         self.visits += 1;
-        if depth > MAX_DEPTH || self.visits > MAX_VISITS {
+        if depth > MAX_DEPTH || self.visits > self.max_visits {
             return Err(FormatError::Structure(format!(
-                "checkpoint structure is too deep or too large (limits: depth {MAX_DEPTH}, {MAX_VISITS} values)"
+                "checkpoint structure is too deep or too large (limits: depth {MAX_DEPTH}, {} values visited)",
+                self.max_visits
             )));
         }
         let pk = self.pk;
