@@ -8,5 +8,6 @@
 pub mod atomic;
 pub mod checkpoint;
 pub mod convert;
+pub mod fetch;
 pub mod layout;
 pub mod tensor;

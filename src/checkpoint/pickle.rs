@@ -792,7 +792,7 @@ impl<'a> Machine<'a> {
     }
 
     fn pairs(&self, items: Vec<Id>) -> Result<Vec<(Id, Id)>, PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.malformed("odd number of items for a dict"));
         }
         Ok(items.chunks(2).map(|c| (c[0], c[1])).collect())

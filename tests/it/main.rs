@@ -3,7 +3,9 @@
 mod cli;
 mod convert;
 mod corpus;
+mod fetch;
 mod hostile;
+mod server;
 mod vectors;
 
 use std::path::PathBuf;
