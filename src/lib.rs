@@ -8,6 +8,7 @@
 pub mod atomic;
 pub mod checkpoint;
 pub mod convert;
+pub mod data;
 pub mod fetch;
 pub mod layout;
 pub mod tensor;

@@ -6,6 +6,7 @@ mod corpus;
 mod fetch;
 mod hostile;
 mod server;
+mod transforms;
 mod vectors;
 
 use std::path::PathBuf;

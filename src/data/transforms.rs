@@ -1,0 +1,365 @@
+//! SwAV's augmentations with the exact semantics of facebookresearch/swav
+//! `src/multicropdataset.py` (torchvision transforms over Pillow images):
+//!
+//! `RandomResizedCrop(size, scale=(min, max))` → `RandomHorizontalFlip()` →
+//! `RandomApply([ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8)` → `RandomGrayscale(p=0.2)` →
+//! `PILRandomGaussianBlur(p=0.5, radius U(0.1, 2.0))` → `ToTensor()` → `Normalize(mean, std)`.
+//!
+//! Each pixel operation reproduces Pillow's integer arithmetic (`ImageEnhance` blends,
+//! `convert("L")`, `convert("HSV")`, `GaussianBlur`'s three extended box passes), checked
+//! against Pillow's output in `tests/it/transforms.rs`. Resizing uses `fast_image_resize`'s
+//! convolution with Pillow's bilinear filter (antialiased when shrinking, like Pillow).
+
+use super::image::{luma, RgbImage};
+use super::rng::Rng;
+use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+
+/// A crop box in full-image pixel coordinates: top row, left column, height, width.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropBox {
+    pub top: usize,
+    pub left: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// torchvision `RandomResizedCrop.get_params`: ten tries at an area fraction in `scale` and
+/// an aspect ratio log-uniform in `ratio`, then the central fallback. Rounding is Python's
+/// (half to even).
+pub fn random_resized_crop_box(
+    width: usize,
+    height: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut Rng,
+) -> CropBox {
+    let area = (width * height) as f64;
+    let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.uniform(scale.0, scale.1);
+        let aspect = rng.uniform(lr0, lr1).exp();
+        let w = (target * aspect).sqrt().round_ties_even() as usize;
+        let h = (target / aspect).sqrt().round_ties_even() as usize;
+        if 0 < w && w <= width && 0 < h && h <= height {
+            let top = rng.below(height - h + 1);
+            let left = rng.below(width - w + 1);
+            return CropBox {
+                top,
+                left,
+                height: h,
+                width: w,
+            };
+        }
+    }
+    let in_ratio = width as f64 / height as f64;
+    let (w, h) = if in_ratio < ratio.0.min(ratio.1) {
+        (
+            width,
+            (width as f64 / ratio.0.min(ratio.1)).round_ties_even() as usize,
+        )
+    } else if in_ratio > ratio.0.max(ratio.1) {
+        (
+            (height as f64 * ratio.0.max(ratio.1)).round_ties_even() as usize,
+            height,
+        )
+    } else {
+        (width, height)
+    };
+    CropBox {
+        top: (height - h) / 2,
+        left: (width - w) / 2,
+        height: h,
+        width: w,
+    }
+}
+
+/// Resize the region `crop` (in coordinates of an image `scale` times larger than `img`,
+/// e.g. before a DCT-scaled decode) to `out_w`×`out_h` with Pillow's bilinear filter.
+///
+/// At scale 1 the region is cut out first, as torchvision's `resized_crop` does, so the
+/// filter's border pixels repeat the crop's edge rather than reading beyond it. A scaled
+/// image cannot hold the region exactly, so the filter reads a fractional box instead.
+pub fn resized_crop(
+    img: &RgbImage,
+    crop: CropBox,
+    scale: f64,
+    out_w: usize,
+    out_h: usize,
+    resizer: &mut Resizer,
+) -> RgbImage {
+    let cut;
+    let (src_img, opts) = if scale == 1.0 {
+        cut = img.crop(crop.left, crop.top, crop.width, crop.height);
+        (
+            &cut,
+            ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+        )
+    } else {
+        let opts = ResizeOptions::new()
+            .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+            .crop(
+                crop.left as f64 / scale,
+                crop.top as f64 / scale,
+                (crop.width as f64 / scale).min(img.width as f64),
+                (crop.height as f64 / scale).min(img.height as f64),
+            );
+        (img, opts)
+    };
+    let src = fast_image_resize::images::ImageRef::new(
+        src_img.width as u32,
+        src_img.height as u32,
+        &src_img.data,
+        PixelType::U8x3,
+    )
+    .expect("buffer matches its size");
+    let mut dst = Image::new(out_w as u32, out_h as u32, PixelType::U8x3);
+    resizer
+        .resize(&src, &mut dst, &opts)
+        .expect("same pixel types");
+    RgbImage::new(out_w, out_h, dst.into_vec())
+}
+
+/// torchvision `Resize(size)` with an int: the shorter side becomes `size`, the longer
+/// `int(size * long / short)`.
+pub fn resize_shorter(img: &RgbImage, size: usize, resizer: &mut Resizer) -> RgbImage {
+    let (w, h) = (img.width, img.height);
+    let (nw, nh) = if w <= h {
+        (size, size * h / w)
+    } else {
+        (size * w / h, size)
+    };
+    let full = CropBox {
+        top: 0,
+        left: 0,
+        height: h,
+        width: w,
+    };
+    resized_crop(img, full, 1.0, nw, nh, resizer)
+}
+
+/// torchvision `CenterCrop(size)`: offsets `int(round((side - size) / 2))`.
+pub fn center_crop(img: &RgbImage, size: usize) -> RgbImage {
+    let top = ((img.height.saturating_sub(size)) as f64 / 2.0).round_ties_even() as usize;
+    let left = ((img.width.saturating_sub(size)) as f64 / 2.0).round_ties_even() as usize;
+    img.crop(left, top, size, size)
+}
+
+/// Pillow's `Image.blend(a, b, alpha)` per byte: `a + alpha * (b - a)` in single precision,
+/// truncated and clipped (`libImaging/Blend.c` semantics).
+fn blend(a: u8, b: u8, alpha: f32) -> u8 {
+    let t = a as f32 + alpha * (b as f32 - a as f32);
+    if t <= 0.0 {
+        0
+    } else if t >= 255.0 {
+        255
+    } else {
+        t as u8
+    }
+}
+
+/// `ImageEnhance.Brightness(img).enhance(f)`: blend with black.
+pub fn adjust_brightness(img: &mut RgbImage, f: f32) {
+    for v in img.data.iter_mut() {
+        *v = blend(0, *v, f);
+    }
+}
+
+/// `ImageEnhance.Contrast(img).enhance(f)`: blend with the mean grey level (rounded).
+pub fn adjust_contrast(img: &mut RgbImage, f: f32) {
+    let n = (img.width * img.height).max(1) as f64;
+    let sum: u64 = img
+        .data
+        .chunks_exact(3)
+        .map(|p| luma(p[0], p[1], p[2]) as u64)
+        .sum();
+    let mean = (sum as f64 / n + 0.5) as u8;
+    for v in img.data.iter_mut() {
+        *v = blend(mean, *v, f);
+    }
+}
+
+/// `ImageEnhance.Color(img).enhance(f)`: blend with the image's own grey version.
+pub fn adjust_saturation(img: &mut RgbImage, f: f32) {
+    for p in img.data.chunks_exact_mut(3) {
+        let l = luma(p[0], p[1], p[2]);
+        for v in p.iter_mut() {
+            *v = blend(l, *v, f);
+        }
+    }
+}
+
+/// torchvision `adjust_hue` on a Pillow image: to HSV, add `uint8(f * 255)` to H with
+/// wrap-around, back to RGB (Pillow's `rgb2hsv` / `hsv2rgb`).
+pub fn adjust_hue(img: &mut RgbImage, f: f32) {
+    // np.uint8(hue_factor * 255): the float truncated toward zero, then wrapped to a byte.
+    let shift = ((f * 255.0) as i32).rem_euclid(256) as u8;
+    for p in img.data.chunks_exact_mut(3) {
+        let [h, s, v] = rgb_to_hsv(p[0], p[1], p[2]);
+        let rgb = hsv_to_rgb(h.wrapping_add(shift), s, v);
+        p.copy_from_slice(&rgb);
+    }
+}
+
+/// Pillow's `rgb2hsv` (colorsys arithmetic in single precision, bytes truncated).
+fn rgb_to_hsv(r: u8, g: u8, b: u8) -> [u8; 3] {
+    let maxc = r.max(g).max(b);
+    let minc = r.min(g).min(b);
+    if maxc == minc {
+        return [0, 0, maxc];
+    }
+    let cr = (maxc - minc) as f32;
+    let s = cr / maxc as f32;
+    let rc = (maxc - r) as f32 / cr;
+    let gc = (maxc - g) as f32 / cr;
+    let bc = (maxc - b) as f32 / cr;
+    let h = if r == maxc {
+        bc - gc
+    } else if g == maxc {
+        2.0 + rc - bc
+    } else {
+        4.0 + gc - rc
+    };
+    // Pillow mixes float variables with double literals: mirror where each rounding happens.
+    let h = ((h as f64 / 6.0 + 1.0) % 1.0) as f32;
+    let byte = |x: f32| ((x as f64 * 255.0) as i32).clamp(0, 255) as u8;
+    [byte(h), byte(s), maxc]
+}
+
+/// Pillow's `hsv2rgb`.
+fn hsv_to_rgb(h: u8, s: u8, v: u8) -> [u8; 3] {
+    if s == 0 {
+        return [v, v, v];
+    }
+    let hf = h as f64 * 6.0 / 255.0;
+    let i = hf.floor() as i32;
+    let f = (hf - i as f64) as f32;
+    let fs = (s as f64 / 255.0) as f32;
+    let vf = v as f64;
+    let byte = |x: f64| (x.round() as i32).clamp(0, 255) as u8;
+    let p = byte(vf * (1.0 - fs as f64));
+    let q = byte(vf * (1.0 - (fs * f) as f64));
+    let t = byte(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
+    match i.rem_euclid(6) {
+        0 => [v, t, p],
+        1 => [q, v, p],
+        2 => [p, v, t],
+        3 => [p, q, v],
+        4 => [t, p, v],
+        _ => [v, p, q],
+    }
+}
+
+/// `convert("L")` replicated to three channels.
+pub fn grayscale(img: &mut RgbImage) {
+    for p in img.data.chunks_exact_mut(3) {
+        let l = luma(p[0], p[1], p[2]);
+        p.fill(l);
+    }
+}
+
+/// The box radius of one of `passes` box blurs approximating a Gaussian of `radius`
+/// (Gwosdek et al., "Theoretical foundations of Gaussian convolution by extended box
+/// filtering", eq. 7, 11, 14), in single precision like Pillow.
+fn box_radius(radius: f32, passes: u32) -> f32 {
+    let sigma2 = radius * radius / passes as f32;
+    let big_l = (12.0 * sigma2 as f64 + 1.0).sqrt() as f32;
+    let l = ((big_l as f64 - 1.0) / 2.0).floor() as f32;
+    let mut a = (2.0 * l + 1.0) * (l * (l + 1.0) - 3.0 * sigma2);
+    a /= 6.0 * (sigma2 - (l + 1.0) * (l + 1.0));
+    l + a
+}
+
+/// One horizontal extended-box pass over every row (fixed point, 24 fractional bits): the
+/// inner `2r+1` pixels weigh `ww`, the two fractional edge pixels `fw`; borders repeat.
+fn box_pass_rows(img: &mut RgbImage, radius: f32) {
+    let r = radius as usize;
+    let ww = ((1u32 << 24) as f32 / (radius * 2.0 + 1.0)) as u32;
+    let fw = ((1u32 << 24) - (r as u32 * 2 + 1) * ww) / 2;
+    let w = img.width;
+    let mut line = vec![0u8; w * 3];
+    let at = |x: isize| x.clamp(0, w as isize - 1) as usize;
+    for row in img.data.chunks_exact_mut(w * 3) {
+        for c in 0..3 {
+            let px = |x: isize| row[at(x) * 3 + c] as u32;
+            // Window sum for the pixel before the first: indices -r-1 .. r-1, clamped.
+            let mut acc: u32 = (-(r as isize) - 1..r as isize).map(px).sum();
+            for x in 0..w as isize {
+                acc += px(x + r as isize);
+                acc -= px(x - r as isize - 1);
+                let bulk = acc * ww + (px(x - r as isize - 1) + px(x + r as isize + 1)) * fw;
+                line[x as usize * 3 + c] = ((bulk + (1 << 23)) >> 24) as u8;
+            }
+        }
+        row.copy_from_slice(&line);
+    }
+}
+
+/// Pillow's `ImageFilter.GaussianBlur(radius)`: three extended box passes along rows, then
+/// three along columns.
+pub fn gaussian_blur(img: &mut RgbImage, radius: f32) {
+    const PASSES: u32 = 3;
+    let r = box_radius(radius, PASSES);
+    if r == 0.0 {
+        return;
+    }
+    for _ in 0..PASSES {
+        box_pass_rows(img, r);
+    }
+    let mut t = img.transpose();
+    for _ in 0..PASSES {
+        box_pass_rows(&mut t, r);
+    }
+    *img = t.transpose();
+}
+
+/// Which colour operations `ColorJitter` applies, with their factors, in its random order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Jitter {
+    Brightness(f32),
+    Contrast(f32),
+    Saturation(f32),
+    Hue(f32),
+}
+
+/// torchvision `ColorJitter(b, c, s, h).get_params`: a random order of the four operations
+/// with factors uniform in `[max(0, 1-x), 1+x]` (hue in `[-h, h]`).
+pub fn color_jitter_params(b: f32, c: f32, s: f32, h: f32, rng: &mut Rng) -> [Jitter; 4] {
+    let mut order = [0usize, 1, 2, 3];
+    rng.shuffle(&mut order);
+    let range =
+        |x: f32, rng: &mut Rng| rng.uniform((1.0 - x).max(0.0) as f64, (1.0 + x) as f64) as f32;
+    let fb = range(b, rng);
+    let fc = range(c, rng);
+    let fs = range(s, rng);
+    let fh = rng.uniform(-h as f64, h as f64) as f32;
+    order.map(|i| match i {
+        0 => Jitter::Brightness(fb),
+        1 => Jitter::Contrast(fc),
+        2 => Jitter::Saturation(fs),
+        _ => Jitter::Hue(fh),
+    })
+}
+
+/// Apply one colour operation.
+pub fn apply_jitter(img: &mut RgbImage, j: Jitter) {
+    match j {
+        Jitter::Brightness(f) => adjust_brightness(img, f),
+        Jitter::Contrast(f) => adjust_contrast(img, f),
+        Jitter::Saturation(f) => adjust_saturation(img, f),
+        Jitter::Hue(f) => adjust_hue(img, f),
+    }
+}
+
+/// `ToTensor()` + `Normalize(mean, std)` into `out` (3×H×W, channel-major).
+pub fn to_tensor(img: &RgbImage, mean: [f32; 3], std: [f32; 3], out: &mut [f32]) {
+    let plane = img.width * img.height;
+    assert_eq!(out.len(), plane * 3, "tensor buffer size");
+    // A lookup per channel: 256 values, no per-pixel division.
+    let lut: [[f32; 256]; 3] =
+        std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - mean[c]) / std[c]));
+    for (i, p) in img.data.chunks_exact(3).enumerate() {
+        out[i] = lut[0][p[0] as usize];
+        out[plane + i] = lut[1][p[1] as usize];
+        out[2 * plane + i] = lut[2][p[2] as usize];
+    }
+}
