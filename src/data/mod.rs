@@ -1,7 +1,12 @@
 //! Images for SwAV: datasets (ImageFolder, flat folders, the built-in synthetic set),
 //! decoding, the multi-crop augmentations and the parallel loader.
 
+pub mod bench;
+pub mod dataset;
 pub mod decode;
 pub mod image;
+pub mod loader;
+pub mod multicrop;
 pub mod rng;
+pub mod synthetic;
 pub mod transforms;

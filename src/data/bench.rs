@@ -1,0 +1,68 @@
+//! Measure the loader alone: images per second over a folder (`swav-train bench-data`).
+
+use super::dataset::Dataset;
+use super::loader::{Loader, LoaderConfig, Pipeline};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a loader benchmark measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub images: usize,
+    pub crops_per_image: usize,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    pub images_per_second_per_worker: f64,
+    pub workers: usize,
+    pub skipped: usize,
+}
+
+/// Load `batches` batches (the first one, warming up, is not timed); cycles over epochs when
+/// the dataset is smaller.
+pub fn run(
+    dataset: Arc<Dataset>,
+    pipeline: Pipeline,
+    cfg: &LoaderConfig,
+    batches: usize,
+) -> BenchResult {
+    let crops_per_image = pipeline.groups().iter().map(|g| g.1).sum();
+    let mut images = 0;
+    let mut skipped = 0;
+    let mut start = None;
+    let mut done = 0;
+    let mut epoch = 0;
+    while done <= batches {
+        let mut loader = Loader::new(dataset.clone(), pipeline.clone(), cfg, epoch);
+        if loader.is_empty() {
+            break;
+        }
+        for b in loader.by_ref() {
+            if done == 0 {
+                start = Some(Instant::now());
+            } else {
+                images += b.len();
+            }
+            done += 1;
+            if done > batches {
+                break;
+            }
+        }
+        skipped += loader.skipped.lock().map(|s| s.len()).unwrap_or(0);
+        epoch += 1;
+    }
+    let seconds = start
+        .map(|s| s.elapsed().as_secs_f64())
+        .unwrap_or(0.0)
+        .max(1e-9);
+    let ips = images as f64 / seconds;
+    BenchResult {
+        images,
+        crops_per_image,
+        seconds,
+        images_per_second: ips,
+        images_per_second_per_worker: ips / cfg.workers.max(1) as f64,
+        workers: cfg.workers,
+        skipped,
+    }
+}
