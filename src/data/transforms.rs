@@ -159,9 +159,8 @@ fn blend(a: u8, b: u8, alpha: f32) -> u8 {
 
 /// `ImageEnhance.Brightness(img).enhance(f)`: blend with black.
 pub fn adjust_brightness(img: &mut RgbImage, f: f32) {
-    for v in img.data.iter_mut() {
-        *v = blend(0, *v, f);
-    }
+    let lut: [u8; 256] = std::array::from_fn(|v| blend(0, v as u8, f));
+    img.data.iter_mut().for_each(|v| *v = lut[*v as usize]);
 }
 
 /// `ImageEnhance.Contrast(img).enhance(f)`: blend with the mean grey level (rounded).
@@ -173,9 +172,8 @@ pub fn adjust_contrast(img: &mut RgbImage, f: f32) {
         .map(|p| luma(p[0], p[1], p[2]) as u64)
         .sum();
     let mean = (sum as f64 / n + 0.5) as u8;
-    for v in img.data.iter_mut() {
-        *v = blend(mean, *v, f);
-    }
+    let lut: [u8; 256] = std::array::from_fn(|v| blend(mean, v as u8, f));
+    img.data.iter_mut().for_each(|v| *v = lut[*v as usize]);
 }
 
 /// `ImageEnhance.Color(img).enhance(f)`: blend with the image's own grey version.
@@ -193,59 +191,117 @@ pub fn adjust_saturation(img: &mut RgbImage, f: f32) {
 pub fn adjust_hue(img: &mut RgbImage, f: f32) {
     // np.uint8(hue_factor * 255): the float truncated toward zero, then wrapped to a byte.
     let shift = ((f * 255.0) as i32).rem_euclid(256) as u8;
+    let t = hue_tables();
     for p in img.data.chunks_exact_mut(3) {
-        let [h, s, v] = rgb_to_hsv(p[0], p[1], p[2]);
-        let rgb = hsv_to_rgb(h.wrapping_add(shift), s, v);
+        let [h, s, v] = t.rgb_to_hsv(p[0], p[1], p[2]);
+        let rgb = t.hsv_to_rgb(h.wrapping_add(shift), s, v);
         p.copy_from_slice(&rgb);
     }
 }
 
-/// Pillow's `rgb2hsv` (colorsys arithmetic in single precision, bytes truncated).
-fn rgb_to_hsv(r: u8, g: u8, b: u8) -> [u8; 3] {
-    let maxc = r.max(g).max(b);
-    let minc = r.min(g).min(b);
-    if maxc == minc {
-        return [0, 0, maxc];
-    }
-    let cr = (maxc - minc) as f32;
-    let s = cr / maxc as f32;
-    let rc = (maxc - r) as f32 / cr;
-    let gc = (maxc - g) as f32 / cr;
-    let bc = (maxc - b) as f32 / cr;
-    let h = if r == maxc {
-        bc - gc
-    } else if g == maxc {
-        2.0 + rc - bc
-    } else {
-        4.0 + gc - rc
-    };
-    // Pillow mixes float variables with double literals: mirror where each rounding happens.
-    let h = ((h as f64 / 6.0 + 1.0) % 1.0) as f32;
-    let byte = |x: f32| ((x as f64 * 255.0) as i32).clamp(0, 255) as u8;
-    [byte(h), byte(s), maxc]
+/// Tables holding every intermediate of Pillow's HSV conversions that depends on at most two
+/// bytes, computed once with Pillow's own float/double mix so results stay bit-identical.
+struct HueTables {
+    /// `k as f32 / cr as f32`, indexed `cr * 256 + k`.
+    ratio: Vec<f32>,
+    /// Saturation byte of `cr / maxc`, indexed `maxc * 256 + cr`.
+    sat: Vec<u8>,
+    /// Hue byte of each possible single-precision hue before wrapping is not tabulable;
+    /// per (s, h): `(1 - fs·f, 1 - fs·(1 - f))` for `q` and `t`, indexed `s * 256 + h`.
+    qt: Vec<(f64, f64)>,
+    /// `1 - fs` per saturation byte.
+    p: [f64; 256],
+    /// Sector `i mod 6` per hue byte.
+    sector: [u8; 256],
 }
 
-/// Pillow's `hsv2rgb`.
-fn hsv_to_rgb(h: u8, s: u8, v: u8) -> [u8; 3] {
-    if s == 0 {
-        return [v, v, v];
+fn hue_tables() -> &'static HueTables {
+    static T: std::sync::OnceLock<HueTables> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let mut ratio = vec![0f32; 256 * 256];
+        let mut sat = vec![0u8; 256 * 256];
+        for a in 1..256usize {
+            for k in 0..256usize {
+                ratio[a * 256 + k] = k as f32 / a as f32;
+                // maxc = a, cr = k (cr <= maxc)
+                sat[a * 256 + k] =
+                    ((((k as f32) / a as f32) as f64 * 255.0) as i32).clamp(0, 255) as u8;
+            }
+        }
+        let mut qt = vec![(0.0, 0.0); 256 * 256];
+        let mut p = [0.0; 256];
+        let mut sector = [0u8; 256];
+        for h in 0..256usize {
+            let hf = h as f64 * 6.0 / 255.0;
+            sector[h] = (hf.floor() as i32).rem_euclid(6) as u8;
+        }
+        for s in 0..256usize {
+            let fs = (s as f64 / 255.0) as f32;
+            p[s] = 1.0 - fs as f64;
+            for h in 0..256usize {
+                let hf = h as f64 * 6.0 / 255.0;
+                let f = (hf - hf.floor()) as f32;
+                qt[s * 256 + h] = (1.0 - (fs * f) as f64, 1.0 - fs as f64 * (1.0 - f as f64));
+            }
+        }
+        HueTables {
+            ratio,
+            sat,
+            qt,
+            p,
+            sector,
+        }
+    })
+}
+
+impl HueTables {
+    /// Pillow's `rgb2hsv` (colorsys arithmetic in single precision, bytes truncated).
+    fn rgb_to_hsv(&self, r: u8, g: u8, b: u8) -> [u8; 3] {
+        let maxc = r.max(g).max(b);
+        let minc = r.min(g).min(b);
+        if maxc == minc {
+            return [0, 0, maxc];
+        }
+        let cr = (maxc - minc) as usize;
+        let row = &self.ratio[cr * 256..cr * 256 + 256];
+        let h = if r == maxc {
+            row[(maxc - b) as usize] - row[(maxc - g) as usize]
+        } else if g == maxc {
+            2.0 + row[(maxc - r) as usize] - row[(maxc - b) as usize]
+        } else {
+            4.0 + row[(maxc - g) as usize] - row[(maxc - r) as usize]
+        };
+        // Pillow mixes float variables with double literals: mirror where each rounding happens.
+        // fmod(x, 1) for x in [5/6, 11/6]: subtracting 1 is exact there.
+        let x = h as f64 / 6.0 + 1.0;
+        let h = (if x >= 1.0 { x - 1.0 } else { x }) as f32;
+        let hb = ((h as f64 * 255.0) as i32).clamp(0, 255) as u8;
+        [hb, self.sat[maxc as usize * 256 + cr], maxc]
     }
-    let hf = h as f64 * 6.0 / 255.0;
-    let i = hf.floor() as i32;
-    let f = (hf - i as f64) as f32;
-    let fs = (s as f64 / 255.0) as f32;
-    let vf = v as f64;
-    let byte = |x: f64| (x.round() as i32).clamp(0, 255) as u8;
-    let p = byte(vf * (1.0 - fs as f64));
-    let q = byte(vf * (1.0 - (fs * f) as f64));
-    let t = byte(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
-    match i.rem_euclid(6) {
-        0 => [v, t, p],
-        1 => [q, v, p],
-        2 => [p, v, t],
-        3 => [p, q, v],
-        4 => [t, p, v],
-        _ => [v, p, q],
+
+    /// Pillow's `hsv2rgb`.
+    fn hsv_to_rgb(&self, h: u8, s: u8, v: u8) -> [u8; 3] {
+        if s == 0 {
+            return [v, v, v];
+        }
+        let vf = v as f64;
+        // C's round() (half away from zero) for 0 <= x < 256, without a libm call.
+        let byte = |x: f64| {
+            let i = x as i32;
+            (i + i32::from(x - i as f64 >= 0.5)).clamp(0, 255) as u8
+        };
+        let (q1, t1) = self.qt[s as usize * 256 + h as usize];
+        let p = byte(vf * self.p[s as usize]);
+        let q = byte(vf * q1);
+        let t = byte(vf * t1);
+        match self.sector[h as usize] {
+            0 => [v, t, p],
+            1 => [q, v, p],
+            2 => [p, v, t],
+            3 => [p, q, v],
+            4 => [t, p, v],
+            _ => [v, p, q],
+        }
     }
 }
 
@@ -269,47 +325,53 @@ fn box_radius(radius: f32, passes: u32) -> f32 {
     l + a
 }
 
-/// One horizontal extended-box pass over every row (fixed point, 24 fractional bits): the
-/// inner `2r+1` pixels weigh `ww`, the two fractional edge pixels `fw`; borders repeat.
-fn box_pass_rows(img: &mut RgbImage, radius: f32) {
-    let r = radius as usize;
+/// One vertical extended-box pass over every column (fixed point, 24 fractional bits): the
+/// inner `2r+1` pixels weigh `ww`, the two fractional edge pixels `fw`; borders repeat. Whole
+/// rows are combined at a time, which the compiler vectorises.
+fn box_pass_columns(img: &mut RgbImage, radius: f32) {
+    let r = radius as isize;
     let ww = ((1u32 << 24) as f32 / (radius * 2.0 + 1.0)) as u32;
     let fw = ((1u32 << 24) - (r as u32 * 2 + 1) * ww) / 2;
-    let w = img.width;
-    let mut line = vec![0u8; w * 3];
-    let at = |x: isize| x.clamp(0, w as isize - 1) as usize;
-    for row in img.data.chunks_exact_mut(w * 3) {
-        for c in 0..3 {
-            let px = |x: isize| row[at(x) * 3 + c] as u32;
-            // Window sum for the pixel before the first: indices -r-1 .. r-1, clamped.
-            let mut acc: u32 = (-(r as isize) - 1..r as isize).map(px).sum();
-            for x in 0..w as isize {
-                acc += px(x + r as isize);
-                acc -= px(x - r as isize - 1);
-                let bulk = acc * ww + (px(x - r as isize - 1) + px(x + r as isize + 1)) * fw;
-                line[x as usize * 3 + c] = ((bulk + (1 << 23)) >> 24) as u8;
-            }
+    let (n, h) = (img.width * 3, img.height as isize);
+    let src = img.data.clone();
+    let row = |y: isize| {
+        let y = y.clamp(0, h - 1) as usize;
+        &src[y * n..(y + 1) * n]
+    };
+    // Window sum for the row before the first: rows -r-1 .. r-1.
+    let mut acc = vec![0u32; n];
+    for y in -r - 1..r {
+        for (a, &v) in acc.iter_mut().zip(row(y)) {
+            *a += v as u32;
         }
-        row.copy_from_slice(&line);
+    }
+    for (y, out) in img.data.chunks_exact_mut(n).enumerate() {
+        let y = y as isize;
+        let (add, sub, far) = (row(y + r), row(y - r - 1), row(y + r + 1));
+        for i in 0..n {
+            acc[i] = acc[i] + add[i] as u32 - sub[i] as u32;
+            let bulk = acc[i] * ww + (sub[i] as u32 + far[i] as u32) * fw;
+            out[i] = ((bulk + (1 << 23)) >> 24) as u8;
+        }
     }
 }
 
 /// Pillow's `ImageFilter.GaussianBlur(radius)`: three extended box passes along rows, then
-/// three along columns.
+/// three along columns (rows are blurred as the columns of the transposed image).
 pub fn gaussian_blur(img: &mut RgbImage, radius: f32) {
     const PASSES: u32 = 3;
     let r = box_radius(radius, PASSES);
     if r == 0.0 {
         return;
     }
-    for _ in 0..PASSES {
-        box_pass_rows(img, r);
-    }
     let mut t = img.transpose();
     for _ in 0..PASSES {
-        box_pass_rows(&mut t, r);
+        box_pass_columns(&mut t, r);
     }
     *img = t.transpose();
+    for _ in 0..PASSES {
+        box_pass_columns(img, r);
+    }
 }
 
 /// Which colour operations `ColorJitter` applies, with their factors, in its random order.
@@ -361,5 +423,76 @@ pub fn to_tensor(img: &RgbImage, mean: [f32; 3], std: [f32; 3], out: &mut [f32])
         out[i] = lut[0][p[0] as usize];
         out[plane + i] = lut[1][p[1] as usize];
         out[2 * plane + i] = lut[2][p[2] as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pillow's conversions written directly (float/double as in `libImaging/Convert.c`).
+    fn reference_hue(r: u8, g: u8, b: u8, shift: u8) -> [u8; 3] {
+        let maxc = r.max(g).max(b);
+        let minc = r.min(g).min(b);
+        let (h, s, v) = if maxc == minc {
+            (0u8, 0u8, maxc)
+        } else {
+            let cr = (maxc - minc) as f32;
+            let s = cr / maxc as f32;
+            let rc = (maxc - r) as f32 / cr;
+            let gc = (maxc - g) as f32 / cr;
+            let bc = (maxc - b) as f32 / cr;
+            let h = if r == maxc {
+                bc - gc
+            } else if g == maxc {
+                2.0 + rc - bc
+            } else {
+                4.0 + gc - rc
+            };
+            let h = ((h as f64 / 6.0 + 1.0) % 1.0) as f32;
+            let byte = |x: f32| ((x as f64 * 255.0) as i32).clamp(0, 255) as u8;
+            (byte(h), byte(s), maxc)
+        };
+        let h = h.wrapping_add(shift);
+        if s == 0 {
+            return [v, v, v];
+        }
+        let hf = h as f64 * 6.0 / 255.0;
+        let i = hf.floor() as i32;
+        let f = (hf - i as f64) as f32;
+        let fs = (s as f64 / 255.0) as f32;
+        let vf = v as f64;
+        let byte = |x: f64| (x.round() as i32).clamp(0, 255) as u8;
+        let p = byte(vf * (1.0 - fs as f64));
+        let q = byte(vf * (1.0 - (fs * f) as f64));
+        let t = byte(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
+        match i.rem_euclid(6) {
+            0 => [v, t, p],
+            1 => [q, v, p],
+            2 => [p, v, t],
+            3 => [p, q, v],
+            4 => [t, p, v],
+            _ => [v, p, q],
+        }
+    }
+
+    #[test]
+    fn hue_tables_equal_the_direct_formulas() {
+        let t = hue_tables();
+        for shift in [0u8, 33, 213] {
+            for r in (0..=255u8).step_by(3) {
+                for g in (0..=255u8).step_by(5) {
+                    for b in (0..=255u8).step_by(7) {
+                        let [h, s, v] = t.rgb_to_hsv(r, g, b);
+                        let ours = t.hsv_to_rgb(h.wrapping_add(shift), s, v);
+                        assert_eq!(
+                            ours,
+                            reference_hue(r, g, b, shift),
+                            "rgb {r},{g},{b} shift {shift}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

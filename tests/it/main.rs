@@ -3,6 +3,7 @@
 mod cli;
 mod convert;
 mod corpus;
+mod data;
 mod fetch;
 mod hostile;
 mod server;
