@@ -231,13 +231,13 @@ fn hue_tables() -> &'static HueTables {
         let mut qt = vec![(0.0, 0.0); 256 * 256];
         let mut p = [0.0; 256];
         let mut sector = [0u8; 256];
-        for h in 0..256usize {
+        for (h, sec) in sector.iter_mut().enumerate() {
             let hf = h as f64 * 6.0 / 255.0;
-            sector[h] = (hf.floor() as i32).rem_euclid(6) as u8;
+            *sec = (hf.floor() as i32).rem_euclid(6) as u8;
         }
-        for s in 0..256usize {
+        for (s, ps) in p.iter_mut().enumerate() {
             let fs = (s as f64 / 255.0) as f32;
-            p[s] = 1.0 - fs as f64;
+            *ps = 1.0 - fs as f64;
             for h in 0..256usize {
                 let hf = h as f64 * 6.0 / 255.0;
                 let f = (hf - hf.floor()) as f32;
