@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod dataset;
 pub mod decode;
+pub mod device;
 pub mod image;
 pub mod loader;
 pub mod multicrop;

@@ -230,3 +230,48 @@ fn dct_scaled_decoding_is_used_for_large_images_only_when_crops_shrink() {
     let mean_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
     assert!(mean_diff < 0.05, "{mean_diff}");
 }
+
+#[test]
+fn batches_arrive_on_a_burn_device_unchanged() {
+    use swav::data::device::DeviceLoader;
+    type B = burn::backend::Flex;
+    let dir = tempfile::tempdir().unwrap();
+    let ds = Arc::new(Dataset::open(&synthetic(dir.path()).join("train")).unwrap());
+    let cfg = LoaderConfig {
+        batch_size: 8,
+        workers: 2,
+        ..Default::default()
+    };
+    let host: Vec<_> =
+        Loader::new(ds.clone(), Pipeline::MultiCrop(tiny_multicrop()), &cfg, 0).collect();
+    let device = Default::default();
+    let dev: Vec<_> = DeviceLoader::<B>::new(
+        Loader::new(ds, Pipeline::MultiCrop(tiny_multicrop()), &cfg, 0),
+        device,
+    )
+    .collect();
+    assert_eq!(host.len(), dev.len());
+    for (h, d) in host.iter().zip(&dev) {
+        assert_eq!(d.crops[0].dims(), [2 * 8, 3, 32, 32]);
+        assert_eq!(d.crops[1].dims(), [3 * 8, 3, 16, 16]);
+        assert_eq!(
+            d.crops[1].to_data().to_vec::<f32>().unwrap(),
+            h.crops[1].data
+        );
+        let labels: Vec<i64> = d
+            .labels
+            .as_ref()
+            .unwrap()
+            .to_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap();
+        assert_eq!(
+            labels,
+            h.labels
+                .iter()
+                .map(|l| l.unwrap() as i64)
+                .collect::<Vec<_>>()
+        );
+    }
+}
