@@ -11,4 +11,5 @@ pub mod convert;
 pub mod data;
 pub mod fetch;
 pub mod layout;
+pub mod model;
 pub mod tensor;

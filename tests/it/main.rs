@@ -6,6 +6,7 @@ mod corpus;
 mod data;
 mod fetch;
 mod hostile;
+mod model;
 mod server;
 mod transforms;
 mod vectors;
