@@ -30,7 +30,7 @@ pub enum ConvertError {
     #[error("{}: {message}", path.display())]
     Input { path: PathBuf, message: String },
     /// The output's extension names no format.
-    #[error("{}: unknown output format; use .safetensors, .safetensors.zst, .pth/.pt/.pth.tar/.bin or .pdparams/.pd", .0.display())]
+    #[error("{}: unknown output format; use .safetensors, .safetensors.zst, .pth/.pt/.pth.tar/.bin, .pdparams/.pd or .mpk", .0.display())]
     OutputFormat(PathBuf),
 }
 
@@ -42,6 +42,8 @@ pub enum OutputFormat {
     SafetensorsZstd,
     Torch,
     Paddle,
+    /// A Burn record of the SwAV module (`.mpk`, NamedMpk full precision) + its config.
+    BurnRecord,
 }
 
 impl OutputFormat {
@@ -60,6 +62,8 @@ impl OutputFormat {
             OutputFormat::Torch
         } else if ends(".pdparams") || ends(".pd") {
             OutputFormat::Paddle
+        } else if ends(".mpk") {
+            OutputFormat::BurnRecord
         } else {
             return Err(ConvertError::OutputFormat(path.to_path_buf()));
         })
@@ -71,6 +75,7 @@ impl OutputFormat {
             OutputFormat::Safetensors | OutputFormat::SafetensorsZstd => Layout::Burn,
             OutputFormat::Torch => Layout::Torch,
             OutputFormat::Paddle => Layout::Paddle,
+            OutputFormat::BurnRecord => Layout::Burn,
         }
     }
 }
@@ -245,6 +250,9 @@ pub fn convert(
     opts: &ConvertOptions,
 ) -> Result<Summary, ConvertError> {
     let out_format = OutputFormat::from_path(output)?;
+    if out_format == OutputFormat::BurnRecord {
+        return burn_record(input, output);
+    }
     let ck = Checkpoint::open(input)?;
     let as_named = opts.layout.is_none() && opts.selection.from_layout.is_none();
     let (sel, to, renamed) = match select(&ck, &opts.selection) {
@@ -274,6 +282,43 @@ pub fn convert(
         format: out_format,
         dtype: opts.dtype,
         add_prefix: opts.add_prefix.clone(),
+    })
+}
+
+/// `swav-convert IN OUT.mpk`: build the SwAV module the checkpoint describes, load it
+/// completely, and save it as a Burn record (with its config beside it).
+fn burn_record(input: &Path, output: &Path) -> Result<Summary, ConvertError> {
+    use crate::model::{load, record, CpuBackend};
+    let device = Default::default();
+    let input_err = |message: String| ConvertError::Input {
+        path: input.to_path_buf(),
+        message,
+    };
+    let (model, config, report) =
+        load::load::<CpuBackend>(input, &device, false).map_err(|e| match e {
+            load::LoadError::Checkpoint(c) => c,
+            other => input_err(other.to_string()),
+        })?;
+    record::save(model, &config, output).map_err(|message| ConvertError::Input {
+        path: output.to_path_buf(),
+        message,
+    })?;
+    let format = Checkpoint::open(input)
+        .map(|c| c.format)
+        .map_err(ConvertError::from)?;
+    Ok(Summary {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        input_format: format,
+        output_format: OutputFormat::BurnRecord,
+        key: report.key.clone(),
+        stripped: Vec::new(),
+        from_layout: report.layout,
+        to_layout: Some(Layout::Burn),
+        tensors: report.loaded.len(),
+        bytes: 0,
+        mapping: MapReport::default(),
+        sha256: sha256_file(input).map_err(|e| input_err(e.to_string()))?,
     })
 }
 
@@ -443,6 +488,10 @@ fn write(
                 *sha = hashed(hasher)?;
                 Ok(())
             }
+            OutputFormat::BurnRecord => Err(FormatError::Unsupported(
+                "a Burn record holds a whole SwAV module: make it with `swav-convert IN OUT.mpk`"
+                    .into(),
+            )),
         }
     })
     .map_err(werr)?;

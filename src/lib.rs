@@ -9,6 +9,7 @@ pub mod atomic;
 pub mod checkpoint;
 pub mod convert;
 pub mod data;
+pub mod eval;
 pub mod fetch;
 pub mod layout;
 pub mod model;

@@ -111,6 +111,18 @@ pub fn load<B: Backend>(
     device: &B::Device,
     partial: bool,
 ) -> Result<(Swav<B>, SwavConfig, LoadReport), LoadError> {
+    if super::record::is_record(path) {
+        let (model, config) =
+            super::record::load::<B>(path, device).map_err(|message| LoadError::Model {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        let report = LoadReport {
+            layout: Some(Layout::Burn),
+            ..Default::default()
+        };
+        return Ok((model, config, report));
+    }
     let BurnTensors {
         tensors,
         layout,

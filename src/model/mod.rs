@@ -2,6 +2,7 @@
 //! [`load`] (weights from any checkpoint format, through the layout table).
 
 pub mod load;
+pub mod record;
 pub mod resnet;
 pub mod swav;
 

@@ -161,3 +161,98 @@ fn missing_weights_are_an_error_unless_partial() {
         vec!["backbone.layer4.blocks.2.bn3.running_var".to_string()]
     );
 }
+
+#[test]
+fn burn_records_round_trip_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("swav.mpk");
+    let s = swav::convert::convert(
+        &fixture("passl_swav_tiny.pdparams"),
+        &out,
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(s.tensors, 274);
+    assert!(swav::model::record::config_path(&out).exists());
+    let r = reference("reference_tiny.safetensors");
+    let x = images(&r);
+    let (from_file, _, _) = load::load::<B>(
+        &fixture("passl_swav_tiny.pdparams"),
+        &Default::default(),
+        false,
+    )
+    .unwrap();
+    let (from_record, _, _) = load::load::<B>(&out, &Default::default(), false).unwrap();
+    let a: Vec<f32> = from_file.forward(x.clone()).scores[0]
+        .to_data()
+        .to_vec()
+        .unwrap();
+    let b: Vec<f32> = from_record.forward(x).scores[0].to_data().to_vec().unwrap();
+    assert_eq!(a, b, "a record reads back exactly");
+}
+
+#[test]
+fn lincls_features_cli_reproduces_the_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_swav-lincls"))
+        .args(["features", "--pretrained"])
+        .arg(fixture("fair_swav_tiny.pth.tar"))
+        .arg("--tensors")
+        .arg(fixture("reference_tiny.safetensors"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = Checkpoint::open(&out).unwrap();
+    let r = reference("reference_tiny.safetensors");
+    for name in ["features", "embedding", "scores"] {
+        let a = ours.get(name).unwrap().to_f32().unwrap();
+        let b = r.get(name).unwrap().to_f32().unwrap();
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-4, "{name}: {d}");
+    }
+}
+
+#[test]
+fn knn_runs_on_an_image_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = swav::data::synthetic::write(
+        &dir.path().join("syn"),
+        &swav::data::synthetic::SyntheticConfig {
+            size: 40,
+            train_per_class: 6,
+            val_per_class: 2,
+            seed: 1,
+            quality: 90,
+        },
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_swav-lincls"))
+        .args([
+            "knn",
+            "--json",
+            "--resize",
+            "40",
+            "--size",
+            "32",
+            "--pretrained",
+        ])
+        .arg(fixture("fair_swav_tiny_r18.pth.tar"))
+        .arg("--data")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["train"], 60);
+    assert_eq!(v["val"], 20);
+    let top1 = v["top1"].as_f64().unwrap();
+    let top5 = v["top5"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&top1) && top5 >= top1, "{v}");
+}

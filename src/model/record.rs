@@ -1,0 +1,70 @@
+//! Burn records of the SwAV module: `NamedMpkFileRecorder` at full precision (`OUT.mpk`),
+//! with the model's shape beside it (`OUT.mpk.json`, a [`SwavConfig`]), since a record holds
+//! values only and `Module::load_file` needs a module of the right shape.
+
+use super::swav::{Swav, SwavConfig};
+use burn::module::Module;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::tensor::backend::Backend;
+use std::path::{Path, PathBuf};
+
+/// The recorder used for `.mpk` files.
+pub type Recorder = NamedMpkFileRecorder<FullPrecisionSettings>;
+
+/// The config file beside a record.
+pub fn config_path(record: &Path) -> PathBuf {
+    let mut s = record.as_os_str().to_owned();
+    s.push(".json");
+    PathBuf::from(s)
+}
+
+/// Whether a path names a Burn record.
+pub fn is_record(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "mpk")
+}
+
+/// Save `model` to `path` (`.mpk`) and its config beside it, each through a temporary file
+/// renamed into place.
+pub fn save<B: Backend>(model: Swav<B>, config: &SwavConfig, path: &Path) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp.mpk", std::process::id()));
+    model
+        .save_file(tmp.clone(), &Recorder::new())
+        .map_err(|e| err(&e))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| err(&e))?;
+    let json = serde_json::to_vec_pretty(config).map_err(|e| err(&e))?;
+    crate::atomic::write_file(&config_path(path), |mut w| {
+        std::io::Write::write_all(&mut w, &json)?;
+        Ok::<_, std::io::Error>(w)
+    })
+    .map_err(|e| err(&e))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(&e))
+}
+
+/// Load a record and its config.
+pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Swav<B>, SwavConfig), String> {
+    let cp = config_path(path);
+    let text = std::fs::read_to_string(&cp).map_err(|e| {
+        format!(
+            "{}: {e} (a Burn record needs its config beside it)",
+            cp.display()
+        )
+    })?;
+    let config: SwavConfig =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", cp.display()))?;
+    let model = config
+        .init::<B>(device)
+        .load_file(path.to_path_buf(), &Recorder::new(), device)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((model, config))
+}
