@@ -1,11 +1,15 @@
 //! `swav-lincls`: evaluation of a frozen SwAV backbone. `features` (of preprocessed tensors or
 //! an image folder) and `knn` (weighted k-NN, k=20, T=0.07).
 
+use burn::backend::Autodiff;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use swav::data::{dataset::Dataset, loader::LoaderConfig, multicrop::EvalTransform};
+use swav::eval::linear::{self, LinearEvalConfig};
+use swav::model::resnet::ResNetConfig;
+use swav::model::swav::{Swav, SwavConfig};
 use swav::model::{load, CpuBackend as B};
 
 #[derive(Parser)]
@@ -18,8 +22,15 @@ struct Args {
 #[derive(clap::Args)]
 struct Common {
     /// Weights: any checkpoint swav-convert reads, or a Burn record (.mpk).
-    #[arg(long)]
-    pretrained: PathBuf,
+    #[arg(long, required_unless_present = "random_init")]
+    pretrained: Option<PathBuf>,
+    /// No weights: a randomly initialised backbone of this depth (18, 34, 50, 101, 152), the
+    /// baseline self-supervised features must beat.
+    #[arg(long, value_name = "DEPTH", conflicts_with = "pretrained")]
+    random_init: Option<usize>,
+    /// Width of --random-init: channels of the stem (64 for the standard networks).
+    #[arg(long, default_value_t = 64)]
+    width: usize,
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -52,6 +63,40 @@ enum Command {
         /// Output safetensors file.
         #[arg(short, long)]
         output: PathBuf,
+    },
+    /// Train a linear classifier on the frozen backbone (DATA/train), evaluating on DATA/val
+    /// every epoch; metrics as JSON lines; best.safetensors and last.safetensors saved.
+    Train {
+        #[command(flatten)]
+        common: Common,
+        /// Folder with train/ and val/ ImageFolders.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        epochs: usize,
+        /// Base learning rate (per-iteration cosine to 0).
+        #[arg(long, default_value_t = 0.3)]
+        lr: f64,
+        #[arg(long, default_value_t = 1e-6)]
+        weight_decay: f32,
+        /// RandomResizedCrop side for training.
+        #[arg(long, default_value_t = 224)]
+        train_size: usize,
+        #[arg(long, default_value_t = 31)]
+        seed: u64,
+        /// Where best.safetensors, last.safetensors and metrics.jsonl go.
+        #[arg(long, default_value = "lincls-out")]
+        output_dir: PathBuf,
+    },
+    /// Evaluate a trained classifier (best.safetensors) on DATA/val.
+    Evaluate {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        data: PathBuf,
+        /// The classifier (linear.weight [feat, classes], linear.bias).
+        #[arg(long)]
+        load: PathBuf,
     },
     /// Weighted k-NN accuracy on L2-normalised features: DATA/train against DATA/val.
     Knn {
@@ -94,6 +139,43 @@ fn loader_cfg(c: &Common) -> LoaderConfig {
     cfg
 }
 
+/// The backbone to evaluate: loaded weights, or a random initialisation.
+fn backbone(
+    c: &Common,
+    device: &<B as burn::tensor::backend::BackendTypes>::Device,
+) -> Result<(Swav<B>, SwavConfig), String> {
+    match (&c.pretrained, c.random_init) {
+        (Some(p), _) => {
+            let (model, config, report) =
+                load::load::<B>(p, device, c.partial).map_err(|e| e.to_string())?;
+            eprintln!(
+                "swav-lincls event=loaded weights={} {}",
+                p.display(),
+                report.summary()
+            );
+            Ok((model, config))
+        }
+        (None, Some(depth)) => {
+            let mut backbone = ResNetConfig::depth(depth, 1)
+                .ok_or_else(|| format!("--random-init {depth}: use 18, 34, 50, 101 or 152"))?;
+            backbone.base_width = c.width.max(1);
+            let config = SwavConfig {
+                backbone,
+                head: None,
+                prototypes: Vec::new(),
+            };
+            // Seeded, so that training and a later evaluation see the same random network.
+            <B as burn::tensor::backend::Backend>::seed(device, 0);
+            eprintln!(
+                "swav-lincls event=random-init depth={depth} width={}",
+                c.width
+            );
+            Ok((config.init_now::<B>(device), config))
+        }
+        (None, None) => Err("give --pretrained WEIGHTS or --random-init DEPTH".into()),
+    }
+}
+
 fn run(args: Args) -> Result<(), String> {
     let device = Default::default();
     match args.command {
@@ -103,13 +185,7 @@ fn run(args: Args) -> Result<(), String> {
             data,
             output,
         } => {
-            let (model, _, report) = load::load::<B>(&common.pretrained, &device, common.partial)
-                .map_err(|e| e.to_string())?;
-            eprintln!(
-                "swav-lincls event=loaded weights={} {}",
-                common.pretrained.display(),
-                report.summary()
-            );
+            let (model, _) = backbone(&common, &device)?;
             if let Some(t) = tensors {
                 let images = swav::eval::read_images::<B>(&t, &device)?;
                 let out = swav::eval::forward_batched(&model, images, common.batch_size);
@@ -150,6 +226,95 @@ fn run(args: Args) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Train {
+            common,
+            data,
+            epochs,
+            lr,
+            weight_decay,
+            train_size,
+            seed,
+            output_dir,
+        } => {
+            let (model, config) = backbone(&common, &device)?;
+            let train =
+                Arc::new(Dataset::image_folder(&data.join("train")).map_err(|e| e.to_string())?);
+            let val =
+                Arc::new(Dataset::image_folder(&data.join("val")).map_err(|e| e.to_string())?);
+            std::fs::create_dir_all(&output_dir)
+                .map_err(|e| format!("{}: {e}", output_dir.display()))?;
+            let cfg = LinearEvalConfig {
+                epochs,
+                batch_size: common.batch_size.max(1),
+                lr,
+                weight_decay,
+                train_size,
+                val_resize: common.resize,
+                val_size: common.size,
+                seed,
+                workers: loader_cfg(&common).workers,
+                ..Default::default()
+            };
+            let metrics_path = output_dir.join("metrics.jsonl");
+            let mut lines = String::new();
+            let mut best = f64::NEG_INFINITY;
+            let mut failure = None;
+            linear::train::<Autodiff<B>>(
+                &model,
+                config.backbone.feature_dim(),
+                train,
+                val,
+                &cfg,
+                &device,
+                |m, head| {
+                    let line = serde_json::to_string(m).expect("serializable");
+                    println!("{line}");
+                    lines.push_str(&line);
+                    lines.push('\n');
+                    let mut save = |name: &str| {
+                        if let Err(e) = linear::save_classifier(&output_dir.join(name), head) {
+                            failure.get_or_insert(e);
+                        }
+                    };
+                    save("last.safetensors");
+                    if m.top1 > best {
+                        best = m.top1;
+                        save("best.safetensors");
+                    }
+                    if let Err(e) = std::fs::write(&metrics_path, &lines) {
+                        failure.get_or_insert(format!("{}: {e}", metrics_path.display()));
+                    }
+                },
+            );
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            eprintln!(
+                "swav-lincls event=done best_top1={best:.2} output={}",
+                output_dir.display()
+            );
+            Ok(())
+        }
+        Command::Evaluate {
+            common,
+            data,
+            load: cls,
+        } => {
+            let (model, _) = backbone(&common, &device)?;
+            let head = linear::load_classifier::<B>(&cls, &device)?;
+            let val =
+                Arc::new(Dataset::image_folder(&data.join("val")).map_err(|e| e.to_string())?);
+            let cfg = LinearEvalConfig {
+                batch_size: common.batch_size.max(1),
+                val_resize: common.resize,
+                val_size: common.size,
+                workers: loader_cfg(&common).workers,
+                ..Default::default()
+            };
+            let (top1, top5) = linear::evaluate(&model, &head, val, &cfg, &device);
+            println!("{}", serde_json::json!({"top1": top1, "top5": top5}));
+            Ok(())
+        }
         Command::Knn {
             common,
             data,
@@ -157,13 +322,7 @@ fn run(args: Args) -> Result<(), String> {
             temperature,
             json,
         } => {
-            let (model, _, report) = load::load::<B>(&common.pretrained, &device, common.partial)
-                .map_err(|e| e.to_string())?;
-            eprintln!(
-                "swav-lincls event=loaded weights={} {}",
-                common.pretrained.display(),
-                report.summary()
-            );
+            let (model, _) = backbone(&common, &device)?;
             let train =
                 Arc::new(Dataset::image_folder(&data.join("train")).map_err(|e| e.to_string())?);
             let val =

@@ -256,3 +256,87 @@ fn knn_runs_on_an_image_folder() {
     let top5 = v["top5"].as_f64().unwrap();
     assert!((0.0..=100.0).contains(&top1) && top5 >= top1, "{v}");
 }
+
+#[test]
+fn linear_eval_beats_chance_on_the_synthetic_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = swav::data::synthetic::write(
+        &dir.path().join("syn"),
+        &swav::data::synthetic::SyntheticConfig {
+            size: 48,
+            train_per_class: 20,
+            val_per_class: 10,
+            seed: 0,
+            quality: 90,
+        },
+    )
+    .unwrap();
+    let out = dir.path().join("lincls");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_swav-lincls"))
+        .args([
+            "train",
+            "--random-init",
+            "18",
+            "--width",
+            "16",
+            "--epochs",
+            "20",
+            "--batch-size",
+            "25",
+            "--lr",
+            "5",
+        ])
+        .args([
+            "--train-size",
+            "32",
+            "--resize",
+            "40",
+            "--size",
+            "32",
+            "--data",
+        ])
+        .arg(&root)
+        .arg("--output-dir")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 20);
+    let best = lines
+        .iter()
+        .map(|l| l["top1"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    // 10 classes: chance is 10%.
+    assert!(best >= 15.0, "best top-1 {best}%");
+    assert!(lines[19]["loss"].as_f64().unwrap() < lines[0]["loss"].as_f64().unwrap());
+    // The saved classifier evaluates to the last epoch's accuracy.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_swav-lincls"))
+        .args([
+            "evaluate",
+            "--random-init",
+            "18",
+            "--width",
+            "16",
+            "--resize",
+            "40",
+            "--size",
+            "32",
+            "--data",
+        ])
+        .arg(&root)
+        .arg("--load")
+        .arg(out.join("last.safetensors"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["top1"], lines[19]["top1"],
+        "same network, same classifier, same accuracy"
+    );
+    assert!(out.join("best.safetensors").exists() && out.join("metrics.jsonl").exists());
+}
