@@ -172,14 +172,32 @@ pub fn select(ck: &Checkpoint, sel: &Selection) -> Result<Selected, ConvertError
         }
         stripped.push(p);
     }
-    let layout = match sel.from_layout {
-        Some(l) => l,
-        None => layout::detect(tensors.iter().map(|t| t.name.as_str())).map_err(|source| {
-            ConvertError::Layout {
+    // The names decide; a layout recorded in safetensors metadata (ours) settles names that
+    // every layout shares (a bare `linear.weight`).
+    let recorded = ck
+        .values
+        .iter()
+        .find(|(k, _)| k == "__metadata__.layout")
+        .and_then(|(_, v)| match v.as_str() {
+            Some("torch") => Some(Layout::Torch),
+            Some("paddle") => Some(Layout::Paddle),
+            Some("burn") => Some(Layout::Burn),
+            _ => None,
+        });
+    let layout = match (
+        sel.from_layout,
+        layout::detect(tensors.iter().map(|t| t.name.as_str())),
+        recorded,
+    ) {
+        (Some(l), _, _) => l,
+        (None, Ok(l), _) => l,
+        (None, Err(_), Some(l)) => l,
+        (None, Err(source), None) => {
+            return Err(ConvertError::Layout {
                 path: ck.path.clone(),
                 source,
-            }
-        })?,
+            })
+        }
     };
     Ok(Selected {
         tensors,

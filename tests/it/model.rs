@@ -339,4 +339,29 @@ fn linear_eval_beats_chance_on_the_synthetic_set() {
         "same network, same classifier, same accuracy"
     );
     assert!(out.join("best.safetensors").exists() && out.join("metrics.jsonl").exists());
+    // Mapped back to PASSL's and facebookresearch's names.
+    let p = dir.path().join("head.pdparams");
+    swav::convert::convert(&out.join("last.safetensors"), &p, &Default::default()).unwrap();
+    assert_eq!(
+        Checkpoint::open(&p)
+            .unwrap()
+            .get("head.fc_cls.weight")
+            .unwrap()
+            .shape,
+        vec![128, 10]
+    );
+    let t = dir.path().join("head.pth");
+    let opts = swav::convert::ConvertOptions {
+        add_prefix: Some("module.".into()),
+        ..Default::default()
+    };
+    swav::convert::convert(&out.join("last.safetensors"), &t, &opts).unwrap();
+    assert_eq!(
+        Checkpoint::open(&t)
+            .unwrap()
+            .get("module.linear.weight")
+            .unwrap()
+            .shape,
+        vec![10, 128]
+    );
 }
