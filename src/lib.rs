@@ -14,3 +14,4 @@ pub mod fetch;
 pub mod layout;
 pub mod model;
 pub mod tensor;
+pub mod train;

@@ -207,6 +207,8 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_, B> {
         let (id, tensor, mapper) = param.consume();
         let name = self.path.join(".");
         let dims = tensor.dims();
+        // Loaded values stay trainable where the initial ones were (running statistics are not).
+        let trainable = tensor.is_require_grad();
         let out = match self.tensors.remove(&name) {
             None => {
                 self.report.missing.push(name);
@@ -221,7 +223,12 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_, B> {
             Some(t) => match t.to_f32() {
                 Ok(values) => {
                     self.report.loaded.push(name);
-                    Tensor::from_data(TensorData::new(values, dims), &self.device)
+                    let t = Tensor::from_data(TensorData::new(values, dims), &self.device);
+                    if trainable {
+                        t.require_grad()
+                    } else {
+                        t
+                    }
                 }
                 Err(e) => {
                     self.error.get_or_insert(format!("{name}: {e}"));

@@ -8,6 +8,7 @@ mod fetch;
 mod hostile;
 mod model;
 mod server;
+mod train;
 mod transforms;
 mod vectors;
 
