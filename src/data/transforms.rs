@@ -206,11 +206,10 @@ struct HueTables {
     ratio: Vec<f32>,
     /// Saturation byte of `cr / maxc`, indexed `maxc * 256 + cr`.
     sat: Vec<u8>,
-    /// Hue byte of each possible single-precision hue before wrapping is not tabulable;
-    /// per (s, h): `(1 - fs·f, 1 - fs·(1 - f))` for `q` and `t`, indexed `s * 256 + h`.
-    qt: Vec<(f64, f64)>,
-    /// `1 - fs` per saturation byte.
-    p: [f64; 256],
+    /// The fraction `f` of the hue sector, per hue byte (single precision, as Pillow keeps it).
+    frac: [f32; 256],
+    /// `fs = s / 255` per saturation byte (single precision).
+    fs: [f32; 256],
     /// Sector `i mod 6` per hue byte.
     sector: [u8; 256],
 }
@@ -228,27 +227,19 @@ fn hue_tables() -> &'static HueTables {
                     ((((k as f32) / a as f32) as f64 * 255.0) as i32).clamp(0, 255) as u8;
             }
         }
-        let mut qt = vec![(0.0, 0.0); 256 * 256];
-        let mut p = [0.0; 256];
         let mut sector = [0u8; 256];
-        for (h, sec) in sector.iter_mut().enumerate() {
+        let mut frac = [0f32; 256];
+        for (h, (sec, fr)) in sector.iter_mut().zip(frac.iter_mut()).enumerate() {
             let hf = h as f64 * 6.0 / 255.0;
             *sec = (hf.floor() as i32).rem_euclid(6) as u8;
+            *fr = (hf - hf.floor()) as f32;
         }
-        for (s, ps) in p.iter_mut().enumerate() {
-            let fs = (s as f64 / 255.0) as f32;
-            *ps = 1.0 - fs as f64;
-            for h in 0..256usize {
-                let hf = h as f64 * 6.0 / 255.0;
-                let f = (hf - hf.floor()) as f32;
-                qt[s * 256 + h] = (1.0 - (fs * f) as f64, 1.0 - fs as f64 * (1.0 - f as f64));
-            }
-        }
+        let fs: [f32; 256] = std::array::from_fn(|s| (s as f64 / 255.0) as f32);
         HueTables {
             ratio,
             sat,
-            qt,
-            p,
+            frac,
+            fs,
             sector,
         }
     })
@@ -290,18 +281,23 @@ impl HueTables {
             let i = x as i32;
             (i + i32::from(x - i as f64 >= 0.5)).clamp(0, 255) as u8
         };
-        let (q1, t1) = self.qt[s as usize * 256 + h as usize];
-        let p = byte(vf * self.p[s as usize]);
-        let q = byte(vf * q1);
-        let t = byte(vf * t1);
-        match self.sector[h as usize] {
-            0 => [v, t, p],
-            1 => [q, v, p],
-            2 => [p, v, t],
-            3 => [p, q, v],
-            4 => [t, p, v],
-            _ => [v, p, q],
-        }
+        let (fs, f) = (self.fs[s as usize], self.frac[h as usize]);
+        let p = byte(vf * (1.0 - fs as f64));
+        let q = byte(vf * (1.0 - (fs * f) as f64));
+        let t = byte(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
+        // Which of (v, p, q, t) each channel takes, per sector: a lookup instead of a
+        // six-way branch that photos make unpredictable.
+        const PICK: [[usize; 3]; 6] = [
+            [0, 3, 1],
+            [2, 0, 1],
+            [1, 0, 3],
+            [1, 2, 0],
+            [3, 1, 0],
+            [0, 1, 2],
+        ];
+        let vals = [v, p, q, t];
+        let pick = PICK[self.sector[h as usize] as usize];
+        [vals[pick[0]], vals[pick[1]], vals[pick[2]]]
     }
 }
 
