@@ -319,3 +319,83 @@ pub fn load_classifier<B: Backend>(
     }
     Ok(head)
 }
+
+/// Linear evaluation on cached features (`--cache-features`): train and validation images
+/// go through the backbone once, with the evaluation transform (no augmentation), and the
+/// classifier then trains on those features — the fast variant of [`train`].
+pub fn train_cached<A: AutodiffBackend>(
+    train: &super::Features,
+    val: &super::Features,
+    classes: usize,
+    cfg: &LinearEvalConfig,
+    device: &A::Device,
+    mut on_epoch: impl FnMut(&EpochMetrics, &Linear<A::InnerBackend>),
+) -> Linear<A::InnerBackend> {
+    A::seed(device, cfg.seed);
+    let dim = train.dim;
+    let mut head = classifier::<A>(dim, classes.max(1), device);
+    let mut optim = SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(cfg.momentum)
+                .with_dampening(0.0),
+        ))
+        .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay)))
+        .init::<A, Linear<A>>();
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let n = train.labels.len();
+    let bs = cfg.batch_size.max(1);
+    let total = n.div_ceil(bs) * cfg.epochs;
+    let mut iteration = 0;
+    let rows = |f: &super::Features, idx: &[usize]| -> Vec<f32> {
+        idx.iter()
+            .flat_map(|&i| f.features[i * f.dim..(i + 1) * f.dim].iter().copied())
+            .collect()
+    };
+    for epoch in 0..cfg.epochs {
+        let start = std::time::Instant::now();
+        let mut order: Vec<usize> = (0..n).collect();
+        crate::data::rng::Rng::for_sample(cfg.seed, epoch as u64, u64::MAX).shuffle(&mut order);
+        let (mut loss_sum, mut lr) = (0.0, cfg.lr);
+        for idx in order.chunks(bs) {
+            let x = Tensor::<A, 2>::from_data(
+                TensorData::new(rows(train, idx), [idx.len(), dim]),
+                device,
+            );
+            let y: Vec<i64> = idx.iter().map(|&i| train.labels[i].max(0)).collect();
+            let targets = Tensor::<A, 1, Int>::from_data(TensorData::new(y, [idx.len()]), device);
+            let loss = loss_fn.forward(head.forward(x), targets);
+            let l: f32 = loss
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("scalar loss")[0];
+            loss_sum += l as f64 * idx.len() as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &head);
+            lr = cosine_lr(cfg.lr, iteration, total);
+            head = optim.step(lr, head, grads);
+            iteration += 1;
+        }
+        let ips = n as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        let valid = head.valid();
+        let nv = val.labels.len();
+        let all: Vec<usize> = (0..nv).collect();
+        let logits = valid.forward(Tensor::from_data(
+            TensorData::new(rows(val, &all), [nv, dim]),
+            device,
+        ));
+        let (t1, t5) = hits(logits, &val.labels);
+        let pct = |x: usize| 100.0 * x as f64 / nv.max(1) as f64;
+        let m = EpochMetrics {
+            epoch,
+            loss: loss_sum / n.max(1) as f64,
+            lr,
+            top1: pct(t1),
+            top5: pct(t5),
+            images_per_second: ips,
+        };
+        on_epoch(&m, &valid);
+    }
+    head.valid()
+}

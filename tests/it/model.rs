@@ -339,6 +339,37 @@ fn linear_eval_beats_chance_on_the_synthetic_set() {
         "same network, same classifier, same accuracy"
     );
     assert!(out.join("best.safetensors").exists() && out.join("metrics.jsonl").exists());
+    // The cached-features variant trains on features computed once.
+    let cached = dir.path().join("cached");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_swav-lincls"))
+        .args([
+            "train",
+            "--cache-features",
+            "--random-init",
+            "18",
+            "--width",
+            "16",
+            "--epochs",
+            "20",
+            "--batch-size",
+            "25",
+        ])
+        .args(["--lr", "5", "--resize", "40", "--size", "32", "--data"])
+        .arg(&root)
+        .arg("--output-dir")
+        .arg(&cached)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let best = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["top1"]
+                .as_f64()
+                .unwrap()
+        })
+        .fold(0.0, f64::max);
+    assert!(best >= 15.0, "cached features: best top-1 {best}%");
     // Mapped back to PASSL's and facebookresearch's names.
     let p = dir.path().join("head.pdparams");
     swav::convert::convert(&out.join("last.safetensors"), &p, &Default::default()).unwrap();
