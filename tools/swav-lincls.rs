@@ -180,6 +180,16 @@ fn backbone(
     }
 }
 
+/// DATA/train and DATA/val as ImageFolders.
+fn splits(data: &std::path::Path) -> Result<(Arc<Dataset>, Arc<Dataset>), String> {
+    let open = |s: &str| {
+        Dataset::image_folder(&data.join(s))
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    };
+    Ok((open("train")?, open("val")?))
+}
+
 fn run(args: Args) -> Result<(), String> {
     let device = Default::default();
     match args.command {
@@ -242,10 +252,7 @@ fn run(args: Args) -> Result<(), String> {
             cache_features,
         } => {
             let (model, config) = backbone(&common, &device)?;
-            let train =
-                Arc::new(Dataset::image_folder(&data.join("train")).map_err(|e| e.to_string())?);
-            let val =
-                Arc::new(Dataset::image_folder(&data.join("val")).map_err(|e| e.to_string())?);
+            let (train, val) = splits(&data)?;
             std::fs::create_dir_all(&output_dir)
                 .map_err(|e| format!("{}: {e}", output_dir.display()))?;
             let cfg = LinearEvalConfig {
@@ -341,10 +348,7 @@ fn run(args: Args) -> Result<(), String> {
             json,
         } => {
             let (model, _) = backbone(&common, &device)?;
-            let train =
-                Arc::new(Dataset::image_folder(&data.join("train")).map_err(|e| e.to_string())?);
-            let val =
-                Arc::new(Dataset::image_folder(&data.join("val")).map_err(|e| e.to_string())?);
+            let (train, val) = splits(&data)?;
             let t = EvalTransform::Val {
                 resize: common.resize,
                 size: common.size,

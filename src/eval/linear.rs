@@ -85,6 +85,40 @@ pub fn classifier<B: Backend>(feat: usize, classes: usize, device: &B::Device) -
     l
 }
 
+/// SGD as `eval_linear.py` configures it: momentum without dampening, weight decay.
+fn sgd<A: AutodiffBackend>(cfg: &LinearEvalConfig) -> impl Optimizer<Linear<A>, A> {
+    SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(cfg.momentum)
+                .with_dampening(0.0),
+        ))
+        .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay)))
+        .init::<A, Linear<A>>()
+}
+
+/// One cross-entropy step of the classifier on features `x`: the updated classifier and the
+/// batch's mean loss.
+fn sgd_step<A: AutodiffBackend>(
+    head: Linear<A>,
+    optim: &mut impl Optimizer<Linear<A>, A>,
+    x: Tensor<A, 2>,
+    targets: Tensor<A, 1, Int>,
+    lr: f64,
+) -> (Linear<A>, f64) {
+    let loss = CrossEntropyLossConfig::new()
+        .init(&x.device())
+        .forward(head.forward(x), targets);
+    let value: f32 = loss
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("scalar loss")[0];
+    let grads = GradientsParams::from_grads(loss.backward(), &head);
+    (optim.step(lr, head, grads), value as f64)
+}
+
 /// Top-1 and top-5 hits of `logits` `[N, K]` against `labels`.
 pub fn hits<B: Backend>(logits: Tensor<B, 2>, labels: &[i64]) -> (usize, usize) {
     let [n, k] = logits.dims();
@@ -180,15 +214,7 @@ pub fn train<A: AutodiffBackend>(
     A::seed(device, cfg.seed);
     let classes = train_set.classes.len().max(1);
     let mut head = classifier::<A>(feature_dim, classes, device);
-    let mut optim = SgdConfig::new()
-        .with_momentum(Some(
-            MomentumConfig::new()
-                .with_momentum(cfg.momentum)
-                .with_dampening(0.0),
-        ))
-        .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay)))
-        .init::<A, Linear<A>>();
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let mut optim = sgd::<A>(cfg);
     let lc = LoaderConfig {
         batch_size: cfg.batch_size,
         workers: cfg.workers,
@@ -220,18 +246,11 @@ pub fn train<A: AutodiffBackend>(
             let f =
                 to_backend::<A::InnerBackend, A, 2>(features(backbone, d.crops[0].clone()), device);
             let targets = Tensor::<A, 1, Int>::from_data(TensorData::new(labels, [n]), device);
-            let loss = loss_fn.forward(head.forward(f), targets);
-            let l: f32 = loss
-                .clone()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .expect("scalar loss")[0];
-            loss_sum += l as f64 * n as f64;
-            seen += n;
-            let grads = GradientsParams::from_grads(loss.backward(), &head);
             lr = cosine_lr(cfg.lr, iteration, total);
-            head = optim.step(lr, head, grads);
+            let l;
+            (head, l) = sgd_step(head, &mut optim, f, targets, lr);
+            loss_sum += l * n as f64;
+            seen += n;
             iteration += 1;
         }
         let ips = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
@@ -254,36 +273,13 @@ pub fn train<A: AutodiffBackend>(
 /// `linear.bias`); `swav-convert` maps it to PASSL's `head.fc_cls.*` or facebookresearch's
 /// `linear.*`.
 pub fn save_classifier<B: Backend>(path: &std::path::Path, head: &Linear<B>) -> Result<(), String> {
-    let to_file = |name: &str, t: Vec<f32>, shape: Vec<usize>| {
-        crate::tensor::Tensor::from_vec(
-            name,
-            crate::tensor::DType::F32,
-            shape,
-            t.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
-    };
-    let w = head.weight.val();
-    let dims = w.dims().to_vec();
-    let mut tensors = vec![to_file(
-        "linear.weight",
-        w.into_data().convert::<f32>().to_vec().expect("f32"),
-        dims,
-    )];
+    let mut tensors = vec![super::file_tensor("linear.weight", &head.weight.val())];
     if let Some(b) = &head.bias {
-        let b = b.val();
-        let dims = b.dims().to_vec();
-        tensors.push(to_file(
-            "linear.bias",
-            b.into_data().convert::<f32>().to_vec().expect("f32"),
-            dims,
-        ));
+        tensors.push(super::file_tensor("linear.bias", &b.val()));
     }
     let mut md = std::collections::HashMap::new();
     md.insert("layout".to_string(), "burn".to_string());
-    crate::atomic::write_file(path, |w| {
-        crate::checkpoint::safetensors::write(w, &tensors, md)
-    })
-    .map_err(|e: crate::checkpoint::FormatError| format!("{}: {e}", path.display()))
+    super::write_tensors(path, &tensors, md)
 }
 
 /// Load a classifier saved by [`save_classifier`] (or converted to the Burn layout).
@@ -334,15 +330,7 @@ pub fn train_cached<A: AutodiffBackend>(
     A::seed(device, cfg.seed);
     let dim = train.dim;
     let mut head = classifier::<A>(dim, classes.max(1), device);
-    let mut optim = SgdConfig::new()
-        .with_momentum(Some(
-            MomentumConfig::new()
-                .with_momentum(cfg.momentum)
-                .with_dampening(0.0),
-        ))
-        .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay)))
-        .init::<A, Linear<A>>();
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let mut optim = sgd::<A>(cfg);
     let n = train.labels.len();
     let bs = cfg.batch_size.max(1);
     let total = n.div_ceil(bs) * cfg.epochs;
@@ -364,17 +352,10 @@ pub fn train_cached<A: AutodiffBackend>(
             );
             let y: Vec<i64> = idx.iter().map(|&i| train.labels[i].max(0)).collect();
             let targets = Tensor::<A, 1, Int>::from_data(TensorData::new(y, [idx.len()]), device);
-            let loss = loss_fn.forward(head.forward(x), targets);
-            let l: f32 = loss
-                .clone()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .expect("scalar loss")[0];
-            loss_sum += l as f64 * idx.len() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &head);
             lr = cosine_lr(cfg.lr, iteration, total);
-            head = optim.step(lr, head, grads);
+            let l;
+            (head, l) = sgd_step(head, &mut optim, x, targets, lr);
+            loss_sum += l * idx.len() as f64;
             iteration += 1;
         }
         let ips = n as f64 / start.elapsed().as_secs_f64().max(1e-9);

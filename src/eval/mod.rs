@@ -154,7 +154,10 @@ pub fn knn<B: Backend>(
 }
 
 /// A named f32 tensor for a safetensors output.
-fn file_tensor<B: Backend, const D: usize>(name: &str, t: &Tensor<B, D>) -> crate::tensor::Tensor {
+pub(crate) fn file_tensor<B: Backend, const D: usize>(
+    name: &str,
+    t: &Tensor<B, D>,
+) -> crate::tensor::Tensor {
     let shape = t.dims().to_vec();
     let values: Vec<f32> = t.to_data().convert::<f32>().to_vec().expect("f32 values");
     let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -181,7 +184,7 @@ pub fn write_outputs<B: Backend>(
                 .map(|(i, s)| file_tensor(&format!("scores.{i}"), s)),
         ),
     }
-    write_tensors(path, &tensors)
+    write_tensors(path, &tensors, Default::default())
 }
 
 /// Write dataset features and labels (`features` `[N, C]`, `labels` `[N]` i64).
@@ -199,12 +202,17 @@ pub fn write_features(path: &std::path::Path, f: &Features) -> Result<(), String
         vec![n],
         f.labels.iter().flat_map(|v| v.to_le_bytes()).collect(),
     );
-    write_tensors(path, &[feats, labels])
+    write_tensors(path, &[feats, labels], Default::default())
 }
 
-fn write_tensors(path: &std::path::Path, tensors: &[crate::tensor::Tensor]) -> Result<(), String> {
+/// Write tensors as safetensors, atomically, with `metadata` in the header.
+pub(crate) fn write_tensors(
+    path: &std::path::Path,
+    tensors: &[crate::tensor::Tensor],
+    metadata: std::collections::HashMap<String, String>,
+) -> Result<(), String> {
     crate::atomic::write_file(path, |w| {
-        crate::checkpoint::safetensors::write(w, tensors, Default::default())
+        crate::checkpoint::safetensors::write(w, tensors, metadata)
     })
     .map_err(|e: crate::checkpoint::FormatError| format!("{}: {e}", path.display()))
 }
