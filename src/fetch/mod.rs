@@ -325,26 +325,45 @@ fn cached(slot: &Slot, a: &Artifact, report: &Reporter) -> Result<Option<Fetched
     }
 }
 
+/// Check `got` against the published hash, else the one recorded at the first download.
+/// Returns whether there was a hash to check.
+fn check_hash(
+    a: &Artifact,
+    record: Option<&Record>,
+    path: &Path,
+    got: &str,
+) -> Result<bool, FetchError> {
+    let (expected, source) = match (&a.sha256, record) {
+        (Some(h), _) => (h.to_ascii_lowercase(), "published"),
+        (None, Some(r)) => (r.sha256.clone(), "recorded at the first download"),
+        (None, None) => return Ok(false),
+    };
+    if expected != got {
+        return Err(FetchError::Checksum {
+            path: path.to_path_buf(),
+            expected,
+            got: got.to_string(),
+            source_of: source.into(),
+        });
+    }
+    Ok(true)
+}
+
+/// Where an artifact's hash comes from: `registry` (published) or `first-download`.
+fn hash_source(a: &Artifact) -> &'static str {
+    if a.sha256.is_some() {
+        "registry"
+    } else {
+        "first-download"
+    }
+}
+
 /// Check a cached file against the published or recorded size and hash, and its structure.
 pub fn verify_file(slot: &Slot, a: &Artifact, path: &Path) -> Result<Record, FetchError> {
     let sha = convert::sha256_file(path).map_err(|e| io_err(path, e))?;
     let size = fs::metadata(path).map_err(|e| io_err(path, e))?.len();
     let record = slot.record();
-    let (expected, source) = match (&a.sha256, &record) {
-        (Some(h), _) => (Some(h.to_ascii_lowercase()), "published"),
-        (None, Some(r)) => (Some(r.sha256.clone()), "recorded at the first download"),
-        (None, None) => (None, ""),
-    };
-    if let Some(exp) = expected {
-        if exp != sha {
-            return Err(FetchError::Checksum {
-                path: path.to_path_buf(),
-                expected: exp,
-                got: sha,
-                source_of: source.into(),
-            });
-        }
-    }
+    check_hash(a, record.as_ref(), path, &sha)?;
     check_structure(a, path)?;
     let r = match record {
         Some(r) if r.sha256 == sha && r.size == size => r,
@@ -354,12 +373,7 @@ pub fn verify_file(slot: &Slot, a: &Artifact, path: &Path) -> Result<Record, Fet
                 size,
                 sha256: sha,
                 url: a.urls.first().cloned().unwrap_or_default(),
-                hash_source: if a.sha256.is_some() {
-                    "registry"
-                } else {
-                    "first-download"
-                }
-                .into(),
+                hash_source: hash_source(a).into(),
                 recorded_at: cache::now(),
             };
             slot.write_record(&r).map_err(|e| io_err(&slot.dir, e))?;
@@ -386,31 +400,12 @@ fn install(
             });
         }
     }
-    let recorded = slot.record();
-    let (expected, source) = match (&a.sha256, &recorded) {
-        (Some(h), _) => (Some(h.to_ascii_lowercase()), "published"),
-        (None, Some(r)) => (Some(r.sha256.clone()), "recorded at the first download"),
-        (None, None) => (None, ""),
-    };
-    if let Some(exp) = &expected {
-        if *exp != d.sha256 {
-            return Err(FetchError::Checksum {
-                path: part.to_path_buf(),
-                expected: exp.clone(),
-                got: d.sha256.clone(),
-                source_of: source.into(),
-            });
-        }
-    }
+    let had_hash = check_hash(a, slot.record().as_ref(), part, &d.sha256)?;
     check_structure(a, part)?;
     let path = slot.path();
     fs::rename(part, &path).map_err(|e| io_err(&path, e))?;
     let _ = fs::remove_file(cache::sidecar_path(part));
-    let hash_source = if a.sha256.is_some() {
-        "registry"
-    } else {
-        "first-download"
-    };
+    let hash_source = hash_source(a);
     let record = Record {
         file: a.file.clone(),
         size: d.size,
@@ -419,7 +414,7 @@ fn install(
         hash_source: hash_source.into(),
         recorded_at: cache::now(),
     };
-    if expected.is_none() {
+    if !had_hash {
         report.event(
             "recorded",
             &[
