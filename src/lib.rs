@@ -6,6 +6,7 @@
 //! them out again (or hands them to the model).
 
 pub mod atomic;
+pub mod backend;
 pub mod checkpoint;
 pub mod convert;
 pub mod data;
@@ -13,5 +14,6 @@ pub mod eval;
 pub mod fetch;
 pub mod layout;
 pub mod model;
+pub mod plot;
 pub mod tensor;
 pub mod train;

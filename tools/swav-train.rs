@@ -1,18 +1,59 @@
-//! `swav-train`: SwAV pretraining (configs/swav/*.yaml) and its data tools.
-//! `swav-train bench-data --data DIR --workers N` measures the image pipeline alone;
-//! `swav-train make-synthetic OUT` writes the built-in synthetic image set.
+//! `swav-train`: SwAV pretraining (`swav-train -c configs/swav/*.yaml [-o key=value]...`) and
+//! its data tools: `swav-train bench-data --data DIR --workers N` measures the image pipeline
+//! alone; `swav-train make-synthetic OUT` writes the built-in synthetic image set.
 
+use burn::backend::Autodiff;
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use swav::backend::Devices;
 use swav::data::{bench, dataset::Dataset, loader, multicrop::MultiCrop, synthetic};
+use swav::train::config::TrainConfig;
+use swav::train::trainer::{self, Event, TrainOptions};
 
 #[derive(Parser)]
-#[command(version, about = "SwAV pretraining and its data tools")]
+#[command(
+    version,
+    about = "SwAV pretraining and its data tools",
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Training config (configs/swav/*.yaml, PASSL's keys).
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+    /// Override a config value: `-o model.head.epsilon=0.03` (repeatable; the key must exist).
+    #[arg(short = 'o', long = "override")]
+    overrides: Vec<String>,
+    /// Continue from the output folder's latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Device(s): cpu, cuda:N, or a list for data parallelism (cuda:0,cuda:1) [default: the
+    /// config's `device`].
+    #[arg(long, visible_alias = "devices")]
+    device: Option<String>,
+    /// Loader threads [default: the config's num_workers, 0 = all cores].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Stop after this many epochs of this run (a checkpoint is written; --resume continues).
+    #[arg(long)]
+    max_epochs: Option<usize>,
+    /// Print the resolved config (every key, defaults included) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// No progress bar and no event lines (errors still go to stderr).
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -50,6 +91,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time fixed-shape training steps of a config's model on random crops (images/s).
+    BenchStep {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        #[arg(short = 'o', long = "override")]
+        overrides: Vec<String>,
+        /// Timed steps (after one warm-up step).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// One step on a reference file's weights and crops (made by PyTorch), compared with its
+    /// loss and codes (e.g. tests/fixtures/swav_step_tiny.safetensors on a GPU).
+    CheckStep {
+        /// The weights the reference used (e.g. tests/fixtures/fair_swav_tiny.pth.tar).
+        #[arg(long)]
+        weights: PathBuf,
+        /// safetensors with crops.N, loss, q0, q1.
+        #[arg(long)]
+        reference: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Draw loss and learning-rate curves of a (running or finished) training's output folder
+    /// into OUTPUT/training.png.
+    Plot {
+        /// The training's output_dir.
+        output: PathBuf,
+    },
     /// Write the built-in synthetic image set (ImageFolder with train/ and val/).
     MakeSynthetic {
         /// Output folder.
@@ -78,8 +149,148 @@ fn main() -> ExitCode {
     }
 }
 
+/// Event as one logfmt line: `swav-train event=epoch epoch=3 loss=4.21 ...`.
+fn logfmt(e: &Event) -> String {
+    let mut line = String::from("swav-train");
+    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(e) {
+        for (k, v) in m {
+            let v = match v {
+                serde_json::Value::String(s)
+                    if !s.contains(char::is_whitespace) && !s.is_empty() =>
+                {
+                    s
+                }
+                serde_json::Value::Number(n) => match n.as_f64() {
+                    Some(f) if n.is_f64() => format!("{f:.6}"),
+                    _ => n.to_string(),
+                },
+                other => other.to_string(),
+            };
+            line.push_str(&format!(" {k}={v}"));
+        }
+    }
+    line
+}
+
+fn pretrain(a: TrainArgs) -> Result<(), String> {
+    let path = a
+        .config
+        .ok_or("a config is needed: swav-train -c configs/swav/swav_tiny_cpu.yaml (see --help)")?;
+    let cfg = TrainConfig::load(&path, &a.overrides).map_err(|e| e.to_string())?;
+    if a.print_config {
+        print!("{}", cfg.to_yaml());
+        return Ok(());
+    }
+    cfg.validate()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let devices = Devices::parse(a.device.as_deref().unwrap_or(&cfg.device))?;
+    let opts = TrainOptions {
+        resume: a.resume,
+        workers: a.workers,
+        max_epochs: a.max_epochs,
+    };
+    let bar = if a.quiet || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} [{wide_bar}] {pos}/{len} {msg} eta {eta}")
+            .expect("valid template"),
+    );
+    let quiet = a.quiet;
+    let mut on_event = |e: &Event| {
+        match e {
+            Event::Start {
+                iterations_per_epoch,
+                ..
+            } => bar.set_length(*iterations_per_epoch as u64),
+            Event::Iteration {
+                epoch,
+                step_in_epoch,
+                loss,
+                lr,
+                images_per_second,
+                ..
+            } => {
+                bar.set_prefix(epoch.to_string());
+                bar.set_position(*step_in_epoch as u64 + 1);
+                bar.set_message(format!(
+                    "loss {loss:.4} lr {lr:.4} {images_per_second:.1} img/s"
+                ));
+                if !bar.is_hidden() {
+                    return;
+                }
+            }
+            Event::Epoch(_) => bar.reset(),
+            _ => {}
+        }
+        if !quiet {
+            let line = logfmt(e);
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+        }
+    };
+    let summary = swav::with_backend!(&devices, |B, list| {
+        trainer::train::<Autodiff<B>>(&cfg, &list, &opts, &mut on_event).map_err(|e| e.to_string())
+    })?;
+    bar.finish_and_clear();
+    let plot = swav::plot::write_training_plot(&summary.output)?;
+    if let Some(c) = &summary.checkpoint {
+        println!(
+            "trained {} epochs; checkpoint {} (swav-extract {} --output backbone.safetensors); plot {}",
+            summary.history.len(),
+            c.display(),
+            c.join("model.mpk").display(),
+            plot.display()
+        );
+    }
+    Ok(())
+}
+
 fn run(args: Args) -> Result<(), String> {
-    match args.command {
+    let Some(command) = args.command else {
+        return pretrain(args.train);
+    };
+    match command {
+        Command::BenchStep {
+            config,
+            overrides,
+            steps,
+            device,
+        } => {
+            let cfg = TrainConfig::load(&config, &overrides).map_err(|e| e.to_string())?;
+            cfg.validate()
+                .map_err(|e| format!("{}: {e}", config.display()))?;
+            let devices = Devices::parse(&device)?;
+            let r = swav::with_backend!(&devices, |B, list| {
+                Ok::<_, String>(swav::train::bench::steps::<Autodiff<B>>(
+                    &cfg, &list[0], steps,
+                ))
+            })?;
+            println!("{}", serde_json::to_string(&r).expect("serialisable"));
+            Ok(())
+        }
+        Command::CheckStep {
+            weights,
+            reference,
+            device,
+        } => {
+            let devices = Devices::parse(&device)?;
+            let r = swav::with_backend!(&devices, |B, list| {
+                swav::train::bench::check::<Autodiff<B>>(&weights, &reference, &list[0])
+            })?;
+            println!("{}", serde_json::to_string(&r).expect("serialisable"));
+            Ok(())
+        }
+        Command::Plot { output } => {
+            let p = swav::plot::write_training_plot(&output)?;
+            println!("wrote {}", p.display());
+            Ok(())
+        }
         Command::MakeSynthetic {
             out,
             size,

@@ -6,6 +6,7 @@
 //! legacy), [`safetensors`] (`.safetensors`, `.safetensors.zst`). Data flows one way: file →
 //! [`Checkpoint`] (tensors + plain values) → [`crate::layout`] → a writer or the model.
 
+pub mod burn;
 pub mod numpy;
 pub mod paddle;
 pub mod pickle;
@@ -88,6 +89,9 @@ impl Checkpoint {
     /// Read a checkpoint, detecting its format from its content.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
         let path = path.as_ref();
+        if let Some(record) = burn::record_path(path) {
+            return burn::read(&record);
+        }
         let err = |e: FormatError| CheckpointError::new(path, e);
         let buf = map_file(path).map_err(err)?;
         let bytes: &[u8] = buf.bytes();
@@ -108,6 +112,11 @@ impl Checkpoint {
             Format::SafetensorsZstd => {
                 let data = safetensors::decompress(bytes).map_err(err)?;
                 safetensors::read(Arc::new(data), &mut ck).map_err(err)?
+            }
+            Format::BurnRecord => {
+                return Err(err(FormatError::Unsupported(
+                    "a Burn record is read by its .mpk name".into(),
+                )))
             }
         }
         Ok(ck)

@@ -19,6 +19,8 @@ pub enum Format {
     Safetensors,
     /// zstd-compressed safetensors.
     SafetensorsZstd,
+    /// A Burn record of the SwAV module (`.mpk` + `.mpk.json`), recognised by its name.
+    BurnRecord,
 }
 
 impl Format {
@@ -31,6 +33,7 @@ impl Format {
             Format::TorchTar => "PyTorch tar",
             Format::Safetensors => "safetensors",
             Format::SafetensorsZstd => "safetensors + zstd",
+            Format::BurnRecord => "Burn record",
         }
     }
 }

@@ -7,6 +7,7 @@ mod data;
 mod fetch;
 mod hostile;
 mod model;
+mod pretrain;
 mod server;
 mod train;
 mod transforms;

@@ -91,7 +91,7 @@ fn run<A: AutodiffBackend>(reference: &str) -> Result {
             )
         })
         .collect();
-    let out = step::swav_step(&model, &crops, &[0..2, 2..4], &SwavLoss::default());
+    let out = step::swav_step(&model, &crops, &[0..2, 2..4], &SwavLoss::default(), None);
     let loss: Vec<f64> = out
         .loss
         .clone()

@@ -1,0 +1,61 @@
+//! Burn records of the SwAV module (`model.mpk` + `model.mpk.json`, as `swav-convert IN
+//! OUT.mpk` and `swav-train` write them), read as named tensors in the Burn layout. A record
+//! holds values only, so it is read through the module its config describes
+//! ([`crate::model::record::load`]); a training checkpoint folder stands for its `model.mpk`.
+
+use super::{Checkpoint, CheckpointError, Format, FormatError};
+use crate::model::{record, CpuBackend};
+use crate::tensor::{DType, Tensor};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::backend::Backend;
+use std::path::{Path, PathBuf};
+
+/// The record a path stands for: `X.mpk`, or a training checkpoint folder's `model.mpk`.
+pub fn record_path(path: &Path) -> Option<PathBuf> {
+    if path.is_dir() && path.join("model.mpk").is_file() {
+        return Some(path.join("model.mpk"));
+    }
+    record::is_record(path).then(|| path.to_path_buf())
+}
+
+/// Read every parameter and BatchNorm statistic of the record as f32 tensors.
+pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let (model, _) = record::load::<CpuBackend>(path, &Default::default())
+        .map_err(|m| CheckpointError::new(path, FormatError::Structure(m)))?;
+    struct Collect {
+        path: Vec<String>,
+        out: Vec<Tensor>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<burn::tensor::Tensor<B, D>>) {
+            let t = param.val();
+            let shape = t.dims().to_vec();
+            let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap_or_default();
+            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            self.out.push(Tensor::from_vec(
+                self.path.join("."),
+                DType::F32,
+                shape,
+                bytes,
+            ));
+        }
+    }
+    let mut c = Collect {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    model.visit(&mut c);
+    Ok(Checkpoint {
+        path: path.to_path_buf(),
+        format: Format::BurnRecord,
+        tensors: c.out,
+        values: Vec::new(),
+        notes: Vec::new(),
+    })
+}

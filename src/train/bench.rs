@@ -1,0 +1,154 @@
+//! Fixed-shape measurements for `scripts/gpu-check.sh`: whole training steps (forward,
+//! Sinkhorn, backward, LARS) on random crops of a config's shapes, timed; and one step on a
+//! reference file's weights and crops (made by PyTorch), compared with its loss and codes.
+
+use super::config::TrainConfig;
+use super::lars::LarsConfig;
+use super::step::{self, SwavLoss};
+use crate::checkpoint::Checkpoint;
+use crate::model::load;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Distribution, Tensor, TensorData};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+/// Timed steps.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepBench {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+fn scalar<A: AutodiffBackend>(t: Tensor<A, 1>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .expect("scalar")[0]
+}
+
+/// Run `steps` training steps (after one warm-up step) of `cfg`'s model on random crops of
+/// its shapes, one device, `batch_size` images per step.
+pub fn steps<A: AutodiffBackend>(cfg: &TrainConfig, device: &A::Device, steps: usize) -> StepBench {
+    let model_cfg = cfg.model_config().expect("validated config");
+    A::seed(device, cfg.seed);
+    let mut model = model_cfg.init_now::<A>(device);
+    let mut optim = LarsConfig::default().init::<A, crate::model::swav::Swav<A>>();
+    let d = &cfg.dataloader.train.dataset;
+    let bs = cfg.dataloader.train.sampler.batch_size;
+    let crops: Vec<Tensor<A, 4>> = d
+        .size_crops
+        .iter()
+        .zip(&d.num_crops)
+        .flat_map(|(&s, &n)| {
+            (0..n)
+                .map(move |_| Tensor::random([bs, 3, s, s], Distribution::Normal(0.0, 1.0), device))
+        })
+        .collect();
+    let mut at = 0;
+    let groups: Vec<std::ops::Range<usize>> = d
+        .num_crops
+        .iter()
+        .map(|&n| {
+            at += n;
+            at - n..at
+        })
+        .collect();
+    let loss = SwavLoss {
+        crops_for_assign: cfg.model.head.crops_for_assign.clone(),
+        ..Default::default()
+    };
+    let mut start = Instant::now();
+    for i in 0..=steps {
+        if i == 1 {
+            start = Instant::now();
+        }
+        model = step::normalize_prototypes(model);
+        let out = step::swav_step(&model, &crops, &groups, &loss, None);
+        let grads = GradientsParams::from_grads(out.loss.clone().backward(), &model);
+        model = optim.step(0.1, model, grads);
+        // Reading the loss waits for the device, as a training loop's logging does.
+        let _ = scalar(out.loss);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    StepBench {
+        steps,
+        batch_size: bs,
+        seconds,
+        images_per_second: (steps * bs) as f64 / seconds,
+    }
+}
+
+/// One step against a reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepCheck {
+    pub loss: f64,
+    pub reference_loss: f64,
+    /// |loss − reference| / |reference|.
+    pub loss_relative: f64,
+    /// Largest |code − reference| per assigned crop.
+    pub codes_max_abs: Vec<f64>,
+}
+
+/// The step of `weights` on `reference`'s crops (`crops.0`, `crops.1`, ... with the first
+/// two at the larger resolution, as `tests/fixtures/swav_step_tiny.safetensors`), compared
+/// with its `loss`, `q0` and `q1`.
+pub fn check<A: AutodiffBackend>(
+    weights: &Path,
+    reference: &Path,
+    device: &A::Device,
+) -> Result<StepCheck, String> {
+    let r = Checkpoint::open(reference).map_err(|e| e.to_string())?;
+    let (model, _, _) = load::load::<A>(weights, device, false).map_err(|e| e.to_string())?;
+    let model = step::normalize_prototypes(model);
+    let get = |name: &str| {
+        r.get(name)
+            .ok_or_else(|| format!("{}: no tensor {name}", reference.display()))
+    };
+    let mut crops = Vec::new();
+    while let Some(t) = r.get(&format!("crops.{}", crops.len())) {
+        let s = &t.shape;
+        if s.len() != 4 {
+            return Err(format!("{}: {} is not NCHW", reference.display(), t.name));
+        }
+        let v = t.to_f32().map_err(|e| e.to_string())?;
+        crops.push(Tensor::<A, 4>::from_data(
+            TensorData::new(v, [s[0], s[1], s[2], s[3]]),
+            device,
+        ));
+    }
+    if crops.len() < 2 {
+        return Err(format!("{}: fewer than two crops", reference.display()));
+    }
+    let sizes: Vec<usize> = crops.iter().map(|c| c.dims()[3]).collect();
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for i in 1..=sizes.len() {
+        if i == sizes.len() || sizes[i] != sizes[start] {
+            groups.push(start..i);
+            start = i;
+        }
+    }
+    let out = step::swav_step(&model, &crops, &groups, &SwavLoss::default(), None);
+    let loss = scalar(out.loss);
+    let reference_loss = get("loss")?.to_f32().map_err(|e| e.to_string())?[0] as f64;
+    let mut codes_max_abs = Vec::new();
+    for (i, q) in out.codes.iter().enumerate() {
+        let want = get(&format!("q{i}"))?.to_f32().map_err(|e| e.to_string())?;
+        codes_max_abs.push(
+            q.iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs() as f64)
+                .fold(0.0, f64::max),
+        );
+    }
+    Ok(StepCheck {
+        loss,
+        reference_loss,
+        loss_relative: (loss - reference_loss).abs() / reference_loss.abs(),
+        codes_max_abs,
+    })
+}

@@ -1,0 +1,578 @@
+//! Training configs: PASSL's `configs/swav/*.yaml` keys (model/backbone/neck/head, dataloader,
+//! lr_scheduler, optimizer, optimizer_config, epochs, seed, output_dir), plus the settings of
+//! facebookresearch/swav `main_swav.py` that PASSL lacks (queue, warmup epochs, checkpoints),
+//! every one with its default written here and in the README.
+//!
+//! A config is read strictly (an unknown key is an error naming it), then `-o a.b.c=value`
+//! overrides are applied to the fully defaulted tree: a key that does not exist is an error
+//! naming it, and a value of the wrong type is an error naming the key.
+
+use crate::model::resnet::ResNetConfig;
+use crate::model::swav::{HeadConfig, SwavConfig};
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value;
+use std::path::Path;
+
+/// A config error (one line, naming the file or key).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("-o {key}: {message}")]
+    Override { key: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// The whole training config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Training epochs (100).
+    pub epochs: usize,
+    /// Where checkpoints, metrics and plots go (`output_dir`; PASSL adds the config's name).
+    pub output_dir: String,
+    /// Seed of the data order, augmentations and initialisation (PASSL 0, main_swav.py 31).
+    pub seed: u64,
+    /// PASSL's `device: gpu|cpu`; `--device cpu|cuda:N` on the command line wins.
+    pub device: String,
+    pub model: ModelSection,
+    pub dataloader: DataloaderSection,
+    pub lr_scheduler: LrSection,
+    pub optimizer: OptimizerSection,
+    pub optimizer_config: OptimizerHookSection,
+    pub log_config: LogSection,
+    /// Checkpointing (not in PASSL, which saves every epoch and keeps all).
+    pub checkpoint: CheckpointSection,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 100,
+            output_dir: "output_dir".into(),
+            seed: 0,
+            device: "gpu".into(),
+            model: ModelSection::default(),
+            dataloader: DataloaderSection::default(),
+            lr_scheduler: LrSection::default(),
+            optimizer: OptimizerSection::default(),
+            optimizer_config: OptimizerHookSection::default(),
+            log_config: LogSection::default(),
+            checkpoint: CheckpointSection::default(),
+        }
+    }
+}
+
+/// `model:` (PASSL `SwAV`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    pub name: String,
+    pub backbone: BackboneSection,
+    pub neck: NeckSection,
+    pub head: HeadSection,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            name: "SwAV".into(),
+            backbone: BackboneSection::default(),
+            neck: NeckSection::default(),
+            head: HeadSection::default(),
+        }
+    }
+}
+
+/// `model.backbone:` (PASSL `ResNetswav`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackboneSection {
+    pub name: String,
+    /// 18, 34, 50, 101 or 152.
+    pub depth: usize,
+    /// Stem width: 64, or 64 × widen (128/256/320 for RN50-w2/w4/w5), smaller for tiny models.
+    pub width: usize,
+}
+
+impl Default for BackboneSection {
+    fn default() -> Self {
+        BackboneSection {
+            name: "ResNetswav".into(),
+            depth: 50,
+            width: 64,
+        }
+    }
+}
+
+/// `model.neck:` (PASSL `SwAVNeck`: the projection head).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NeckSection {
+    pub name: String,
+    /// Backbone feature width (2048 for ResNet-50); checked against the backbone.
+    pub in_channels: usize,
+    /// Hidden width (`hidden_mlp`); 0 for a single Linear.
+    pub hid_channels: usize,
+    /// Embedding width (`feat_dim`).
+    pub out_channels: usize,
+    /// BatchNorm after the hidden Linear (false as in RN50-w5).
+    pub with_bn: bool,
+    pub with_l2norm: bool,
+    pub with_avg_pool: bool,
+}
+
+impl Default for NeckSection {
+    fn default() -> Self {
+        NeckSection {
+            name: "SwAVNeck".into(),
+            in_channels: 2048,
+            hid_channels: 2048,
+            out_channels: 128,
+            with_bn: true,
+            with_l2norm: true,
+            with_avg_pool: true,
+        }
+    }
+}
+
+/// `model.head:` (PASSL `SwAVHead`, with main_swav.py's queue).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadSection {
+    pub name: String,
+    pub feat_dim: usize,
+    pub sinkhorn_iterations: usize,
+    pub epsilon: f64,
+    pub temperature: f32,
+    pub crops_for_assign: Vec<usize>,
+    pub num_crops: Vec<usize>,
+    pub num_prototypes: usize,
+    /// Queue length over all workers (main_swav.py `queue_length`; 0: none).
+    pub queue_length: usize,
+    /// First epoch that fills and uses the queue (`epoch_queue_starts`).
+    pub epoch_queue_starts: usize,
+}
+
+impl Default for HeadSection {
+    fn default() -> Self {
+        HeadSection {
+            name: "SwAVHead".into(),
+            feat_dim: 128,
+            sinkhorn_iterations: 3,
+            epsilon: 0.05,
+            temperature: 0.1,
+            crops_for_assign: vec![0, 1],
+            num_crops: vec![2, 6],
+            num_prototypes: 3000,
+            queue_length: 0,
+            epoch_queue_starts: 15,
+        }
+    }
+}
+
+/// `dataloader:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataloaderSection {
+    pub train: TrainLoaderSection,
+}
+
+/// `dataloader.train:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainLoaderSection {
+    pub loader: LoaderSection,
+    pub sampler: SamplerSection,
+    pub dataset: DatasetSection,
+}
+
+/// `dataloader.train.loader:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoaderSection {
+    /// Decode/augment threads; 0: all cores.
+    pub num_workers: usize,
+    /// Accepted for PASSL compatibility; batches are always handed over without a copy.
+    pub use_shared_memory: bool,
+}
+
+impl Default for LoaderSection {
+    fn default() -> Self {
+        LoaderSection {
+            num_workers: 0,
+            use_shared_memory: true,
+        }
+    }
+}
+
+/// `dataloader.train.sampler:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplerSection {
+    /// Images per device per step.
+    pub batch_size: usize,
+    pub shuffle: bool,
+    pub drop_last: bool,
+}
+
+impl Default for SamplerSection {
+    fn default() -> Self {
+        SamplerSection {
+            batch_size: 128,
+            shuffle: true,
+            drop_last: true,
+        }
+    }
+}
+
+/// `dataloader.train.dataset:` (PASSL `MultiCropDataset`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasetSection {
+    pub name: String,
+    /// Image folder (ImageFolder or flat); `synthetic`: the built-in synthetic set, made under
+    /// `output_dir` on first use.
+    pub dataroot: String,
+    pub size_crops: Vec<usize>,
+    pub num_crops: Vec<usize>,
+    pub min_scale_crops: Vec<f64>,
+    pub max_scale_crops: Vec<f64>,
+}
+
+impl Default for DatasetSection {
+    fn default() -> Self {
+        DatasetSection {
+            name: "MultiCropDataset".into(),
+            dataroot: "data/ILSVRC2012/train".into(),
+            size_crops: vec![224, 96],
+            num_crops: vec![2, 6],
+            min_scale_crops: vec![0.14, 0.05],
+            max_scale_crops: vec![1.0, 0.14],
+        }
+    }
+}
+
+/// `lr_scheduler:` (PASSL `CosineWarmup`). Lengths come from epochs × iterations per epoch:
+/// `warmup_epochs` (when absent, `epochs × warmup_steps / T_max`, PASSL's ratio), then a
+/// per-iteration cosine from `learning_rate` to `eta_min` over the remaining iterations.
+/// `T_max` and `warmup_steps` are not used as step counts (PASSL's fixed `T_max: 31200` is only
+/// right for a global batch of 4096).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(non_snake_case)]
+pub struct LrSection {
+    pub name: String,
+    /// `base_lr`.
+    pub learning_rate: f64,
+    pub T_max: usize,
+    pub warmup_steps: usize,
+    /// `start_warmup`.
+    pub start_lr: f64,
+    /// The warmup's end (PASSL repeats `learning_rate`).
+    pub end_lr: f64,
+    /// `final_lr`.
+    pub eta_min: f64,
+    /// Warmup epochs (main_swav.py `warmup_epochs`).
+    pub warmup_epochs: Option<f64>,
+}
+
+impl Default for LrSection {
+    fn default() -> Self {
+        LrSection {
+            name: "CosineWarmup".into(),
+            learning_rate: 4.8,
+            T_max: 31200,
+            warmup_steps: 3120,
+            start_lr: 0.3,
+            end_lr: 4.8,
+            eta_min: 0.0048,
+            warmup_epochs: None,
+        }
+    }
+}
+
+impl LrSection {
+    /// Warmup epochs: the explicit value, or PASSL's ratio `epochs × warmup_steps / T_max`.
+    pub fn warmup_epochs(&self, epochs: usize) -> f64 {
+        self.warmup_epochs
+            .unwrap_or(epochs as f64 * self.warmup_steps as f64 / self.T_max.max(1) as f64)
+    }
+}
+
+/// `optimizer:` (PASSL `LarsMomentumOptimizer`; main_swav.py SGD + LARC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerSection {
+    pub name: String,
+    pub momentum: f64,
+    pub lars_weight_decay: f64,
+    /// LARS trust coefficient (`lars_coeff`, LARC's 0.001).
+    pub lars_coeff: f64,
+}
+
+impl Default for OptimizerSection {
+    fn default() -> Self {
+        OptimizerSection {
+            name: "LarsMomentumOptimizer".into(),
+            momentum: 0.9,
+            lars_weight_decay: 1e-6,
+            lars_coeff: 0.001,
+        }
+    }
+}
+
+/// `optimizer_config:` (PASSL `SwAVOptimizerHook`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerHookSection {
+    pub name: String,
+    /// Iterations during which the prototypes are not updated.
+    pub freeze_prototypes_iters: usize,
+}
+
+impl Default for OptimizerHookSection {
+    fn default() -> Self {
+        OptimizerHookSection {
+            name: "SwAVOptimizerHook".into(),
+            freeze_prototypes_iters: 313,
+        }
+    }
+}
+
+/// `log_config:` (PASSL `LogHook`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub name: String,
+    /// Iterations between metric lines.
+    pub interval: usize,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            name: "LogHook".into(),
+            interval: 50,
+        }
+    }
+}
+
+/// `checkpoint:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Epochs between checkpoints (the last epoch is always saved).
+    pub interval: usize,
+    /// Checkpoints kept (the oldest are removed).
+    pub keep: usize,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        CheckpointSection {
+            interval: 1,
+            keep: 3,
+        }
+    }
+}
+
+fn to_config(value: Value) -> Result<TrainConfig, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        }
+    })
+}
+
+impl TrainConfig {
+    /// Parse YAML text (unknown keys are errors).
+    pub fn from_yaml(text: &str) -> Result<TrainConfig, String> {
+        let value: Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        let value = if value.is_null() {
+            Value::Mapping(Default::default())
+        } else {
+            value
+        };
+        to_config(value)
+    }
+
+    /// Read a config file and apply `key=value` overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let cfg = TrainConfig::from_yaml(&text).map_err(|message| ConfigError::File {
+            path: path.display().to_string(),
+            message,
+        })?;
+        cfg.with_overrides(overrides)
+    }
+
+    /// Apply `a.b.c=value` overrides (the value is read as YAML: numbers, booleans, lists).
+    pub fn with_overrides(self, overrides: &[String]) -> Result<TrainConfig, ConfigError> {
+        let mut tree =
+            serde_yaml_ng::to_value(&self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for o in overrides {
+            let (key, text) = o.split_once('=').ok_or_else(|| ConfigError::Override {
+                key: o.clone(),
+                message: "expected key=value".into(),
+            })?;
+            let err = |message: String| ConfigError::Override {
+                key: key.to_string(),
+                message,
+            };
+            let value: Value = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
+            let mut node = &mut tree;
+            for part in key.split('.') {
+                let map = node
+                    .as_mapping_mut()
+                    .ok_or_else(|| err(format!("'{part}' is below a value, not a section")))?;
+                let known: Vec<String> = map
+                    .keys()
+                    .filter_map(|k| k.as_str().map(str::to_string))
+                    .collect();
+                node = map.get_mut(part).ok_or_else(|| {
+                    err(format!("no such key (known here: {})", known.join(", ")))
+                })?;
+            }
+            if node.is_mapping() {
+                return Err(err("is a section, not a value".into()));
+            }
+            *node = value;
+            to_config(tree.clone()).map_err(err)?;
+        }
+        to_config(tree).map_err(ConfigError::Invalid)
+    }
+
+    /// As YAML (every key, defaults included).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).expect("a config serialises")
+    }
+
+    /// Check what serde cannot: consistent crop lists, known depth, sizes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let d = &self.dataloader.train.dataset;
+        let h = &self.model.head;
+        if h.num_crops != d.num_crops {
+            return bad(format!(
+                "model.head.num_crops {:?} differs from dataloader.train.dataset.num_crops {:?}",
+                h.num_crops, d.num_crops
+            ));
+        }
+        let total: usize = d.num_crops.iter().sum();
+        if h.crops_for_assign.is_empty() || h.crops_for_assign.iter().any(|&c| c >= total) {
+            return bad(format!(
+                "model.head.crops_for_assign {:?}: each must be below the {total} crops",
+                h.crops_for_assign
+            ));
+        }
+        if total < 2 {
+            return bad("at least two crops are needed for swapped prediction".into());
+        }
+        let backbone = self.backbone_config()?;
+        if self.model.neck.in_channels != backbone.feature_dim() {
+            return bad(format!(
+                "model.neck.in_channels {} but a depth-{} width-{} ResNet gives {} features",
+                self.model.neck.in_channels,
+                self.model.backbone.depth,
+                self.model.backbone.width,
+                backbone.feature_dim()
+            ));
+        }
+        if self.model.neck.out_channels != h.feat_dim {
+            return bad(format!(
+                "model.neck.out_channels {} differs from model.head.feat_dim {}",
+                self.model.neck.out_channels, h.feat_dim
+            ));
+        }
+        if self.dataloader.train.sampler.batch_size == 0 || self.epochs == 0 {
+            return bad("batch_size and epochs must be positive".into());
+        }
+        if h.num_prototypes == 0 || h.epsilon <= 0.0 || h.temperature <= 0.0 {
+            return bad("num_prototypes, epsilon and temperature must be positive".into());
+        }
+        if self.checkpoint.interval == 0 || self.checkpoint.keep == 0 {
+            return bad("checkpoint.interval and checkpoint.keep must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn backbone_config(&self) -> Result<ResNetConfig, ConfigError> {
+        let b = &self.model.backbone;
+        let mut cfg = ResNetConfig::depth(b.depth, 1).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "model.backbone.depth {}: one of 18, 34, 50, 101, 152",
+                b.depth
+            ))
+        })?;
+        if b.width == 0 {
+            return Err(ConfigError::Invalid(
+                "model.backbone.width must be positive".into(),
+            ));
+        }
+        cfg.base_width = b.width;
+        Ok(cfg)
+    }
+
+    /// The model's shape.
+    pub fn model_config(&self) -> Result<SwavConfig, ConfigError> {
+        let n = &self.model.neck;
+        Ok(SwavConfig {
+            backbone: self.backbone_config()?,
+            head: Some(HeadConfig {
+                hidden: (n.hid_channels > 0).then_some(n.hid_channels),
+                bn: n.with_bn && n.hid_channels > 0,
+                out: n.out_channels,
+            }),
+            prototypes: vec![self.model.head.num_prototypes],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passl_file_reads_and_overrides_are_typed() {
+        let text = include_str!("../../configs/swav/swav_r50_100ep.yaml");
+        let cfg = TrainConfig::from_yaml(text).unwrap();
+        assert_eq!(cfg.lr_scheduler.learning_rate, 4.8);
+        assert_eq!(cfg.optimizer.lars_weight_decay, 1e-6);
+        assert_eq!(cfg.lr_scheduler.warmup_epochs(cfg.epochs), 10.0);
+        cfg.validate().unwrap();
+        let o = |s: &str| cfg.clone().with_overrides(&[s.to_string()]);
+        assert_eq!(
+            o("model.head.epsilon=0.03").unwrap().model.head.epsilon,
+            0.03
+        );
+        assert_eq!(
+            o("dataloader.train.dataset.size_crops=[160, 96]")
+                .unwrap()
+                .dataloader
+                .train
+                .dataset
+                .size_crops,
+            vec![160, 96]
+        );
+        let e = o("model.head.epsilom=0.03").unwrap_err().to_string();
+        assert!(
+            e.contains("model.head.epsilom") && e.contains("no such key"),
+            "{e}"
+        );
+        let e = o("model.head.epsilon=abc").unwrap_err().to_string();
+        assert!(e.contains("epsilon") && e.contains("invalid type"), "{e}");
+        let e = o("model.head=3").unwrap_err().to_string();
+        assert!(e.contains("section"), "{e}");
+        let e = TrainConfig::from_yaml("model:\n  neck:\n    hid: 3\n").unwrap_err();
+        assert!(e.contains("model.neck") && e.contains("hid"), "{e}");
+    }
+}

@@ -1,0 +1,118 @@
+//! Health checks beyond the peers': non-finite values stop the run with the iteration and the
+//! offending tensor; a loss that sits at ln(K) (collapse: every image predicts the uniform
+//! distribution over the K prototypes — facebookresearch/swav's most reported problem) and a
+//! loss that climbs once the queue starts are reported with the fixes its README lists.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// A warning about the run's health.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Warning {
+    /// The epoch's mean loss is within 1% of ln(K).
+    Collapse { epoch: usize, loss: f64, ln_k: f64 },
+    /// The first epoch with the queue has a higher loss than the epoch before it.
+    QueueLossClimbs {
+        epoch: usize,
+        before: f64,
+        after: f64,
+    },
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Warning::Collapse { epoch, loss, ln_k } => write!(
+                f,
+                "epoch {epoch}: loss {loss:.4} sits at ln(K) = {ln_k:.4}: the assignments look collapsed \
+                 (uniform predictions); try a smaller model.head.epsilon (e.g. 0.03), a longer \
+                 optimizer_config.freeze_prototypes_iters, or a later/smaller queue \
+                 (model.head.epoch_queue_starts, model.head.queue_length)"
+            ),
+            Warning::QueueLossClimbs {
+                epoch,
+                before,
+                after,
+            } => write!(
+                f,
+                "epoch {epoch}: the loss climbed from {before:.4} to {after:.4} once the queue started; \
+                 if it keeps climbing, start the queue later (model.head.epoch_queue_starts) or \
+                 make it smaller (model.head.queue_length)"
+            ),
+        }
+    }
+}
+
+/// Collapse: an epoch (after the first) whose mean loss is within 1% of ln(K).
+pub fn collapse(epoch: usize, loss: f64, prototypes: usize) -> Option<Warning> {
+    let ln_k = (prototypes as f64).ln();
+    (epoch > 0 && (loss - ln_k).abs() <= 0.01 * ln_k).then_some(Warning::Collapse {
+        epoch,
+        loss,
+        ln_k,
+    })
+}
+
+/// The queue's first epoch made the loss climb by more than 5%.
+pub fn queue_climb(epoch: usize, queue_starts: usize, before: f64, after: f64) -> Option<Warning> {
+    (epoch == queue_starts && after > before * 1.05).then_some(Warning::QueueLossClimbs {
+        epoch,
+        before,
+        after,
+    })
+}
+
+/// The first parameter (by name) holding a NaN or an infinity, and the count of such values.
+pub fn first_non_finite<B: Backend, M: Module<B>>(module: &M) -> Option<(String, usize)> {
+    struct Find {
+        path: Vec<String>,
+        found: Option<(String, usize)>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Find {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if self.found.is_some() {
+                return;
+            }
+            let v: Vec<f32> = param
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap_or_default();
+            let bad = v.iter().filter(|x| !x.is_finite()).count();
+            if bad > 0 {
+                self.found = Some((self.path.join("."), bad));
+            }
+        }
+    }
+    let mut f = Find {
+        path: Vec::new(),
+        found: None,
+    };
+    module.visit(&mut f);
+    f.found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collapse_and_queue_rules() {
+        assert!(collapse(3, 8.0, 3000).is_some());
+        assert!(collapse(0, 8.0, 3000).is_none());
+        assert!(collapse(3, 6.5, 3000).is_none());
+        assert!(queue_climb(15, 15, 4.0, 4.5).is_some());
+        assert!(queue_climb(15, 15, 4.0, 4.1).is_none());
+        assert!(queue_climb(16, 15, 4.0, 4.5).is_none());
+        let w = collapse(3, 8.0, 3000).unwrap().to_string();
+        assert!(w.contains("epsilon") && w.contains("freeze_prototypes_iters"));
+    }
+}

@@ -1,0 +1,122 @@
+//! One data-parallel SwAV step over several devices of one host (facebookresearch/swav runs
+//! DDP): each device holds a replica of the model and its share of the batch; Sinkhorn-Knopp
+//! runs over the rows of all devices together (its sums are global, as in main_swav.py's
+//! `distributed_sinkhorn`); each device back-propagates its own loss; the gradients are
+//! averaged on the first device (DDP's all-reduce). BatchNorm statistics are per device (no
+//! synchronised BatchNorm in Burn 0.21). With one device this is exactly [`super::step::swav_step`].
+
+use super::step::{self, Queue, SwavLoss};
+use crate::model::swav::Swav;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+
+/// Averages several devices' gradients into one set, on the first device's module.
+struct MeanGrads {
+    parts: Vec<GradientsParams>,
+    out: GradientsParams,
+}
+
+impl<A: AutodiffBackend> ModuleVisitor<A> for MeanGrads {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+        let n = self.parts.len() as f32;
+        let mut sum: Option<Tensor<A::InnerBackend, D>> = None;
+        for p in &mut self.parts {
+            if let Some(g) = p.remove::<A::InnerBackend, D>(param.id) {
+                sum = Some(match sum {
+                    Some(s) => s + g,
+                    None => g,
+                });
+            }
+        }
+        if let Some(s) = sum {
+            self.out.register(param.id, s / n);
+        }
+    }
+}
+
+/// What one data-parallel step gives.
+pub struct ParallelStep {
+    /// Mean of the devices' losses (each the mean over its images).
+    pub loss: f64,
+    /// Averaged gradients, on the first device, for `model`'s parameters.
+    pub grads: GradientsParams,
+}
+
+/// One step: `crops[w]` are device `w`'s crops (each `[B_w, 3, s, s]`, already on
+/// `devices[w]`), `queues[w]` its queue. `model` lives on `devices[0]`.
+pub fn step<A: AutodiffBackend>(
+    model: &Swav<A>,
+    devices: &[A::Device],
+    crops: &[Vec<Tensor<A, 4>>],
+    groups: &[std::ops::Range<usize>],
+    loss: &SwavLoss,
+    mut queues: Option<&mut [Queue]>,
+) -> ParallelStep {
+    let n = devices.len();
+    let replicas: Vec<Swav<A>> = (0..n)
+        .map(|w| {
+            if w == 0 {
+                model.clone()
+            } else {
+                model.clone().fork(&devices[w])
+            }
+        })
+        .collect();
+    let fwds: Vec<step::Forward<A>> = replicas
+        .iter()
+        .zip(crops)
+        .map(|(r, c)| step::forward(r, c, groups))
+        .collect();
+    let k = fwds[0].scores.dims()[1];
+    let rows: Vec<Vec<Vec<f32>>> = fwds
+        .iter()
+        .zip(&replicas)
+        .enumerate()
+        .map(|(w, (f, r))| {
+            let q = queues.as_deref_mut().map(|q| &mut q[w]);
+            step::assignment_scores(f, r, loss, q)
+        })
+        .collect();
+    let batches: Vec<usize> = fwds.iter().map(|f| f.batch).collect();
+    let mut codes: Vec<Vec<Vec<f32>>> = vec![Vec::new(); n];
+    for i in 0..loss.crops_for_assign.len() {
+        let per: Vec<Vec<f32>> = rows.iter().map(|r| r[i].clone()).collect();
+        for (w, c) in step::joint_codes(&per, k, &batches, loss)
+            .into_iter()
+            .enumerate()
+        {
+            codes[w].push(c);
+        }
+    }
+    let mut value = 0.0;
+    let mut grads = Vec::with_capacity(n);
+    for (w, (f, r)) in fwds.iter().zip(&replicas).enumerate() {
+        let l = step::swapped_loss(f, &codes[w], loss);
+        let v: f32 = l
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("scalar loss")[0];
+        value += v as f64 / n as f64;
+        let g = GradientsParams::from_grads(l.backward(), r);
+        grads.push(if w == 0 {
+            g
+        } else {
+            g.to_device(&devices[0], r)
+        });
+    }
+    let grads = if n == 1 {
+        grads.pop().expect("one device")
+    } else {
+        let mut mean = MeanGrads {
+            parts: grads,
+            out: GradientsParams::new(),
+        };
+        model.visit(&mut mean);
+        mean.out
+    };
+    ParallelStep { loss: value, grads }
+}

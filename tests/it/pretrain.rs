@@ -1,0 +1,522 @@
+//! `swav-train`'s loop: exact resume, simulated data-parallel workers, LARS, the queue.
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+use std::path::Path;
+use swav::data::synthetic::{self, SyntheticConfig};
+use swav::model::{record, CpuBackend};
+use swav::train::config::TrainConfig;
+use swav::train::lars::LarsConfig;
+use swav::train::parallel;
+use swav::train::state;
+use swav::train::step::{self, SwavLoss};
+use swav::train::trainer::{self, Event, TrainOptions};
+
+type A = Autodiff<CpuBackend>;
+
+/// Every parameter's values, in visiting order, with its path.
+fn params<B: Backend, M: Module<B>>(m: &M) -> Vec<(String, Vec<f32>)> {
+    struct V(Vec<String>, Vec<(String, Vec<f32>)>);
+    impl<B: Backend> ModuleVisitor<B> for V {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.0.push(name.into());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let v = p.val().into_data().convert::<f32>().to_vec().unwrap();
+            self.1.push((self.0.join("."), v));
+        }
+    }
+    let mut v = V(Vec::new(), Vec::new());
+    m.visit(&mut v);
+    v.1
+}
+
+/// A tiny run on a tiny synthetic set: ResNet-18 of width 4, 32-pixel images, a queue that
+/// starts in the second epoch, prototypes frozen for the first 3 iterations.
+fn tiny(output: &Path, data: &Path) -> TrainConfig {
+    let text = include_str!("../../configs/swav/swav_tiny_cpu.yaml");
+    TrainConfig::from_yaml(text)
+        .unwrap()
+        .with_overrides(&[
+            format!("output_dir={}", output.display()),
+            format!("dataloader.train.dataset.dataroot={}", data.display()),
+            "epochs=2".into(),
+            "model.backbone.width=4".into(),
+            "model.neck.in_channels=32".into(),
+            "model.neck.hid_channels=16".into(),
+            "model.neck.out_channels=8".into(),
+            "model.head.feat_dim=8".into(),
+            "model.head.num_prototypes=6".into(),
+            "model.head.queue_length=16".into(),
+            "model.head.epoch_queue_starts=1".into(),
+            "dataloader.train.sampler.batch_size=8".into(),
+            "dataloader.train.dataset.size_crops=[32, 16]".into(),
+            "dataloader.train.dataset.num_crops=[2, 2]".into(),
+            "model.head.num_crops=[2, 2]".into(),
+            "optimizer_config.freeze_prototypes_iters=3".into(),
+            "lr_scheduler.warmup_epochs=1".into(),
+            "checkpoint.interval=1".into(),
+        ])
+        .unwrap()
+}
+
+fn synthetic_set(root: &Path) -> std::path::PathBuf {
+    synthetic::write(
+        root,
+        &SyntheticConfig {
+            size: 32,
+            train_per_class: 3,
+            val_per_class: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    root.join("train")
+}
+
+fn run(cfg: &TrainConfig, opts: &TrainOptions) -> Vec<Event> {
+    let mut events = Vec::new();
+    trainer::train::<A>(cfg, &[Default::default()], opts, &mut |e| {
+        events.push(e.clone())
+    })
+    .unwrap();
+    events
+}
+
+#[test]
+fn resume_continues_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_set(&dir.path().join("data"));
+    let straight = tiny(&dir.path().join("straight"), &data);
+    let split = tiny(&dir.path().join("split"), &data);
+    let opts = TrainOptions {
+        workers: Some(2),
+        ..Default::default()
+    };
+    let events = run(&straight, &opts);
+    // 30 images, batch 8: 3 iterations an epoch; the queue (16 rows) fills in epoch 1.
+    let losses: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Epoch(r) => Some(r.loss),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(losses.len(), 2);
+    assert!(losses.iter().all(|l| l.is_finite()));
+    run(
+        &split,
+        &TrainOptions {
+            max_epochs: Some(1),
+            ..opts.clone()
+        },
+    );
+    // Without --resume an output folder with checkpoints is refused.
+    let e = trainer::train::<A>(&split, &[Default::default()], &opts, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("--resume"), "{e}");
+    run(
+        &split,
+        &TrainOptions {
+            resume: true,
+            ..opts.clone()
+        },
+    );
+    let load = |out: &Path| {
+        let dir = state::latest(out).unwrap();
+        assert!(dir.ends_with("epoch_0002"));
+        let (m, _) =
+            record::load::<CpuBackend>(&dir.join("model.mpk"), &Default::default()).unwrap();
+        (params(&m), state::read_state(&dir).unwrap())
+    };
+    let (a, sa) = load(&dir.path().join("straight"));
+    let (b, sb) = load(&dir.path().join("split"));
+    assert_eq!(sa.iteration, 6);
+    assert_eq!(sa.queue, Some([2, 16, 8]));
+    assert_eq!(
+        sa.history,
+        sb.history
+            .iter()
+            .map(|r| state::EpochRecord {
+                images_per_second: sa.history[r.epoch].images_per_second,
+                ..r.clone()
+            })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(a.len(), b.len());
+    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(
+            va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{na} differs after resume"
+        );
+    }
+    // The queue and the optimizer state are in the checkpoint; only `keep` (2) are kept.
+    let ckpts = state::list(&state::checkpoints_dir(&dir.path().join("split")));
+    assert_eq!(ckpts.len(), 2);
+    assert!(ckpts[1].join("queue.f32").is_file() && ckpts[1].join("optimizer.mpk").is_file());
+    // metrics.jsonl has both runs' lines; the plot reads it.
+    let png = swav::plot::write_training_plot(&dir.path().join("split")).unwrap();
+    assert!(std::fs::metadata(png).unwrap().len() > 1000);
+}
+
+/// N simulated workers (data parallel) give the step of one worker whose batch is all of
+/// theirs. BatchNorm statistics are per worker in both (no synchronised BatchNorm), so the
+/// single-worker reference runs the backbone per shard; Sinkhorn and the loss run over the
+/// whole batch, and the gradient is that of the mean loss.
+#[test]
+fn simulated_workers_match_one_worker_with_the_whole_batch() {
+    type D = Autodiff<NdArray<f64>>;
+    let device = Default::default();
+    let cfg = tiny(Path::new("/unused"), Path::new("/unused"));
+    let model_cfg = cfg.model_config().unwrap();
+    <D as Backend>::seed(&device, 7);
+    let model = step::normalize_prototypes(model_cfg.init_now::<D>(&device));
+    let loss = SwavLoss::default();
+    let groups = [0..2, 2..4];
+    let (workers, per) = (3, 4);
+    let shards: Vec<Vec<Tensor<D, 4>>> = (0..workers)
+        .map(|_| {
+            [32, 32, 16, 16]
+                .iter()
+                .map(|&s| Tensor::random([per, 3, s, s], Distribution::Normal(0.0, 1.0), &device))
+                .collect()
+        })
+        .collect();
+    let devices = vec![device; workers];
+    let dp = parallel::step(&model, &devices, &shards, &groups, &loss, None);
+
+    // Reference: one graph; backbone per shard and crop group, head on everything.
+    let fwds: Vec<step::Forward<D>> = shards
+        .iter()
+        .map(|c| step::forward(&model, c, &groups))
+        .collect();
+    let k = fwds[0].scores.dims()[1];
+    let mut codes = vec![Vec::new(); workers];
+    for &a in &loss.crops_for_assign {
+        let rows: Vec<Vec<f32>> = fwds
+            .iter()
+            .map(|f| {
+                f.scores
+                    .clone()
+                    .narrow(0, a * per, per)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .unwrap()
+            })
+            .collect();
+        for (w, c) in step::joint_codes(&rows, k, &vec![per; workers], &loss)
+            .into_iter()
+            .enumerate()
+        {
+            codes[w].push(c);
+        }
+    }
+    let total = fwds
+        .iter()
+        .zip(&codes)
+        .map(|(f, c)| step::swapped_loss(f, c, &loss))
+        .reduce(|a, b| a + b)
+        .unwrap()
+        / workers as f64;
+    let value: f64 = total
+        .clone()
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .unwrap()[0];
+    assert!(
+        (value - dp.loss).abs() < 1e-6 * value.abs(),
+        "{value} vs {}",
+        dp.loss
+    );
+    let reference = GradientsParams::from_grads(total.backward(), &model);
+    struct Cmp<'a>(&'a GradientsParams, &'a GradientsParams, usize);
+    impl ModuleVisitor<D> for Cmp<'_> {
+        fn visit_float<const N: usize>(&mut self, p: &Param<Tensor<D, N>>) {
+            let get = |g: &GradientsParams| {
+                g.get::<NdArray<f64>, N>(p.id)
+                    .map(|t| t.into_data().convert::<f64>().to_vec::<f64>().unwrap())
+            };
+            let (a, b) = match (get(self.0), get(self.1)) {
+                (Some(a), Some(b)) => (a, b),
+                (None, None) => return, // BatchNorm running statistics
+                _ => panic!("a gradient exists on one side only"),
+            };
+            // Relative to the largest gradient of the layer, or 1e-6 for gradients that are
+            // zero in exact arithmetic (a Linear's bias before BatchNorm).
+            let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
+            let diff = a
+                .iter()
+                .zip(&b)
+                .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+            // Codes and scores pass through f32 (as on a GPU), so 1e-6, not f64 precision.
+            assert!(
+                diff / scale < 1e-6,
+                "gradient differs by {} (scale {scale})",
+                diff / scale
+            );
+            self.2 += 1;
+        }
+    }
+    let mut cmp = Cmp(&dp.grads, &reference, 0);
+    model.visit(&mut cmp);
+    assert!(cmp.2 > 60, "{} parameters compared", cmp.2);
+}
+
+/// LARS against the formula written out by hand (apex LARC, clip=False, over SGD momentum).
+#[test]
+fn lars_matches_larc_by_hand() {
+    type D = Autodiff<NdArray<f64>>;
+    let device = Default::default();
+    let lin = burn::nn::LinearConfig::new(3, 2).init::<D>(&device);
+    let w0: Vec<f64> = lin
+        .weight
+        .val()
+        .into_data()
+        .convert::<f64>()
+        .to_vec()
+        .unwrap();
+    let b0: Vec<f64> = lin
+        .bias
+        .as_ref()
+        .unwrap()
+        .val()
+        .into_data()
+        .convert::<f64>()
+        .to_vec()
+        .unwrap();
+    let cfg = LarsConfig {
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    let mut opt = cfg.init::<D, burn::nn::Linear<D>>();
+    let x = Tensor::<D, 2>::from_floats([[1.0, -2.0, 0.5], [0.3, 0.2, -1.0]], &device);
+    let mut lin = lin;
+    let (mut w, mut vw) = (w0.clone(), vec![0.0; 6]);
+    let (mut b, mut vb) = (b0.clone(), vec![0.0; 2]);
+    for step in 0..2 {
+        let y = lin.forward(x.clone()).powi_scalar(2).sum();
+        // d/dW sum((xW + b)^2) = 2 xᵀ(xW + b); d/db = 2 Σ_rows (xW + b).
+        let xs = [[1.0, -2.0, 0.5], [0.3, 0.2, -1.0]];
+        let out: Vec<[f64; 2]> = xs
+            .iter()
+            .map(|r| {
+                let mut o = [b[0], b[1]];
+                for (j, oj) in o.iter_mut().enumerate() {
+                    for i in 0..3 {
+                        *oj += r[i] * w[i * 2 + j];
+                    }
+                }
+                o
+            })
+            .collect();
+        let mut gw = vec![0.0; 6];
+        let mut gb = vec![0.0; 2];
+        for (r, o) in xs.iter().zip(&out) {
+            for i in 0..3 {
+                for j in 0..2 {
+                    gw[i * 2 + j] += 2.0 * r[i] * o[j];
+                }
+            }
+            for j in 0..2 {
+                gb[j] += 2.0 * o[j];
+            }
+        }
+        let lr = 0.5;
+        for (p, g, v) in [(&mut w, gw, &mut vw), (&mut b, gb, &mut vb)] {
+            let pn = p.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let gn = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let ratio = 0.001 * pn / (gn + pn * 0.1 + 1e-8);
+            for i in 0..p.len() {
+                let gi = (g[i] + 0.1 * p[i]) * ratio;
+                v[i] = if step == 0 { gi } else { 0.9 * v[i] + gi };
+                p[i] -= lr * v[i];
+            }
+        }
+        let grads = GradientsParams::from_grads(y.backward(), &lin);
+        lin = opt.step(lr, lin, grads);
+    }
+    let got_w: Vec<f64> = lin
+        .weight
+        .val()
+        .into_data()
+        .convert::<f64>()
+        .to_vec()
+        .unwrap();
+    let got_b: Vec<f64> = lin
+        .bias
+        .as_ref()
+        .unwrap()
+        .val()
+        .into_data()
+        .convert::<f64>()
+        .to_vec()
+        .unwrap();
+    for (g, e) in got_w.iter().zip(&w).chain(got_b.iter().zip(&b)) {
+        assert!((g - e).abs() < 1e-9 * e.abs().max(1e-3), "{g} vs {e}");
+    }
+    assert!(got_w.iter().zip(&w0).any(|(a, b)| a != b));
+}
+
+/// The queue shifts by the batch and puts the newest embeddings in front; it is used once its
+/// last row is filled.
+#[test]
+fn queue_shifts_and_fills() {
+    let mut q = step::Queue::new(1, 3, 2);
+    assert!(!q.is_full(0));
+    q.push(0, &[1.0, 1.0]);
+    q.push(0, &[2.0, 2.0, 3.0, 3.0]);
+    assert_eq!(q.rows[0], vec![2.0, 2.0, 3.0, 3.0, 1.0, 1.0]);
+    assert!(q.is_full(0));
+}
+
+/// A NaN stops the run with the iteration, the tensor and a dump (a learning rate that
+/// overflows the weights).
+#[test]
+fn non_finite_loss_stops_with_a_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_set(&dir.path().join("data"));
+    let cfg = tiny(&dir.path().join("out"), &data)
+        .with_overrides(&[
+            "lr_scheduler.learning_rate=1e38".into(),
+            "lr_scheduler.start_lr=1e38".into(),
+        ])
+        .unwrap();
+    let e = trainer::train::<A>(
+        &cfg,
+        &[Default::default()],
+        &TrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    match &e {
+        trainer::TrainError::NonFinite {
+            iteration, dump, ..
+        } => {
+            assert!(*iteration >= 1, "{e}");
+            assert!(
+                dump.is_file() && dump.with_extension("json").is_file(),
+                "{e}"
+            );
+        }
+        other => panic!("expected a non-finite error, got {other}"),
+    }
+    assert!(e.to_string().contains("non-finite"), "{e}");
+}
+
+const TRAIN: &str = env!("CARGO_BIN_EXE_swav-train");
+const EXTRACT: &str = env!("CARGO_BIN_EXE_swav-extract");
+const LINCLS: &str = env!("CARGO_BIN_EXE_swav-lincls");
+
+fn cli(bin: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin).args(args).output().unwrap()
+}
+
+/// The README's main job in miniature: pretrain from the config file with overrides, extract
+/// the backbone from the training checkpoint into PASSL's and facebookresearch's formats,
+/// and evaluate it with k-NN; and the errors a user meets on the way.
+#[test]
+fn train_extract_and_knn_through_the_binaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    synthetic::write(
+        &dir.path().join("data"),
+        &SyntheticConfig {
+            size: 32,
+            train_per_class: 3,
+            val_per_class: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/swav/swav_tiny_cpu.yaml"
+    );
+    let mut args: Vec<String> = ["-c", config, "--workers", "2", "-q"]
+        .map(String::from)
+        .to_vec();
+    for o in [
+        format!("output_dir={}", d("run")),
+        format!("dataloader.train.dataset.dataroot={}", d("data/train")),
+        "epochs=1".into(),
+        "model.backbone.width=4".into(),
+        "model.neck.in_channels=32".into(),
+        "model.neck.hid_channels=16".into(),
+        "model.neck.out_channels=8".into(),
+        "model.head.feat_dim=8".into(),
+        "model.head.num_prototypes=6".into(),
+        "dataloader.train.sampler.batch_size=10".into(),
+        "dataloader.train.dataset.size_crops=[32, 16]".into(),
+    ] {
+        args.push("-o".into());
+        args.push(o);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = cli(TRAIN, &refs);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ckpt = d("run/checkpoints/epoch_0001");
+    assert!(Path::new(&d("run/training.png")).is_file());
+    assert!(Path::new(&d("run/metrics.jsonl")).is_file());
+    // Again without --resume: refused, the checkpoint is kept.
+    let o = cli(TRAIN, &refs);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+
+    for out in ["bb.pdparams", "bb.pth.tar"] {
+        let o = cli(EXTRACT, &[&ckpt, "--remove-prefix", "-o", &d(out)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let pd = swav::checkpoint::Checkpoint::open(d("bb.pdparams")).unwrap();
+    assert!(pd.get("conv1.weight").is_some() && pd.get("bn1._mean").is_some());
+    let pt = swav::checkpoint::Checkpoint::open(d("bb.pth.tar")).unwrap();
+    assert!(pt.get("layer1.0.conv1.weight").is_some() && pt.get("fc.weight").is_none());
+    let o = cli(
+        LINCLS,
+        &[
+            "knn",
+            "--pretrained",
+            &d("bb.pth.tar"),
+            "--data",
+            &d("data"),
+            "--resize",
+            "32",
+            "--size",
+            "32",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["val"], 20);
+
+    // Errors: one line naming the key or file, exit 2.
+    for (args, want) in [
+        (
+            vec!["-c", config, "-o", "model.head.epsilom=0.1"],
+            "model.head.epsilom",
+        ),
+        (vec!["-c", config, "-o", "epochs=many"], "epochs"),
+        (vec!["-c", "/nonexistent.yaml"], "/nonexistent.yaml"),
+        (vec!["-c", config, "--device", "tpu:0"], "tpu:0"),
+        (
+            vec!["-c", config, "-o", "model.neck.in_channels=64"],
+            "in_channels",
+        ),
+    ] {
+        let o = cli(TRAIN, &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(want) && err.trim().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+}
