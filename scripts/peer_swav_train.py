@@ -38,9 +38,10 @@ class PILRandomGaussianBlur:
 
 
 class MultiCrop(ImageFolder):
-    def __init__(self, root, size_crops, nmb_crops, min_scale, max_scale):
+    def __init__(self, root, size_crops, nmb_crops, min_scale, max_scale, color_p=0.8, s=1.0):
         super().__init__(root)
-        color = T.Compose([T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8), T.RandomGrayscale(p=0.2)])
+        color = T.Compose([T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=color_p),
+                           T.RandomGrayscale(p=0.2 if color_p else 0.0)])
         norm = T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.228, 0.224, 0.225])
         self.trans = []
         for s, n, lo, hi in zip(size_crops, nmb_crops, min_scale, max_scale):
@@ -100,6 +101,9 @@ def main():
     ap.add_argument("--start-warmup", type=float, default=0.06)
     ap.add_argument("--warmup-epochs", type=float, default=2)
     ap.add_argument("--wd", type=float, default=1e-6)
+    ap.add_argument("--trust", type=float, default=0.001)
+    ap.add_argument("--color-p", type=float, default=0.8)
+    ap.add_argument("--color-strength", type=float, default=1.0)
     ap.add_argument("--epsilon", type=float, default=0.05)
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--freeze", type=int, default=30)
@@ -152,7 +156,7 @@ def main():
             model.prototypes.weight.grad = None
         for g in opt.param_groups:
             g["lr"] = lr
-        larc_step(opt, params, a.wd)
+        larc_step(opt, params, a.wd, a.trust)
         return loss.item()
 
     model.train()
@@ -170,7 +174,7 @@ def main():
         print(json.dumps({"peer": "pytorch", "steps": a.steps, "seconds": dt,
                           "images_per_second": a.steps * a.batch_size / dt}))
         return
-    ds = MultiCrop(a.data, a.size_crops, a.nmb_crops, a.min_scale, a.max_scale)
+    ds = MultiCrop(a.data, a.size_crops, a.nmb_crops, a.min_scale, a.max_scale, a.color_p, a.color_strength)
     loader = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, shuffle=True, drop_last=True,
                                          num_workers=a.workers)
     n = len(loader)

@@ -2,21 +2,27 @@
 //! an image folder) and `knn` (weighted k-NN, k=20, T=0.07).
 
 use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use swav::backend::Devices;
 use swav::data::{dataset::Dataset, loader::LoaderConfig, multicrop::EvalTransform};
+use swav::eval::config::ClasConfig;
 use swav::eval::linear::{self, LinearEvalConfig};
+use swav::model::load;
 use swav::model::resnet::ResNetConfig;
 use swav::model::swav::{Swav, SwavConfig};
-use swav::model::{load, CpuBackend as B};
 
 #[derive(Parser)]
 #[command(version, about = "Evaluate a frozen SwAV backbone: features, k-NN")]
 struct Args {
     #[command(subcommand)]
     command: Command,
+    /// Device: cpu or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(clap::Args)]
@@ -69,24 +75,35 @@ enum Command {
     Train {
         #[command(flatten)]
         common: Common,
-        /// Folder with train/ and val/ ImageFolders.
+        /// Linear-evaluation config with PASSL's keys (configs/swav/swav_clas_r50.yaml); the
+        /// flags below override it.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Override a config value: `-o epochs=30` (repeatable; the key must exist).
+        #[arg(short = 'o', long = "override", requires = "config")]
+        overrides: Vec<String>,
+        /// Folder with train/ and val/ ImageFolders [default: the config's dataroots].
+        #[arg(long, required_unless_present = "config")]
+        data: Option<PathBuf>,
+        /// [default: 100]
         #[arg(long)]
-        data: PathBuf,
-        #[arg(long, default_value_t = 100)]
-        epochs: usize,
-        /// Base learning rate (per-iteration cosine to 0).
-        #[arg(long, default_value_t = 0.3)]
-        lr: f64,
-        #[arg(long, default_value_t = 1e-6)]
-        weight_decay: f32,
-        /// RandomResizedCrop side for training.
-        #[arg(long, default_value_t = 224)]
-        train_size: usize,
-        #[arg(long, default_value_t = 31)]
-        seed: u64,
-        /// Where best.safetensors, last.safetensors and metrics.jsonl go.
-        #[arg(long, default_value = "lincls-out")]
-        output_dir: PathBuf,
+        epochs: Option<usize>,
+        /// Base learning rate (per-iteration cosine to 0) [default: 0.3].
+        #[arg(long)]
+        lr: Option<f64>,
+        /// [default: 1e-6]
+        #[arg(long)]
+        weight_decay: Option<f32>,
+        /// RandomResizedCrop side for training [default: 224].
+        #[arg(long)]
+        train_size: Option<usize>,
+        /// [default: 31]
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where best.safetensors, last.safetensors and metrics.jsonl go [default: the
+        /// config's output_dir, else lincls-out].
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
         /// Compute the features once, without augmentation (evaluation transform for train and
         /// val), and train the classifier on them: much faster, slightly different from PASSL.
         #[arg(long)]
@@ -123,7 +140,17 @@ const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.228, 0.224, 0.225];
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    let result = Devices::parse(&args.device).and_then(|d| {
+        if d.len() != 1 {
+            return Err(format!("--device {}: one device", args.device));
+        }
+        swav::with_backend!(&d, |B, list| run::<B>(
+            args,
+            list.into_iter().next().expect("one device")
+        ))
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("swav-lincls: error: {e}");
@@ -144,10 +171,7 @@ fn loader_cfg(c: &Common) -> LoaderConfig {
 }
 
 /// The backbone to evaluate: loaded weights, or a random initialisation.
-fn backbone(
-    c: &Common,
-    device: &<B as burn::tensor::backend::BackendTypes>::Device,
-) -> Result<(Swav<B>, SwavConfig), String> {
+fn backbone<B: Backend>(c: &Common, device: &B::Device) -> Result<(Swav<B>, SwavConfig), String> {
     match (&c.pretrained, c.random_init) {
         (Some(p), _) => {
             let (model, config, report) =
@@ -190,8 +214,7 @@ fn splits(data: &std::path::Path) -> Result<(Arc<Dataset>, Arc<Dataset>), String
     Ok((open("train")?, open("val")?))
 }
 
-fn run(args: Args) -> Result<(), String> {
-    let device = Default::default();
+fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
     match args.command {
         Command::Features {
             common,
@@ -199,7 +222,7 @@ fn run(args: Args) -> Result<(), String> {
             data,
             output,
         } => {
-            let (model, _) = backbone(&common, &device)?;
+            let (model, _) = backbone::<B>(&common, &device)?;
             if let Some(t) = tensors {
                 let images = swav::eval::read_images::<B>(&t, &device)?;
                 let out = swav::eval::forward_batched(&model, images, common.batch_size);
@@ -242,6 +265,8 @@ fn run(args: Args) -> Result<(), String> {
         }
         Command::Train {
             common,
+            config: config_file,
+            overrides,
             data,
             epochs,
             lr,
@@ -251,22 +276,53 @@ fn run(args: Args) -> Result<(), String> {
             output_dir,
             cache_features,
         } => {
-            let (model, config) = backbone(&common, &device)?;
-            let (train, val) = splits(&data)?;
-            std::fs::create_dir_all(&output_dir)
-                .map_err(|e| format!("{}: {e}", output_dir.display()))?;
-            let cfg = LinearEvalConfig {
-                epochs,
+            let (model, config) = backbone::<B>(&common, &device)?;
+            let mut cfg = LinearEvalConfig {
                 batch_size: common.batch_size.max(1),
-                lr,
-                weight_decay,
-                train_size,
                 val_resize: common.resize,
                 val_size: common.size,
-                seed,
                 workers: loader_cfg(&common).workers,
                 ..Default::default()
             };
+            let mut out_dir = PathBuf::from("lincls-out");
+            let (train, val) = match &config_file {
+                Some(path) => {
+                    let c = ClasConfig::load(path, &overrides).map_err(|e| e.to_string())?;
+                    cfg = c
+                        .linear_eval()
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    if c.model.head.in_channels != config.backbone.feature_dim() {
+                        return Err(format!(
+                            "{}: model.head.in_channels is {} but the backbone gives {} features",
+                            path.display(),
+                            c.model.head.in_channels,
+                            config.backbone.feature_dim()
+                        ));
+                    }
+                    out_dir = PathBuf::from(&c.output_dir);
+                    match &data {
+                        Some(d) => splits(d)?,
+                        None => {
+                            let (t, v) = c.data();
+                            let open = |p: &std::path::Path| {
+                                Dataset::image_folder(p)
+                                    .map(Arc::new)
+                                    .map_err(|e| e.to_string())
+                            };
+                            (open(&t)?, open(&v)?)
+                        }
+                    }
+                }
+                None => splits(data.as_deref().expect("required by clap"))?,
+            };
+            cfg.epochs = epochs.unwrap_or(cfg.epochs);
+            cfg.lr = lr.unwrap_or(cfg.lr);
+            cfg.weight_decay = weight_decay.unwrap_or(cfg.weight_decay);
+            cfg.train_size = train_size.unwrap_or(cfg.train_size);
+            cfg.seed = seed.unwrap_or(cfg.seed);
+            let output_dir = output_dir.unwrap_or(out_dir);
+            std::fs::create_dir_all(&output_dir)
+                .map_err(|e| format!("{}: {e}", output_dir.display()))?;
             let metrics_path = output_dir.join("metrics.jsonl");
             let mut lines = String::new();
             let mut best = f64::NEG_INFINITY;
@@ -292,13 +348,15 @@ fn run(args: Args) -> Result<(), String> {
             };
             if cache_features {
                 let t = EvalTransform::Val {
-                    resize: common.resize,
-                    size: common.size,
+                    resize: cfg.val_resize,
+                    size: cfg.val_size,
                 };
                 let lc = loader_cfg(&common);
                 let classes = train.classes.len();
-                let ft = swav::eval::dataset_features(&model, train, t, MEAN, STD, &lc, &device);
-                let fv = swav::eval::dataset_features(&model, val, t, MEAN, STD, &lc, &device);
+                let ft =
+                    swav::eval::dataset_features(&model, train, t, cfg.mean, cfg.std, &lc, &device);
+                let fv =
+                    swav::eval::dataset_features(&model, val, t, cfg.mean, cfg.std, &lc, &device);
                 linear::train_cached::<Autodiff<B>>(&ft, &fv, classes, &cfg, &device, on_epoch);
             } else {
                 linear::train::<Autodiff<B>>(
@@ -325,7 +383,7 @@ fn run(args: Args) -> Result<(), String> {
             data,
             load: cls,
         } => {
-            let (model, _) = backbone(&common, &device)?;
+            let (model, _) = backbone::<B>(&common, &device)?;
             let head = linear::load_classifier::<B>(&cls, &device)?;
             let val =
                 Arc::new(Dataset::image_folder(&data.join("val")).map_err(|e| e.to_string())?);
@@ -347,7 +405,7 @@ fn run(args: Args) -> Result<(), String> {
             temperature,
             json,
         } => {
-            let (model, _) = backbone(&common, &device)?;
+            let (model, _) = backbone::<B>(&common, &device)?;
             let (train, val) = splits(&data)?;
             let t = EvalTransform::Val {
                 resize: common.resize,

@@ -2,6 +2,7 @@
 //! folder, and the weighted k-NN classifier self-supervised papers report (k = 20, T = 0.07,
 //! on L2-normalised features; Wu et al. 2018, as in DINO's `eval_knn.py`).
 
+pub mod config;
 pub mod linear;
 
 use crate::data::dataset::Dataset;

@@ -3,26 +3,14 @@
 //! facebookresearch/swav `main_swav.py` that PASSL lacks (queue, warmup epochs, checkpoints),
 //! every one with its default written here and in the README.
 //!
-//! A config is read strictly (an unknown key is an error naming it), then `-o a.b.c=value`
-//! overrides are applied to the fully defaulted tree: a key that does not exist is an error
-//! naming it, and a value of the wrong type is an error naming the key.
+//! Read strictly, with `-o a.b.c=value` overrides ([`crate::config`]).
 
+use crate::config;
+pub use crate::config::ConfigError;
 use crate::model::resnet::ResNetConfig;
 use crate::model::swav::{HeadConfig, SwavConfig};
 use serde::{Deserialize, Serialize};
-use serde_yaml_ng::Value;
 use std::path::Path;
-
-/// A config error (one line, naming the file or key).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: {message}")]
-    File { path: String, message: String },
-    #[error("-o {key}: {message}")]
-    Override { key: String, message: String },
-    #[error("config: {0}")]
-    Invalid(String),
-}
 
 /// The whole training config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +227,9 @@ pub struct DatasetSection {
     pub num_crops: Vec<usize>,
     pub min_scale_crops: Vec<f64>,
     pub max_scale_crops: Vec<f64>,
+    /// Colour distortion strength `s`: `ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)` (main_swav.py's
+    /// `get_color_distortion(s=1.0)`).
+    pub color_strength: f32,
 }
 
 impl Default for DatasetSection {
@@ -250,6 +241,7 @@ impl Default for DatasetSection {
             num_crops: vec![2, 6],
             min_scale_crops: vec![0.14, 0.05],
             max_scale_crops: vec![1.0, 0.14],
+            color_strength: 1.0,
         }
     }
 }
@@ -378,82 +370,25 @@ impl Default for CheckpointSection {
     }
 }
 
-fn to_config(value: Value) -> Result<TrainConfig, String> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        if path == "." {
-            inner
-        } else {
-            format!("{path}: {inner}")
-        }
-    })
-}
-
 impl TrainConfig {
     /// Parse YAML text (unknown keys are errors).
     pub fn from_yaml(text: &str) -> Result<TrainConfig, String> {
-        let value: Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
-        let value = if value.is_null() {
-            Value::Mapping(Default::default())
-        } else {
-            value
-        };
-        to_config(value)
+        config::from_yaml(text)
     }
 
     /// Read a config file and apply `key=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let cfg = TrainConfig::from_yaml(&text).map_err(|message| ConfigError::File {
-            path: path.display().to_string(),
-            message,
-        })?;
-        cfg.with_overrides(overrides)
+        config::load(path, overrides)
     }
 
     /// Apply `a.b.c=value` overrides (the value is read as YAML: numbers, booleans, lists).
     pub fn with_overrides(self, overrides: &[String]) -> Result<TrainConfig, ConfigError> {
-        let mut tree =
-            serde_yaml_ng::to_value(&self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        for o in overrides {
-            let (key, text) = o.split_once('=').ok_or_else(|| ConfigError::Override {
-                key: o.clone(),
-                message: "expected key=value".into(),
-            })?;
-            let err = |message: String| ConfigError::Override {
-                key: key.to_string(),
-                message,
-            };
-            let value: Value = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
-            let mut node = &mut tree;
-            for part in key.split('.') {
-                let map = node
-                    .as_mapping_mut()
-                    .ok_or_else(|| err(format!("'{part}' is below a value, not a section")))?;
-                let known: Vec<String> = map
-                    .keys()
-                    .filter_map(|k| k.as_str().map(str::to_string))
-                    .collect();
-                node = map.get_mut(part).ok_or_else(|| {
-                    err(format!("no such key (known here: {})", known.join(", ")))
-                })?;
-            }
-            if node.is_mapping() {
-                return Err(err("is a section, not a value".into()));
-            }
-            *node = value;
-            to_config(tree.clone()).map_err(err)?;
-        }
-        to_config(tree).map_err(ConfigError::Invalid)
+        config::with_overrides(&self, overrides)
     }
 
     /// As YAML (every key, defaults included).
     pub fn to_yaml(&self) -> String {
-        serde_yaml_ng::to_string(self).expect("a config serialises")
+        config::to_yaml(self)
     }
 
     /// Check what serde cannot: consistent crop lists, known depth, sizes.
@@ -574,5 +509,39 @@ mod tests {
         assert!(e.contains("section"), "{e}");
         let e = TrainConfig::from_yaml("model:\n  neck:\n    hid: 3\n").unwrap_err();
         assert!(e.contains("model.neck") && e.contains("hid"), "{e}");
+    }
+
+    #[test]
+    fn every_shipped_training_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/swav");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("swav_clas") {
+                continue;
+            }
+            let cfg = TrainConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{e}"));
+            cfg.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            n += 1;
+        }
+        assert!(n >= 9, "{n} configs");
+    }
+
+    #[test]
+    fn bs256_recipe_has_its_queue_and_freeze() {
+        let p =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/swav/swav_r50_200ep_bs256.yaml");
+        let c = TrainConfig::load(&p, &[]).unwrap();
+        assert_eq!(
+            (c.model.head.queue_length, c.model.head.epoch_queue_starts),
+            (3840, 15)
+        );
+        assert_eq!(c.optimizer_config.freeze_prototypes_iters, 5005);
+        assert_eq!(
+            (c.lr_scheduler.learning_rate, c.lr_scheduler.eta_min),
+            (0.6, 0.0006)
+        );
+        assert_eq!(c.lr_scheduler.warmup_epochs(c.epochs), 0.0);
     }
 }

@@ -212,6 +212,7 @@ where
         num_crops: d.num_crops.clone(),
         min_scale_crops: d.min_scale_crops.clone(),
         max_scale_crops: d.max_scale_crops.clone(),
+        color_strength: d.color_strength,
         ..Default::default()
     };
     mc.validate()

@@ -496,6 +496,64 @@ fn train_extract_and_knn_through_the_binaries() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["val"], 20);
+    // PASSL's linear-evaluation config, sized down by overrides.
+    let clas = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/swav/swav_clas_r50.yaml"
+    );
+    let (out_dir, train_root, val_root) = (
+        format!("output_dir={}", d("lincls")),
+        format!("dataloader.train.dataset.dataroot={}", d("data/train")),
+        format!("dataloader.val.dataset.dataroot={}", d("data/val")),
+    );
+    let mut args = vec![
+        "train",
+        "-c",
+        clas,
+        "--pretrained",
+        &ckpt,
+        "--cache-features",
+    ];
+    let overrides = [
+        "epochs=2",
+        "lr_scheduler.T_max=2",
+        "model.head.in_channels=32",
+        "dataloader.train.dataset.transforms.0.size=32",
+        "dataloader.val.dataset.transforms.0.size=32",
+        "dataloader.val.dataset.transforms.1.size=32",
+        "dataloader.train.loader.num_workers=2",
+        &out_dir,
+        &train_root,
+        &val_root,
+    ];
+    for o in &overrides {
+        args.extend(["-o", o]);
+    }
+    let o = cli(LINCLS, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let last = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let m: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(m["epoch"], 1);
+    assert!(Path::new(&d("lincls/best.safetensors")).is_file());
+    // A config whose head does not fit the backbone is refused by name.
+    let o = cli(
+        LINCLS,
+        &[
+            "train",
+            "-c",
+            clas,
+            "--pretrained",
+            &ckpt,
+            "--data",
+            &d("data"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("in_channels"));
 
     // Errors: one line naming the key or file, exit 2.
     for (args, want) in [

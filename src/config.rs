@@ -1,0 +1,115 @@
+//! YAML configs (PASSL's `configs/**.yaml`): read strictly (an unknown key is an error naming
+//! it), then `-o a.b.c=value` overrides applied to the fully defaulted tree (a key that does
+//! not exist is an error naming it and the keys beside it; a value of the wrong type is an error
+//! naming the key). The schemas live with their users: [`crate::train::config`] and
+//! [`crate::eval::config`].
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_yaml_ng::Value;
+use std::path::Path;
+
+/// A config error (one line, naming the file or key).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("-o {key}: {message}")]
+    Override { key: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        }
+    })
+}
+
+/// Parse YAML text into `T` (an empty document gives `T`'s defaults).
+pub fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    let value: Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+    let value = if value.is_null() {
+        Value::Mapping(Default::default())
+    } else {
+        value
+    };
+    from_value(value)
+}
+
+/// Read a config file and apply overrides.
+pub fn load<T: Serialize + DeserializeOwned>(
+    path: &Path,
+    overrides: &[String],
+) -> Result<T, ConfigError> {
+    let file_err = |message: String| ConfigError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+    let cfg: T = from_yaml(&text).map_err(file_err)?;
+    with_overrides(&cfg, overrides)
+}
+
+/// Apply `a.b.c=value` overrides (values read as YAML: numbers, booleans, lists; a number
+/// selects a list item: `dataloader.train.dataset.transforms.0.size=160`).
+pub fn with_overrides<T: Serialize + DeserializeOwned>(
+    cfg: &T,
+    overrides: &[String],
+) -> Result<T, ConfigError> {
+    let mut tree = serde_yaml_ng::to_value(cfg).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    for o in overrides {
+        let (key, text) = o.split_once('=').ok_or_else(|| ConfigError::Override {
+            key: o.clone(),
+            message: "expected key=value".into(),
+        })?;
+        let err = |message: String| ConfigError::Override {
+            key: key.to_string(),
+            message,
+        };
+        let value: Value = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
+        let mut node = &mut tree;
+        for part in key.split('.') {
+            node = match node {
+                Value::Mapping(map) => {
+                    let known: Vec<String> = map
+                        .keys()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect();
+                    map.get_mut(part).ok_or_else(|| {
+                        err(format!("no such key (known here: {})", known.join(", ")))
+                    })?
+                }
+                Value::Sequence(items) => {
+                    let n = items.len();
+                    part.parse::<usize>()
+                        .ok()
+                        .and_then(|i| items.get_mut(i))
+                        .ok_or_else(|| {
+                            err(format!(
+                                "'{part}': a list of {n} items needs an index below {n}"
+                            ))
+                        })?
+                }
+                _ => return Err(err(format!("'{part}' is below a value, not a section"))),
+            };
+        }
+        if node.is_mapping() {
+            return Err(err("is a section, not a value".into()));
+        }
+        *node = value;
+        from_value::<T>(tree.clone()).map_err(err)?;
+    }
+    from_value(tree).map_err(ConfigError::Invalid)
+}
+
+/// As YAML (every key, defaults included).
+pub fn to_yaml<T: Serialize>(cfg: &T) -> String {
+    serde_yaml_ng::to_string(cfg).expect("a config serialises")
+}
