@@ -1,19 +1,50 @@
 #!/usr/bin/env bash
-# The offline demo on files the repo ships: PASSL checkpoint -> PyTorch, -> safetensors (Burn
-# layout, zstd), backbone extraction, and the PyTorch original back to PASSL, with inspection.
+# The README's main job, offline, on what the repo ships and makes:
+#  1. checkpoints: a PASSL trainer checkpoint to PyTorch and to safetensors, the facebookresearch
+#     original back to PASSL, a backbone extracted (tests/fixtures/);
+#  2. SwAV pretraining of a tiny ResNet on the built-in synthetic image set, on the CPU
+#     (configs/swav/swav_tiny_cpu.yaml, a few minutes);
+#  3. the backbone extracted from the training checkpoint (PASSL's .pdparams and torchvision names);
+#  4. k-NN and linear evaluation of the SwAV features against the same network with random weights.
+# Usage: scripts/demo.sh [OUT] [extra swav-train -o overrides...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-demo-out}"
+shift || true
 mkdir -p "$out"
 cargo build --release --locked --bins -q
 bin=target/release
 F=tests/fixtures
-$bin/swav-convert --inspect "$F/passl_swav_tiny_epoch_3.pd" | head -12
+
+echo "== 1. checkpoints"
 $bin/swav-convert "$F/passl_swav_tiny_epoch_3.pd" "$out/swav_tiny.pth"
 $bin/swav-convert "$F/passl_swav_tiny_epoch_3.pd" "$out/swav_tiny.safetensors.zst"
 $bin/swav-convert "$F/fair_swav_tiny.pth.tar" "$out/swav_tiny.pdparams" --dtype f32
 $bin/swav-extract "$F/passl_swav_tiny_epoch_3.pd" --remove-prefix -o "$out/resnet_backbone.pth"
-$bin/swav-convert --inspect "$out/resnet_backbone.pth" | head -4
-$bin/swav-train make-synthetic "$out/synthetic" --train-per-class 50 --val-per-class 10
-$bin/swav-train bench-data --data "$out/synthetic/train" --size-crops 64,32 --batch-size 50 --batches 5
-echo "demo: outputs in $out/"
+
+echo "== 2. pretraining (swav-train -c configs/swav/swav_tiny_cpu.yaml)"
+overrides=(-o "output_dir=$out/pretrain")
+for o in "$@"; do overrides+=(-o "$o"); done
+if [[ -d "$out/pretrain/checkpoints" ]]; then
+  echo "(resuming $out/pretrain)"; overrides+=(--resume)
+fi
+$bin/swav-train -c configs/swav/swav_tiny_cpu.yaml "${overrides[@]}"
+
+echo "== 3. backbone from the training checkpoint"
+$bin/swav-extract "$out/pretrain" --remove-prefix -o "$out/swav_backbone.pdparams"
+$bin/swav-extract "$out/pretrain" --remove-prefix -o "$out/swav_backbone.pth"
+
+echo "== 4. evaluation on the synthetic set (val: 200 images, 10 classes, chance 10%)"
+data="$out/pretrain/synthetic"
+eval_args=(--data "$data" --resize 64 --size 64)
+knn() { $bin/swav-lincls knn "${eval_args[@]}" "$@" --json 2>/dev/null | sed 's/.*"top1":\([0-9.]*\).*/\1/'; }
+lin() { $bin/swav-lincls train "${eval_args[@]}" --train-size 64 --cache-features --epochs 30 --lr 0.1 \
+        --output-dir "$out/lincls-$1" "${@:2}" 2>/dev/null | tail -1 | sed 's/.*"top1":\([0-9.]*\).*/\1/'; }
+random=(--random-init 18 --width 16)
+k_swav=$(knn --pretrained "$out/swav_backbone.pth"); k_rand=$(knn "${random[@]}")
+l_swav=$(lin swav --pretrained "$out/swav_backbone.pth"); l_rand=$(lin random "${random[@]}")
+printf '%-28s %10s %10s\n' "top-1 (%)" "k-NN" "linear"
+printf '%-28s %10s %10s\n' "SwAV (swav-train)" "$k_swav" "$l_swav"
+printf '%-28s %10s %10s\n' "random weights" "$k_rand" "$l_rand"
+$bin/swav-train plot "$out/pretrain" >/dev/null
+echo "demo: outputs in $out/ (training curves: $out/pretrain/training.png)"

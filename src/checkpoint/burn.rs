@@ -1,7 +1,8 @@
 //! Burn records of the SwAV module (`model.mpk` + `model.mpk.json`, as `swav-convert IN
 //! OUT.mpk` and `swav-train` write them), read as named tensors in the Burn layout. A record
 //! holds values only, so it is read through the module its config describes
-//! ([`crate::model::record::load`]); a training checkpoint folder stands for its `model.mpk`.
+//! ([`crate::model::record::load`]); a training checkpoint folder stands for its `model.mpk`,
+//! and a training output folder for its latest checkpoint.
 
 use super::{Checkpoint, CheckpointError, Format, FormatError};
 use crate::model::{record, CpuBackend};
@@ -10,10 +11,14 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
 use std::path::{Path, PathBuf};
 
-/// The record a path stands for: `X.mpk`, or a training checkpoint folder's `model.mpk`.
+/// The record a path stands for: `X.mpk`, a training checkpoint folder's `model.mpk`, or a
+/// training output folder's latest checkpoint.
 pub fn record_path(path: &Path) -> Option<PathBuf> {
     if path.is_dir() && path.join("model.mpk").is_file() {
         return Some(path.join("model.mpk"));
+    }
+    if path.join("checkpoints").is_dir() {
+        return crate::train::state::latest(path).map(|d| d.join("model.mpk"));
     }
     record::is_record(path).then(|| path.to_path_buf())
 }

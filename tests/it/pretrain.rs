@@ -276,22 +276,12 @@ fn lars_matches_larc_by_hand() {
     type D = Autodiff<NdArray<f64>>;
     let device = Default::default();
     let lin = burn::nn::LinearConfig::new(3, 2).init::<D>(&device);
-    let w0: Vec<f64> = lin
-        .weight
-        .val()
-        .into_data()
-        .convert::<f64>()
-        .to_vec()
-        .unwrap();
-    let b0: Vec<f64> = lin
-        .bias
-        .as_ref()
-        .unwrap()
-        .val()
-        .into_data()
-        .convert::<f64>()
-        .to_vec()
-        .unwrap();
+    let values = |l: &burn::nn::Linear<D>| {
+        let v = |t: Tensor<D, 2>| t.into_data().convert::<f64>().to_vec::<f64>().unwrap();
+        let bias = l.bias.as_ref().unwrap().val().unsqueeze::<2>();
+        (v(l.weight.val()), v(bias))
+    };
+    let (w0, b0) = values(&lin);
     let cfg = LarsConfig {
         weight_decay: 0.1,
         ..Default::default()
@@ -343,22 +333,7 @@ fn lars_matches_larc_by_hand() {
         let grads = GradientsParams::from_grads(y.backward(), &lin);
         lin = opt.step(lr, lin, grads);
     }
-    let got_w: Vec<f64> = lin
-        .weight
-        .val()
-        .into_data()
-        .convert::<f64>()
-        .to_vec()
-        .unwrap();
-    let got_b: Vec<f64> = lin
-        .bias
-        .as_ref()
-        .unwrap()
-        .val()
-        .into_data()
-        .convert::<f64>()
-        .to_vec()
-        .unwrap();
+    let (got_w, got_b) = values(&lin);
     for (g, e) in got_w.iter().zip(&w).chain(got_b.iter().zip(&b)) {
         assert!((g - e).abs() < 1e-9 * e.abs().max(1e-3), "{g} vs {e}");
     }
