@@ -104,7 +104,10 @@ pub fn with_overrides<T: Serialize + DeserializeOwned>(
             return Err(err("is a section, not a value".into()));
         }
         *node = value;
-        from_value::<T>(tree.clone()).map_err(err)?;
+        from_value::<T>(tree.clone()).map_err(|m| {
+            let prefix = format!("{key}: ");
+            err(m.strip_prefix(&prefix).map(str::to_string).unwrap_or(m))
+        })?;
     }
     from_value(tree).map_err(ConfigError::Invalid)
 }

@@ -4,6 +4,8 @@
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -108,6 +110,12 @@ enum Command {
         /// val), and train the classifier on them: much faster, slightly different from PASSL.
         #[arg(long)]
         cache_features: bool,
+        /// A trained classifier (best.safetensors), with --evaluate-only (PASSL's flags).
+        #[arg(long, requires = "evaluate_only")]
+        load: Option<PathBuf>,
+        /// Only evaluate --load on the validation set (as `evaluate`, with the config's transforms).
+        #[arg(long, requires = "load")]
+        evaluate_only: bool,
     },
     /// Evaluate a trained classifier (best.safetensors) on DATA/val.
     Evaluate {
@@ -275,6 +283,8 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
             seed,
             output_dir,
             cache_features,
+            load: cls,
+            evaluate_only,
         } => {
             let (model, config) = backbone::<B>(&common, &device)?;
             let mut cfg = LinearEvalConfig {
@@ -320,6 +330,12 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
             cfg.weight_decay = weight_decay.unwrap_or(cfg.weight_decay);
             cfg.train_size = train_size.unwrap_or(cfg.train_size);
             cfg.seed = seed.unwrap_or(cfg.seed);
+            if let (true, Some(cls)) = (evaluate_only, &cls) {
+                let head = linear::load_classifier::<B>(cls, &device)?;
+                let (top1, top5) = linear::evaluate(&model, &head, val, &cfg, &device);
+                println!("{}", serde_json::json!({"top1": top1, "top5": top5}));
+                return Ok(());
+            }
             let output_dir = output_dir.unwrap_or(out_dir);
             std::fs::create_dir_all(&output_dir)
                 .map_err(|e| format!("{}: {e}", output_dir.display()))?;
@@ -327,9 +343,25 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
             let mut lines = String::new();
             let mut best = f64::NEG_INFINITY;
             let mut failure = None;
+            let mut history: Vec<linear::EpochMetrics> = Vec::new();
+            let bar = if std::io::stderr().is_terminal() {
+                ProgressBar::with_draw_target(Some(cfg.epochs as u64), ProgressDrawTarget::stderr())
+            } else {
+                ProgressBar::hidden()
+            };
+            bar.set_style(
+                ProgressStyle::with_template("epoch {pos}/{len} [{wide_bar}] {msg} eta {eta}")
+                    .expect("valid template"),
+            );
             let on_epoch = |m: &linear::EpochMetrics, head: &burn::nn::Linear<B>| {
                 let line = serde_json::to_string(m).expect("serializable");
-                println!("{line}");
+                bar.inc(1);
+                bar.set_message(format!(
+                    "loss {:.4} top-1 {:.2} top-5 {:.2} {:.0} img/s",
+                    m.loss, m.top1, m.top5, m.images_per_second
+                ));
+                bar.suspend(|| println!("{line}"));
+                history.push(m.clone());
                 lines.push_str(&line);
                 lines.push('\n');
                 let mut save = |name: &str| {
@@ -369,12 +401,27 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
                     on_epoch,
                 );
             }
+            bar.finish_and_clear();
             if let Some(e) = failure {
                 return Err(e);
             }
+            let curve = |title: &str, f: fn(&linear::EpochMetrics) -> f64| swav::plot::Panel {
+                title: title.into(),
+                points: history.iter().map(|m| (m.epoch as f64, f(m))).collect(),
+            };
+            let plot = output_dir.join("curves.png");
+            swav::plot::write_png(
+                &plot,
+                &[
+                    curve("loss per epoch", |m| m.loss),
+                    curve("top-1 per epoch", |m| m.top1),
+                    curve("top-5 per epoch", |m| m.top5),
+                ],
+            )?;
             eprintln!(
-                "swav-lincls event=done best_top1={best:.2} output={}",
-                output_dir.display()
+                "swav-lincls event=done best_top1={best:.2} output={} plot={}",
+                output_dir.display(),
+                plot.display()
             );
             Ok(())
         }

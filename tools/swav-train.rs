@@ -241,11 +241,11 @@ fn pretrain(a: TrainArgs) -> Result<(), String> {
     let plot = swav::plot::write_training_plot(&summary.output)?;
     if let Some(c) = &summary.checkpoint {
         println!(
-            "trained {} epochs; checkpoint {} (swav-extract {} --output backbone.safetensors); plot {}",
+            "trained {} epochs; checkpoint {}; plot {}\nbackbone: swav-extract {} --remove-prefix -o backbone.pdparams (or .pth, .safetensors)",
             summary.history.len(),
             c.display(),
-            c.join("model.mpk").display(),
-            plot.display()
+            plot.display(),
+            summary.output.display()
         );
     }
     Ok(())

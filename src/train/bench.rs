@@ -48,15 +48,7 @@ pub fn steps<A: AutodiffBackend>(cfg: &TrainConfig, device: &A::Device, steps: u
                 .map(move |_| Tensor::random([bs, 3, s, s], Distribution::Normal(0.0, 1.0), device))
         })
         .collect();
-    let mut at = 0;
-    let groups: Vec<std::ops::Range<usize>> = d
-        .num_crops
-        .iter()
-        .map(|&n| {
-            at += n;
-            at - n..at
-        })
-        .collect();
+    let groups = super::trainer::crop_groups(&d.num_crops);
     let loss = SwavLoss {
         crops_for_assign: cfg.model.head.crops_for_assign.clone(),
         ..Default::default()

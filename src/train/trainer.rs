@@ -131,7 +131,7 @@ fn loss_settings(cfg: &TrainConfig) -> SwavLoss {
 }
 
 /// Consecutive crop indices of one resolution.
-fn crop_groups(num_crops: &[usize]) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn crop_groups(num_crops: &[usize]) -> Vec<std::ops::Range<usize>> {
     let mut at = 0;
     num_crops
         .iter()
@@ -184,7 +184,9 @@ where
     A::Device: Send + 'static,
 {
     cfg.validate()?;
-    assert!(!devices.is_empty(), "at least one device");
+    if devices.is_empty() {
+        return Err(ConfigError::Invalid("no device to train on".into()).into());
+    }
     let output = PathBuf::from(&cfg.output_dir);
     std::fs::create_dir_all(&output)
         .map_err(|e| TrainError::Data(format!("{}: {e}", output.display())))?;
@@ -500,9 +502,4 @@ where
         checkpoint,
         output,
     })
-}
-
-/// The newest checkpoint's model record (`model.mpk`) under an output folder.
-pub fn latest_model(output: &Path) -> Option<PathBuf> {
-    state::latest(output).map(|d| d.join("model.mpk"))
 }

@@ -514,6 +514,16 @@ fn train_extract_and_knn_through_the_binaries() {
     let m: serde_json::Value = serde_json::from_str(&last).unwrap();
     assert_eq!(m["epoch"], 1);
     assert!(Path::new(&d("lincls/best.safetensors")).is_file());
+    assert!(Path::new(&d("lincls/curves.png")).is_file());
+    // PASSL's --load best --evaluate-only.
+    let best = d("lincls/best.safetensors");
+    let mut eval_args = args.clone();
+    eval_args.retain(|a| *a != "--cache-features");
+    eval_args.extend(["--load", &best, "--evaluate-only"]);
+    let o = cli(LINCLS, &eval_args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(e["top1"].as_f64().unwrap() >= 0.0 && e["top5"].as_f64() >= e["top1"].as_f64());
     // A config whose head does not fit the backbone is refused by name.
     let o = cli(
         LINCLS,
