@@ -563,3 +563,63 @@ fn train_extract_and_knn_through_the_binaries() {
         );
     }
 }
+
+/// Killing `swav-train` at arbitrary moments never leaves a checkpoint that fails to load,
+/// and `--resume` goes on from whatever is there.
+#[test]
+fn killed_training_leaves_loadable_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_set(&dir.path().join("data"));
+    let out = dir.path().join("run");
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/swav/swav_tiny_cpu.yaml"
+    );
+    let mut args: Vec<String> = ["-c", config, "--workers", "1", "-q"]
+        .map(String::from)
+        .to_vec();
+    for o in [
+        format!("output_dir={}", out.display()),
+        format!("dataloader.train.dataset.dataroot={}", data.display()),
+        "epochs=400".into(),
+        "model.backbone.width=4".into(),
+        "model.neck.in_channels=32".into(),
+        "model.neck.hid_channels=16".into(),
+        "model.neck.out_channels=8".into(),
+        "model.head.feat_dim=8".into(),
+        "model.head.num_prototypes=6".into(),
+        "model.head.queue_length=16".into(),
+        "model.head.epoch_queue_starts=1".into(),
+        "dataloader.train.sampler.batch_size=8".into(),
+        "dataloader.train.dataset.size_crops=[32, 16]".into(),
+        "checkpoint.interval=1".into(),
+    ] {
+        args.push("-o".into());
+        args.push(o);
+    }
+    let mut seen = 0;
+    for (i, ms) in [700u64, 450, 900, 300, 1200, 600].into_iter().enumerate() {
+        let mut a = args.clone();
+        if i > 0 && state::latest(&out).is_some() {
+            a.push("--resume".into());
+        }
+        let mut child = std::process::Command::new(TRAIN).args(&a).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Some(latest) = state::latest(&out) {
+            let st = state::read_state(&latest).unwrap();
+            assert!(
+                st.epoch >= seen,
+                "went back from epoch {seen} to {}",
+                st.epoch
+            );
+            seen = st.epoch;
+            record::load::<CpuBackend>(&latest.join("model.mpk"), &Default::default())
+                .unwrap_or_else(|e| panic!("after a kill: {e}"));
+            let q = std::fs::metadata(latest.join("queue.f32"));
+            assert!(st.queue.is_none() || q.is_ok_and(|m| m.len() == 2 * 16 * 8 * 4));
+        }
+    }
+    assert!(seen > 0, "no checkpoint was ever written");
+}
