@@ -63,6 +63,23 @@ pub fn queue_climb(epoch: usize, queue_starts: usize, before: f64, after: f64) -
     })
 }
 
+/// The warnings due after `epoch` (mean loss `loss`; `before`: the previous epoch's).
+pub fn after_epoch(
+    cfg: &super::config::TrainConfig,
+    epoch: usize,
+    before: Option<f64>,
+    loss: f64,
+) -> Vec<Warning> {
+    let h = &cfg.model.head;
+    let mut w: Vec<Warning> = collapse(epoch, loss, h.num_prototypes)
+        .into_iter()
+        .collect();
+    if let (Some(b), true) = (before, h.queue_length > 0) {
+        w.extend(queue_climb(epoch, h.epoch_queue_starts, b, loss));
+    }
+    w
+}
+
 /// The first parameter (by name) holding a NaN or an infinity, and the count of such values.
 pub fn first_non_finite<B: Backend, M: Module<B>>(module: &M) -> Option<(String, usize)> {
     struct Find {

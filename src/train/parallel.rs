@@ -36,6 +36,33 @@ impl<A: AutodiffBackend> ModuleVisitor<A> for MeanGrads {
     }
 }
 
+/// Split a batch's crop tensors (one per resolution, crop-major: crop `k` of sample `i` at
+/// row `k·N + i`) into each device's crops: device `w` takes samples `[w·N/n, (w+1)·N/n)`,
+/// one `[B_w, 3, s, s]` tensor per crop, moved to `devices[w]`.
+pub fn split_batch<A: AutodiffBackend>(
+    crops: &[Tensor<A, 4>],
+    num_crops: &[usize],
+    devices: &[A::Device],
+) -> Vec<Vec<Tensor<A, 4>>> {
+    let n_dev = devices.len();
+    let n = crops
+        .first()
+        .map_or(0, |t| t.dims()[0] / num_crops[0].max(1));
+    (0..n_dev)
+        .map(|w| {
+            let (start, end) = (w * n / n_dev, (w + 1) * n / n_dev);
+            let mut out = Vec::new();
+            for (t, &count) in crops.iter().zip(num_crops) {
+                for k in 0..count {
+                    let c = t.clone().narrow(0, k * n + start, end - start);
+                    out.push(if w == 0 { c } else { c.to_device(&devices[w]) });
+                }
+            }
+            out
+        })
+        .collect()
+}
+
 /// What one data-parallel step gives.
 pub struct ParallelStep {
     /// Mean of the devices' losses (each the mean over its images).

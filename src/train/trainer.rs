@@ -7,7 +7,7 @@
 //! With several devices each gets `batch_size` images of the global batch ([`super::parallel`]).
 
 use super::config::{ConfigError, TrainConfig};
-use super::diagnostics::{self, Warning};
+use super::diagnostics;
 use super::lars::LarsConfig;
 use super::parallel;
 use super::schedule::LrSchedule;
@@ -23,7 +23,6 @@ use crate::model::swav::Swav;
 use burn::module::{AutodiffModule, ParamId};
 use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::Tensor;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -363,21 +362,7 @@ where
                 continue;
             }
             model = step::normalize_prototypes(model);
-            // Shards: device w takes samples [starts[w], starts[w + 1]).
-            let starts: Vec<usize> = (0..=n_dev).map(|w| w * n / n_dev).collect();
-            let shards: Vec<Vec<Tensor<A, 4>>> = (0..n_dev)
-                .map(|w| {
-                    let (s, len) = (starts[w], starts[w + 1] - starts[w]);
-                    let mut crops = Vec::new();
-                    for (g, t) in batch.crops.iter().enumerate() {
-                        for k in 0..d.num_crops[g] {
-                            let c = t.clone().narrow(0, k * n + s, len);
-                            crops.push(if w == 0 { c } else { c.to_device(&devices[w]) });
-                        }
-                    }
-                    crops
-                })
-                .collect();
+            let shards = parallel::split_batch(&batch.crops, &d.num_crops, devices);
             let out = parallel::step(
                 &model,
                 devices,
@@ -389,29 +374,14 @@ where
             let value = out.loss;
             let mut grads = out.grads;
             if !value.is_finite() {
-                let what = match diagnostics::first_non_finite(&model) {
-                    Some((name, count)) => format!("{count} non-finite values in {name}"),
-                    None => "the scores of this batch".into(),
-                };
-                let dump = output.join(format!("nan_dump_iter_{it}.mpk"));
-                record::save(model.valid(), &model_cfg, &dump).map_err(TrainError::Data)?;
-                let samples: Vec<String> = batch
+                let images: Vec<String> = batch
                     .samples
                     .iter()
                     .map(|&s| ds.samples[s].path.display().to_string())
                     .collect();
-                let _ = std::fs::write(
-                    output.join(format!("nan_dump_iter_{it}.json")),
-                    serde_json::to_vec_pretty(&serde_json::json!({
-                        "iteration": it, "epoch": epoch, "lr": rate, "what": what, "images": samples,
-                    }))
-                    .unwrap_or_default(),
-                );
-                return Err(TrainError::NonFinite {
-                    iteration: it,
-                    what,
-                    dump,
-                });
+                return Err(dump_non_finite(
+                    &model, &model_cfg, &output, it, epoch, &images,
+                ));
             }
             let frozen = it < cfg.optimizer_config.freeze_prototypes_iters;
             if frozen {
@@ -456,21 +426,7 @@ where
         st.history.push(rec.clone());
         st.epoch = epoch + 1;
         emit(Event::Epoch(rec.clone()), &mut metrics);
-        let mut warnings: Vec<Warning> = Vec::new();
-        warnings.extend(diagnostics::collapse(epoch, rec.loss, h.num_prototypes));
-        if let Some(b) = before {
-            warnings.extend(diagnostics::queue_climb(
-                epoch,
-                if h.queue_length > 0 {
-                    h.epoch_queue_starts
-                } else {
-                    usize::MAX
-                },
-                b,
-                rec.loss,
-            ));
-        }
-        for w in warnings {
+        for w in diagnostics::after_epoch(cfg, epoch, before, rec.loss) {
             emit(
                 Event::Warning {
                     message: w.to_string(),
@@ -502,4 +458,36 @@ where
         checkpoint,
         output,
     })
+}
+
+/// Stop on a non-finite loss: name the first parameter holding NaN/inf (else the batch's
+/// scores), dump the model and the batch's file names beside the output.
+fn dump_non_finite<A: AutodiffBackend>(
+    model: &Swav<A>,
+    model_cfg: &crate::model::swav::SwavConfig,
+    output: &Path,
+    iteration: usize,
+    epoch: usize,
+    images: &[String],
+) -> TrainError {
+    let what = match diagnostics::first_non_finite(model) {
+        Some((name, count)) => format!("{count} non-finite values in {name}"),
+        None => "the scores of this batch".into(),
+    };
+    let dump = output.join(format!("nan_dump_iter_{iteration}.mpk"));
+    if let Err(e) = record::save(model.valid(), model_cfg, &dump) {
+        return TrainError::Data(e);
+    }
+    let _ = std::fs::write(
+        output.join(format!("nan_dump_iter_{iteration}.json")),
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "iteration": iteration, "epoch": epoch, "what": what, "images": images,
+        }))
+        .unwrap_or_default(),
+    );
+    TrainError::NonFinite {
+        iteration,
+        what,
+        dump,
+    }
 }

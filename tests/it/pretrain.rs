@@ -623,3 +623,31 @@ fn killed_training_leaves_loadable_checkpoints() {
     }
     assert!(seen > 0, "no checkpoint was ever written");
 }
+
+/// The trainer on two simulated CPU workers: each gets half the batch and half the queue; a
+/// resume on another number of devices is refused (the queue is split per device).
+#[test]
+fn two_simulated_workers_train_resume_and_refuse_another_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_set(&dir.path().join("data"));
+    let cfg = tiny(&dir.path().join("out"), &data)
+        .with_overrides(&["epochs=3".into()])
+        .unwrap();
+    let two = [Default::default(), Default::default()];
+    let opts = TrainOptions {
+        workers: Some(1),
+        max_epochs: Some(2),
+        ..Default::default()
+    };
+    trainer::train::<A>(&cfg, &two, &opts, &mut |_| {}).unwrap();
+    let st = state::read_state(&state::latest(&dir.path().join("out")).unwrap()).unwrap();
+    assert_eq!((st.epoch, st.devices, st.queue), (2, 2, Some([2, 8, 8])));
+    let resume = TrainOptions {
+        resume: true,
+        ..opts.clone()
+    };
+    let e = trainer::train::<A>(&cfg, &[Default::default()], &resume, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("split over 2 devices"), "{e}");
+    let s = trainer::train::<A>(&cfg, &two, &resume, &mut |_| {}).unwrap();
+    assert_eq!(s.history.len(), 3);
+}
