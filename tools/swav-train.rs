@@ -48,6 +48,10 @@ struct TrainArgs {
     /// Stop after this many epochs of this run (a checkpoint is written; --resume continues).
     #[arg(long)]
     max_epochs: Option<usize>,
+    /// Start from these weights (any format swav-convert reads, or a Burn record); a backbone
+    /// alone leaves the head at its initialisation.
+    #[arg(long, conflicts_with = "resume")]
+    pretrained: Option<PathBuf>,
     /// Print the resolved config (every key, defaults included) and exit.
     #[arg(long)]
     print_config: bool,
@@ -188,6 +192,7 @@ fn pretrain(a: TrainArgs) -> Result<(), String> {
         resume: a.resume,
         workers: a.workers,
         max_epochs: a.max_epochs,
+        pretrained: a.pretrained,
     };
     let bar = if a.quiet || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()

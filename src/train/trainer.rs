@@ -18,8 +18,8 @@ use crate::data::device::DeviceLoader;
 use crate::data::loader::{Loader, LoaderConfig, Pipeline};
 use crate::data::multicrop::MultiCrop;
 use crate::data::synthetic;
-use crate::model::record;
 use crate::model::swav::Swav;
+use crate::model::{load, record};
 use burn::module::{AutodiffModule, ParamId};
 use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
@@ -58,6 +58,9 @@ pub struct TrainOptions {
     pub workers: Option<usize>,
     /// Stop after this many epochs in this run (checkpointing the last), e.g. to split a run.
     pub max_epochs: Option<usize>,
+    /// Start from these weights (any checkpoint format; a backbone alone leaves the head at
+    /// its initialisation) instead of a random initialisation.
+    pub pretrained: Option<PathBuf>,
 }
 
 /// What the loop reports as it goes.
@@ -85,6 +88,10 @@ pub enum Event {
     Epoch(EpochRecord),
     Checkpoint {
         path: PathBuf,
+    },
+    Pretrained {
+        path: PathBuf,
+        summary: String,
     },
     Warning {
         message: String,
@@ -264,6 +271,7 @@ where
     let model_cfg = cfg.model_config()?;
     let dev0 = &devices[0];
     let optim = lars.init::<A, Swav<A>>();
+    let mut pretrained = None;
     let (mut model, mut optim, mut st, mut queues) = match existing {
         Some(dir) => {
             let (loaded, optim) =
@@ -294,7 +302,19 @@ where
                 devices: n_dev,
                 history: Vec::new(),
             };
-            (model_cfg.init_now::<A>(dev0), optim, state, None)
+            let model = model_cfg.init_now::<A>(dev0);
+            let model = match &opts.pretrained {
+                Some(p) => {
+                    let (m, summary) = init_from(model, p, dev0)?;
+                    pretrained = Some(Event::Pretrained {
+                        path: p.clone(),
+                        summary,
+                    });
+                    m
+                }
+                None => model,
+            };
+            (model, optim, state, None)
         }
     };
     let config_path = output.join("config.yaml");
@@ -319,6 +339,9 @@ where
         },
         &mut metrics,
     );
+    if let Some(e) = pretrained {
+        emit(e, &mut metrics);
+    }
 
     let h = &cfg.model.head;
     let frozen_ids = prototype_ids(&model);
@@ -490,4 +513,27 @@ fn dump_non_finite<A: AutodiffBackend>(
         what,
         dump,
     }
+}
+
+/// Set `model`'s parameters from a checkpoint (PASSL's `--pretrained`): what the file has
+/// is loaded, what it lacks keeps its initialisation; a shape mismatch, or nothing loaded, is
+/// an error.
+fn init_from<A: AutodiffBackend>(
+    model: Swav<A>,
+    path: &Path,
+    device: &A::Device,
+) -> Result<(Swav<A>, String), TrainError> {
+    let err = |m: String| TrainError::Checkpoint(format!("{}: {m}", path.display()));
+    let tensors = load::burn_tensors(path).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    let (model, report) = load::apply(model, tensors.tensors, device).map_err(err)?;
+    if !report.mismatched.is_empty() {
+        return Err(err(format!(
+            "shapes differ from the config's model: {}",
+            report.mismatched.join(", ")
+        )));
+    }
+    if report.loaded.is_empty() {
+        return Err(err("no tensor of the file fits the config's model".into()));
+    }
+    Ok((model, report.summary()))
 }

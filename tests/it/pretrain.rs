@@ -449,6 +449,27 @@ fn train_extract_and_knn_through_the_binaries() {
         let o = cli(EXTRACT, &[&ckpt, "--remove-prefix", "-o", &d(out)]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
+    // PASSL's --pretrained: the extracted backbone (head left at its initialisation) and the
+    // whole training checkpoint start new runs; the loaded/missing counts are reported.
+    for (weights, out, want) in [
+        (d("bb.pth.tar"), d("run_bb"), "missing"),
+        (ckpt.clone(), d("run_full"), "0 missing"),
+    ] {
+        let mut a: Vec<&str> = refs.iter().copied().filter(|x| *x != "-q").collect();
+        let o_out = format!("output_dir={out}");
+        a.extend(["--pretrained", &weights, "-o", &o_out]);
+        let o = cli(TRAIN, &a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains("event=pretrained"))
+            .expect("a pretrained event");
+        assert!(
+            line.contains(want) && line.contains("0 shape mismatches"),
+            "{line}"
+        );
+    }
     let pd = swav::checkpoint::Checkpoint::open(d("bb.pdparams")).unwrap();
     assert!(pd.get("conv1.weight").is_some() && pd.get("bn1._mean").is_some());
     let pt = swav::checkpoint::Checkpoint::open(d("bb.pth.tar")).unwrap();
