@@ -94,7 +94,13 @@ pub fn check<A: AutodiffBackend>(
     device: &A::Device,
 ) -> Result<StepCheck, String> {
     let r = Checkpoint::open(reference).map_err(|e| e.to_string())?;
-    let (model, _, _) = load::load::<A>(weights, device, false).map_err(|e| e.to_string())?;
+    let (model, config, _) = load::load::<A>(weights, device, false).map_err(|e| e.to_string())?;
+    if config.prototypes.is_empty() || config.head.is_none() {
+        return Err(format!(
+            "{}: no projection head and prototypes: a SwAV step needs the whole model",
+            weights.display()
+        ));
+    }
     let model = step::normalize_prototypes(model);
     let get = |name: &str| {
         r.get(name)
@@ -103,8 +109,16 @@ pub fn check<A: AutodiffBackend>(
     let mut crops = Vec::new();
     while let Some(t) = r.get(&format!("crops.{}", crops.len())) {
         let s = &t.shape;
-        if s.len() != 4 {
-            return Err(format!("{}: {} is not NCHW", reference.display(), t.name));
+        let batch = crops
+            .first()
+            .map_or(s.first().copied(), |c: &Tensor<A, 4>| Some(c.dims()[0]));
+        if s.len() != 4 || s[1] != 3 || Some(s[0]) != batch || s[0] == 0 {
+            return Err(format!(
+                "{}: {} {:?} is not an NCHW batch of RGB crops like crops.0",
+                reference.display(),
+                t.name,
+                s
+            ));
         }
         let v = t.to_f32().map_err(|e| e.to_string())?;
         crops.push(Tensor::<A, 4>::from_data(

@@ -7,6 +7,7 @@
 
 use crate::config;
 pub use crate::config::ConfigError;
+use crate::data::multicrop::MultiCrop;
 use crate::model::resnet::ResNetConfig;
 use crate::model::swav::{HeadConfig, SwavConfig};
 use serde::{Deserialize, Serialize};
@@ -391,8 +392,25 @@ impl TrainConfig {
         config::to_yaml(self)
     }
 
+    /// The multi-crop augmentation of `dataloader.train.dataset`, checked.
+    pub fn multicrop(&self) -> Result<MultiCrop, ConfigError> {
+        let d = &self.dataloader.train.dataset;
+        let mc = MultiCrop {
+            size_crops: d.size_crops.clone(),
+            num_crops: d.num_crops.clone(),
+            min_scale_crops: d.min_scale_crops.clone(),
+            max_scale_crops: d.max_scale_crops.clone(),
+            color_strength: d.color_strength,
+            ..Default::default()
+        };
+        mc.validate()
+            .map_err(|e| ConfigError::Invalid(format!("dataloader.train.dataset: {e}")))?;
+        Ok(mc)
+    }
+
     /// Check what serde cannot: consistent crop lists, known depth, sizes.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.multicrop()?;
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let d = &self.dataloader.train.dataset;
         let h = &self.model.head;

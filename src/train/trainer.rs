@@ -16,7 +16,6 @@ use super::step::{self, Queue, SwavLoss};
 use crate::data::dataset::Dataset;
 use crate::data::device::DeviceLoader;
 use crate::data::loader::{Loader, LoaderConfig, Pipeline};
-use crate::data::multicrop::MultiCrop;
 use crate::data::synthetic;
 use crate::model::swav::Swav;
 use crate::model::{load, record};
@@ -215,16 +214,7 @@ where
     let n_dev = devices.len();
     let per_device = cfg.dataloader.train.sampler.batch_size;
     let d = &cfg.dataloader.train.dataset;
-    let mc = MultiCrop {
-        size_crops: d.size_crops.clone(),
-        num_crops: d.num_crops.clone(),
-        min_scale_crops: d.min_scale_crops.clone(),
-        max_scale_crops: d.max_scale_crops.clone(),
-        color_strength: d.color_strength,
-        ..Default::default()
-    };
-    mc.validate()
-        .map_err(|e| ConfigError::Invalid(format!("dataloader.train.dataset: {e}")))?;
+    let mc = cfg.multicrop()?;
     let mut lc = LoaderConfig {
         batch_size: per_device * n_dev,
         shuffle: cfg.dataloader.train.sampler.shuffle,
