@@ -37,6 +37,14 @@ where
     Ok(())
 }
 
+/// Create `path` holding `bytes`, atomically.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_file(path, |mut w| {
+        io::Write::write_all(&mut w, bytes)?;
+        Ok::<_, io::Error>(w)
+    })
+}
+
 /// Give the output the mode a plain `File::create` would (0666 less the umask), not the
 /// temp file's 0600.
 #[cfg(unix)]

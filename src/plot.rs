@@ -189,11 +189,7 @@ pub fn render(panels: &[Panel]) -> Vec<u8> {
 /// Write panels to `path` as a PNG, atomically.
 pub fn write_png(path: &Path, panels: &[Panel]) -> Result<(), String> {
     let bytes = render(panels);
-    crate::atomic::write_file(path, |mut w| {
-        std::io::Write::write_all(&mut w, &bytes)?;
-        Ok::<_, std::io::Error>(w)
-    })
-    .map_err(|e: std::io::Error| format!("{}: {e}", path.display()))
+    crate::atomic::write_bytes(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Loss and learning rate per iteration, from a training's `metrics.jsonl`, into

@@ -103,10 +103,7 @@ impl Slot {
     /// Record a verified file (atomically).
     pub fn write_record(&self, r: &Record) -> io::Result<()> {
         let json = serde_json::to_vec_pretty(r).map_err(io::Error::other)?;
-        crate::atomic::write_file(&self.index_path(), |mut w| {
-            io::Write::write_all(&mut w, &json)?;
-            Ok::<_, io::Error>(w)
-        })
+        crate::atomic::write_bytes(&self.index_path(), &json)
     }
 
     /// Open (creating) the lock file.
@@ -187,10 +184,7 @@ pub fn sidecar_path(part: &Path) -> PathBuf {
 /// Write a sidecar (atomically).
 pub fn write_sidecar(part: &Path, sc: &Sidecar) -> io::Result<()> {
     let json = serde_json::to_vec(sc).map_err(io::Error::other)?;
-    crate::atomic::write_file(&sidecar_path(part), |mut w| {
-        io::Write::write_all(&mut w, &json)?;
-        Ok::<_, io::Error>(w)
-    })
+    crate::atomic::write_bytes(&sidecar_path(part), &json)
 }
 
 /// Seconds since the epoch.

@@ -43,11 +43,7 @@ pub fn save<B: Backend>(model: Swav<B>, config: &SwavConfig, path: &Path) -> Res
         .and_then(|f| f.sync_all())
         .map_err(|e| err(&e))?;
     let json = serde_json::to_vec_pretty(config).map_err(|e| err(&e))?;
-    crate::atomic::write_file(&config_path(path), |mut w| {
-        std::io::Write::write_all(&mut w, &json)?;
-        Ok::<_, std::io::Error>(w)
-    })
-    .map_err(|e| err(&e))?;
+    crate::atomic::write_bytes(&config_path(path), &json).map_err(|e| err(&e))?;
     std::fs::rename(&tmp, path).map_err(|e| err(&e))
 }
 

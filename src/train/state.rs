@@ -113,11 +113,7 @@ where
     }
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
     let path = tmp.join("state.json");
-    crate::atomic::write_file(&path, |mut w| {
-        std::io::Write::write_all(&mut w, &json)?;
-        Ok::<_, std::io::Error>(w)
-    })
-    .map_err(|e| io(&path, e))?;
+    crate::atomic::write_bytes(&path, &json).map_err(|e| io(&path, e))?;
     sync(&tmp)?;
     let dir = root.join(&name);
     if dir.exists() {
@@ -125,11 +121,7 @@ where
     }
     std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
     let latest = root.join("latest");
-    crate::atomic::write_file(&latest, |mut w| {
-        std::io::Write::write_all(&mut w, name.as_bytes())?;
-        Ok::<_, std::io::Error>(w)
-    })
-    .map_err(|e| io(&latest, e))?;
+    crate::atomic::write_bytes(&latest, name.as_bytes()).map_err(|e| io(&latest, e))?;
     sync(&root)?;
     let all = list(&root);
     for old in all.iter().take(all.len().saturating_sub(keep)) {

@@ -308,11 +308,8 @@ where
         }
     };
     let config_path = output.join("config.yaml");
-    crate::atomic::write_file(&config_path, |mut w| {
-        w.write_all(cfg.to_yaml().as_bytes())?;
-        Ok::<_, std::io::Error>(w)
-    })
-    .map_err(|e| TrainError::Data(format!("{}: {e}", config_path.display())))?;
+    crate::atomic::write_bytes(&config_path, cfg.to_yaml().as_bytes())
+        .map_err(|e| TrainError::Data(format!("{}: {e}", config_path.display())))?;
     let mut metrics = Metrics::open(&output)?;
     let mut emit = |e: Event, metrics: &mut Metrics| {
         metrics.write(&e);
