@@ -1,9 +1,8 @@
 //! Fixed-shape measurements for `scripts/gpu-check.sh`: whole training steps (forward,
-//! Sinkhorn, backward, LARS) on random crops of a config's shapes, timed; and one step on a
+//! Sinkhorn, backward, LARS) on random crops of a config's shapes and settings, timed; and one step on a
 //! reference file's weights and crops (made by PyTorch), compared with its loss and codes.
 
 use super::config::TrainConfig;
-use super::lars::LarsConfig;
 use super::step::{self, SwavLoss};
 use crate::checkpoint::Checkpoint;
 use crate::model::load;
@@ -36,7 +35,7 @@ pub fn steps<A: AutodiffBackend>(cfg: &TrainConfig, device: &A::Device, steps: u
     let model_cfg = cfg.model_config().expect("validated config");
     A::seed(device, cfg.seed);
     let mut model = model_cfg.init_now::<A>(device);
-    let mut optim = LarsConfig::default().init::<A, crate::model::swav::Swav<A>>();
+    let mut optim = cfg.lars().init::<A, crate::model::swav::Swav<A>>();
     let d = &cfg.dataloader.train.dataset;
     let bs = cfg.dataloader.train.sampler.batch_size;
     let crops: Vec<Tensor<A, 4>> = d
@@ -48,11 +47,8 @@ pub fn steps<A: AutodiffBackend>(cfg: &TrainConfig, device: &A::Device, steps: u
                 .map(move |_| Tensor::random([bs, 3, s, s], Distribution::Normal(0.0, 1.0), device))
         })
         .collect();
-    let groups = super::trainer::crop_groups(&d.num_crops);
-    let loss = SwavLoss {
-        crops_for_assign: cfg.model.head.crops_for_assign.clone(),
-        ..Default::default()
-    };
+    let groups = cfg.crop_groups();
+    let loss = cfg.swav_loss();
     let mut start = Instant::now();
     for i in 0..=steps {
         if i == 1 {

@@ -5,6 +5,8 @@
 //!
 //! Read strictly, with `-o a.b.c=value` overrides ([`crate::config`]).
 
+use super::lars::LarsConfig;
+use super::step::SwavLoss;
 use crate::config;
 pub use crate::config::ConfigError;
 use crate::data::multicrop::MultiCrop;
@@ -390,6 +392,43 @@ impl TrainConfig {
     /// As YAML (every key, defaults included).
     pub fn to_yaml(&self) -> String {
         config::to_yaml(self)
+    }
+
+    /// The loss settings of `model.head`.
+    pub fn swav_loss(&self) -> SwavLoss {
+        let h = &self.model.head;
+        SwavLoss {
+            temperature: h.temperature,
+            epsilon: h.epsilon,
+            sinkhorn_iterations: h.sinkhorn_iterations,
+            crops_for_assign: h.crops_for_assign.clone(),
+        }
+    }
+
+    /// The optimizer settings of `optimizer`.
+    pub fn lars(&self) -> LarsConfig {
+        LarsConfig {
+            momentum: self.optimizer.momentum,
+            weight_decay: self.optimizer.lars_weight_decay,
+            trust_coefficient: self.optimizer.lars_coeff,
+            ..Default::default()
+        }
+    }
+
+    /// The index ranges of consecutive crops of one resolution (`num_crops` `[2, 6]` →
+    /// `[0..2, 2..8]`): the backbone runs once per range.
+    pub fn crop_groups(&self) -> Vec<std::ops::Range<usize>> {
+        let mut at = 0;
+        self.dataloader
+            .train
+            .dataset
+            .num_crops
+            .iter()
+            .map(|&n| {
+                at += n;
+                at - n..at
+            })
+            .collect()
     }
 
     /// The multi-crop augmentation of `dataloader.train.dataset`, checked.

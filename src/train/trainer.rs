@@ -8,11 +8,10 @@
 
 use super::config::{ConfigError, TrainConfig};
 use super::diagnostics;
-use super::lars::LarsConfig;
 use super::parallel;
 use super::schedule::LrSchedule;
 use super::state::{self, EpochRecord, TrainState};
-use super::step::{self, Queue, SwavLoss};
+use super::step::{self, Queue};
 use crate::data::dataset::Dataset;
 use crate::data::device::DeviceLoader;
 use crate::data::loader::{Loader, LoaderConfig, Pipeline};
@@ -125,29 +124,6 @@ pub fn data_root(cfg: &TrainConfig) -> Result<PathBuf, TrainError> {
     Ok(root.join("train"))
 }
 
-fn loss_settings(cfg: &TrainConfig) -> SwavLoss {
-    let h = &cfg.model.head;
-    SwavLoss {
-        temperature: h.temperature,
-        epsilon: h.epsilon,
-        sinkhorn_iterations: h.sinkhorn_iterations,
-        crops_for_assign: h.crops_for_assign.clone(),
-    }
-}
-
-/// Consecutive crop indices of one resolution.
-pub(crate) fn crop_groups(num_crops: &[usize]) -> Vec<std::ops::Range<usize>> {
-    let mut at = 0;
-    num_crops
-        .iter()
-        .map(|&n| {
-            let r = at..at + n;
-            at += n;
-            r
-        })
-        .collect()
-}
-
 fn prototype_ids<A: AutodiffBackend>(model: &Swav<A>) -> Vec<ParamId> {
     model
         .prototypes
@@ -250,14 +226,9 @@ where
         cfg.epochs,
         iters,
     );
-    let loss_cfg = loss_settings(cfg);
-    let groups = crop_groups(&d.num_crops);
-    let lars = LarsConfig {
-        momentum: cfg.optimizer.momentum,
-        weight_decay: cfg.optimizer.lars_weight_decay,
-        trust_coefficient: cfg.optimizer.lars_coeff,
-        ..Default::default()
-    };
+    let loss_cfg = cfg.swav_loss();
+    let groups = cfg.crop_groups();
+    let lars = cfg.lars();
     let model_cfg = cfg.model_config()?;
     let dev0 = &devices[0];
     let optim = lars.init::<A, Swav<A>>();
