@@ -9,7 +9,7 @@
 use super::dataset::Dataset;
 use super::multicrop::{EvalTransform, MultiCrop};
 use super::rng::Rng;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -126,6 +126,38 @@ struct Queue {
     ready: Condvar,
 }
 
+/// Images that could not be read, each once, in the order they were met (so that "the
+/// entries after the first `n`" are exactly the ones not reported yet).
+#[derive(Debug, Default)]
+pub struct SkipLog {
+    entries: Vec<(String, String)>,
+    seen: HashSet<String>,
+}
+
+impl SkipLog {
+    /// Record `path` with its error, unless it is recorded already.
+    pub fn record(&mut self, path: String, error: String) {
+        if self.seen.insert(path.clone()) {
+            self.entries.push((path, error));
+        }
+    }
+
+    /// Number of images recorded.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// `(path, error)` of the images recorded after the first `n`.
+    pub fn since(&self, n: usize) -> &[(String, String)] {
+        &self.entries[n.min(self.entries.len())..]
+    }
+}
+
 /// One epoch's iterator over batches.
 pub struct Loader {
     dataset: Arc<Dataset>,
@@ -142,7 +174,7 @@ pub struct Loader {
     expected: HashMap<usize, usize>,
     workers: Vec<thread::JoinHandle<()>>,
     /// Images that could not be read: path → error (each reported once).
-    pub skipped: Arc<Mutex<BTreeMap<String, String>>>,
+    pub skipped: Arc<Mutex<SkipLog>>,
     reported: usize,
 }
 
@@ -194,7 +226,7 @@ impl Loader {
             pending: HashMap::new(),
             expected: HashMap::new(),
             workers,
-            skipped: Arc::new(Mutex::new(BTreeMap::new())),
+            skipped: Arc::new(Mutex::new(SkipLog::default())),
             reported: 0,
         };
         l.fill();
@@ -235,11 +267,7 @@ impl Loader {
     /// Newly skipped images since the last call (for logging each once).
     pub fn take_new_skips(&mut self) -> Vec<(String, String)> {
         let s = self.skipped.lock().expect("skip lock");
-        let new: Vec<_> = s
-            .iter()
-            .skip(self.reported)
-            .map(|(a, b)| (a.clone(), b.clone()))
-            .collect();
+        let new = s.since(self.reported).to_vec();
         self.reported = s.len();
         new
     }
@@ -303,7 +331,7 @@ impl Iterator for Loader {
                 Err(e) => {
                     // Skipped: recorded once by path, and the batch waits for one sample less.
                     let path = self.dataset.samples[done.sample].path.display().to_string();
-                    self.skipped.lock().expect("skip lock").insert(path, e);
+                    self.skipped.lock().expect("skip lock").record(path, e);
                     if let Some(e) = self.expected.get_mut(&done.batch) {
                         *e -= 1;
                     }

@@ -391,8 +391,11 @@ where
                     &mut metrics,
                 );
             }
-            let s = skipped.lock().map(|s| s.clone()).unwrap_or_default();
-            for (path, error) in s.into_iter().skip(reported) {
+            let new = skipped
+                .lock()
+                .map(|s| s.since(reported).to_vec())
+                .unwrap_or_default();
+            for (path, error) in new {
                 reported += 1;
                 emit(Event::SkippedImage { path, error }, &mut metrics);
             }
