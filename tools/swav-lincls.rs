@@ -214,12 +214,17 @@ fn backbone<B: Backend>(c: &Common, device: &B::Device) -> Result<(Swav<B>, Swav
 
 /// DATA/train and DATA/val as ImageFolders.
 fn splits(data: &std::path::Path) -> Result<(Arc<Dataset>, Arc<Dataset>), String> {
-    let open = |s: &str| {
-        Dataset::image_folder(&data.join(s))
-            .map(Arc::new)
-            .map_err(|e| e.to_string())
-    };
-    Ok((open("train")?, open("val")?))
+    Ok((
+        image_folder(&data.join("train"))?,
+        image_folder(&data.join("val"))?,
+    ))
+}
+
+/// An ImageFolder (classes sorted by name → labels).
+fn image_folder(root: &std::path::Path) -> Result<Arc<Dataset>, String> {
+    Dataset::image_folder(root)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
@@ -314,12 +319,7 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
                         Some(d) => splits(d)?,
                         None => {
                             let (t, v) = c.data();
-                            let open = |p: &std::path::Path| {
-                                Dataset::image_folder(p)
-                                    .map(Arc::new)
-                                    .map_err(|e| e.to_string())
-                            };
-                            (open(&t)?, open(&v)?)
+                            (image_folder(&t)?, image_folder(&v)?)
                         }
                     }
                 }
@@ -432,8 +432,7 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
         } => {
             let (model, _) = backbone::<B>(&common, &device)?;
             let head = linear::load_classifier::<B>(&cls, &device)?;
-            let val =
-                Arc::new(Dataset::image_folder(&data.join("val")).map_err(|e| e.to_string())?);
+            let val = image_folder(&data.join("val"))?;
             let cfg = LinearEvalConfig {
                 batch_size: common.batch_size.max(1),
                 val_resize: common.resize,
