@@ -219,11 +219,10 @@ fn lincls_features_cli_reproduces_the_references() {
     }
 }
 
-#[test]
-fn knn_beats_chance_on_an_image_folder() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = swav::data::synthetic::write(
-        &dir.path().join("syn"),
+/// The synthetic set at 48 pixels: 200 training and 100 validation images.
+fn synthetic_48(dir: &std::path::Path) -> std::path::PathBuf {
+    swav::data::synthetic::write(
+        &dir.join("syn"),
         &swav::data::synthetic::SyntheticConfig {
             size: 48,
             train_per_class: 20,
@@ -232,7 +231,13 @@ fn knn_beats_chance_on_an_image_folder() {
             quality: 90,
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn knn_beats_chance_on_an_image_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = synthetic_48(dir.path());
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_swav-lincls"))
         .args([
             "knn",
@@ -263,17 +268,7 @@ fn knn_beats_chance_on_an_image_folder() {
 #[test]
 fn linear_eval_beats_chance_on_the_synthetic_set() {
     let dir = tempfile::tempdir().unwrap();
-    let root = swav::data::synthetic::write(
-        &dir.path().join("syn"),
-        &swav::data::synthetic::SyntheticConfig {
-            size: 48,
-            train_per_class: 20,
-            val_per_class: 10,
-            seed: 0,
-            quality: 90,
-        },
-    )
-    .unwrap();
+    let root = synthetic_48(dir.path());
     let out = dir.path().join("lincls");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_swav-lincls"))
         .args([

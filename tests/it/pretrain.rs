@@ -37,32 +37,60 @@ fn params<B: Backend, M: Module<B>>(m: &M) -> Vec<(String, Vec<f32>)> {
     v.1
 }
 
-/// A tiny run on a tiny synthetic set: ResNet-18 of width 4, 32-pixel images, a queue that
-/// starts in the second epoch, prototypes frozen for the first 3 iterations.
+/// The model every test here trains: ResNet-18 of width 4 (32 features), a 16 → 8 head and
+/// 6 prototypes (overrides of configs/swav/swav_tiny_cpu.yaml).
+const TINY_MODEL: [&str; 6] = [
+    "model.backbone.width=4",
+    "model.neck.in_channels=32",
+    "model.neck.hid_channels=16",
+    "model.neck.out_channels=8",
+    "model.head.feat_dim=8",
+    "model.head.num_prototypes=6",
+];
+
+const TINY_CONFIG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/configs/swav/swav_tiny_cpu.yaml"
+);
+
+/// `swav-train -c swav_tiny_cpu.yaml --workers N -q` with the tiny model and `overrides`.
+fn tiny_cli(workers: usize, overrides: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = ["-c", TINY_CONFIG, "--workers", &workers.to_string(), "-q"]
+        .map(String::from)
+        .to_vec();
+    for o in TINY_MODEL
+        .iter()
+        .map(|s| s.to_string())
+        .chain(overrides.iter().cloned())
+    {
+        args.push("-o".into());
+        args.push(o);
+    }
+    args
+}
+
+/// A tiny run on a tiny synthetic set: the tiny model, 32-pixel images, a queue that starts in
+/// the second epoch, prototypes frozen for the first 3 iterations.
 fn tiny(output: &Path, data: &Path) -> TrainConfig {
-    let text = include_str!("../../configs/swav/swav_tiny_cpu.yaml");
-    TrainConfig::from_yaml(text)
+    let text = std::fs::read_to_string(TINY_CONFIG).unwrap();
+    let mut overrides: Vec<String> = TINY_MODEL.iter().map(|s| s.to_string()).collect();
+    overrides.extend([
+        format!("output_dir={}", output.display()),
+        format!("dataloader.train.dataset.dataroot={}", data.display()),
+        "epochs=2".into(),
+        "model.head.queue_length=16".into(),
+        "model.head.epoch_queue_starts=1".into(),
+        "dataloader.train.sampler.batch_size=8".into(),
+        "dataloader.train.dataset.size_crops=[32, 16]".into(),
+        "dataloader.train.dataset.num_crops=[2, 2]".into(),
+        "model.head.num_crops=[2, 2]".into(),
+        "optimizer_config.freeze_prototypes_iters=3".into(),
+        "lr_scheduler.warmup_epochs=1".into(),
+        "checkpoint.interval=1".into(),
+    ]);
+    TrainConfig::from_yaml(&text)
         .unwrap()
-        .with_overrides(&[
-            format!("output_dir={}", output.display()),
-            format!("dataloader.train.dataset.dataroot={}", data.display()),
-            "epochs=2".into(),
-            "model.backbone.width=4".into(),
-            "model.neck.in_channels=32".into(),
-            "model.neck.hid_channels=16".into(),
-            "model.neck.out_channels=8".into(),
-            "model.head.feat_dim=8".into(),
-            "model.head.num_prototypes=6".into(),
-            "model.head.queue_length=16".into(),
-            "model.head.epoch_queue_starts=1".into(),
-            "dataloader.train.sampler.batch_size=8".into(),
-            "dataloader.train.dataset.size_crops=[32, 16]".into(),
-            "dataloader.train.dataset.num_crops=[2, 2]".into(),
-            "model.head.num_crops=[2, 2]".into(),
-            "optimizer_config.freeze_prototypes_iters=3".into(),
-            "lr_scheduler.warmup_epochs=1".into(),
-            "checkpoint.interval=1".into(),
-        ])
+        .with_overrides(&overrides)
         .unwrap()
 }
 
@@ -411,29 +439,17 @@ fn train_extract_and_knn_through_the_binaries() {
         },
     )
     .unwrap();
-    let config = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/configs/swav/swav_tiny_cpu.yaml"
+    let config = TINY_CONFIG;
+    let args = tiny_cli(
+        2,
+        &[
+            format!("output_dir={}", d("run")),
+            format!("dataloader.train.dataset.dataroot={}", d("data/train")),
+            "epochs=1".into(),
+            "dataloader.train.sampler.batch_size=10".into(),
+            "dataloader.train.dataset.size_crops=[32, 16]".into(),
+        ],
     );
-    let mut args: Vec<String> = ["-c", config, "--workers", "2", "-q"]
-        .map(String::from)
-        .to_vec();
-    for o in [
-        format!("output_dir={}", d("run")),
-        format!("dataloader.train.dataset.dataroot={}", d("data/train")),
-        "epochs=1".into(),
-        "model.backbone.width=4".into(),
-        "model.neck.in_channels=32".into(),
-        "model.neck.hid_channels=16".into(),
-        "model.neck.out_channels=8".into(),
-        "model.head.feat_dim=8".into(),
-        "model.head.num_prototypes=6".into(),
-        "dataloader.train.sampler.batch_size=10".into(),
-        "dataloader.train.dataset.size_crops=[32, 16]".into(),
-    ] {
-        args.push("-o".into());
-        args.push(o);
-    }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = cli(TRAIN, &refs);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -592,32 +608,19 @@ fn killed_training_leaves_loadable_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_set(&dir.path().join("data"));
     let out = dir.path().join("run");
-    let config = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/configs/swav/swav_tiny_cpu.yaml"
+    let args = tiny_cli(
+        1,
+        &[
+            format!("output_dir={}", out.display()),
+            format!("dataloader.train.dataset.dataroot={}", data.display()),
+            "epochs=400".into(),
+            "model.head.queue_length=16".into(),
+            "model.head.epoch_queue_starts=1".into(),
+            "dataloader.train.sampler.batch_size=8".into(),
+            "dataloader.train.dataset.size_crops=[32, 16]".into(),
+            "checkpoint.interval=1".into(),
+        ],
     );
-    let mut args: Vec<String> = ["-c", config, "--workers", "1", "-q"]
-        .map(String::from)
-        .to_vec();
-    for o in [
-        format!("output_dir={}", out.display()),
-        format!("dataloader.train.dataset.dataroot={}", data.display()),
-        "epochs=400".into(),
-        "model.backbone.width=4".into(),
-        "model.neck.in_channels=32".into(),
-        "model.neck.hid_channels=16".into(),
-        "model.neck.out_channels=8".into(),
-        "model.head.feat_dim=8".into(),
-        "model.head.num_prototypes=6".into(),
-        "model.head.queue_length=16".into(),
-        "model.head.epoch_queue_starts=1".into(),
-        "dataloader.train.sampler.batch_size=8".into(),
-        "dataloader.train.dataset.size_crops=[32, 16]".into(),
-        "checkpoint.interval=1".into(),
-    ] {
-        args.push("-o".into());
-        args.push(o);
-    }
     let mut seen = 0;
     for (i, ms) in [700u64, 450, 900, 300, 1200, 600].into_iter().enumerate() {
         let mut a = args.clone();
