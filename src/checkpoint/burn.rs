@@ -7,8 +7,6 @@
 use super::{Checkpoint, CheckpointError, Format, FormatError};
 use crate::model::{record, CpuBackend};
 use crate::tensor::{DType, Tensor};
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::backend::Backend;
 use std::path::{Path, PathBuf};
 
 /// The record a path stands for: `X.mpk`, a training checkpoint folder's `model.mpk`, or a
@@ -27,39 +25,15 @@ pub fn record_path(path: &Path) -> Option<PathBuf> {
 pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let (model, _) = record::load::<CpuBackend>(path, &Default::default())
         .map_err(|m| CheckpointError::new(path, FormatError::Structure(m)))?;
-    struct Collect {
-        path: Vec<String>,
-        out: Vec<Tensor>,
-    }
-    impl<B: Backend> ModuleVisitor<B> for Collect {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<burn::tensor::Tensor<B, D>>) {
-            let t = param.val();
-            let shape = t.dims().to_vec();
-            let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap_or_default();
-            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            self.out.push(Tensor::from_vec(
-                self.path.join("."),
-                DType::F32,
-                shape,
-                bytes,
-            ));
-        }
-    }
-    let mut c = Collect {
-        path: Vec::new(),
-        out: Vec::new(),
-    };
-    model.visit(&mut c);
+    let mut tensors = Vec::new();
+    crate::model::for_each_param(&model, |name, shape, values| {
+        let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        tensors.push(Tensor::from_vec(name, DType::F32, shape, bytes));
+    });
     Ok(Checkpoint {
         path: path.to_path_buf(),
         format: Format::BurnRecord,
-        tensors: c.out,
+        tensors,
         values: Vec::new(),
         notes: Vec::new(),
     })

@@ -8,3 +8,37 @@ pub mod swav;
 
 /// The CPU backend used by default and in tests.
 pub type CpuBackend = burn::backend::Flex;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// Call `f(name, shape, values)` for every float parameter and BatchNorm statistic of
+/// `module`, in visiting order, with its dotted Burn-layout name and its values as f32.
+pub fn for_each_param<B: Backend, M: Module<B>>(
+    module: &M,
+    f: impl FnMut(String, Vec<usize>, Vec<f32>),
+) {
+    struct Visit<F> {
+        path: Vec<String>,
+        f: F,
+    }
+    impl<B: Backend, F: FnMut(String, Vec<usize>, Vec<f32>)> ModuleVisitor<B> for Visit<F> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let t = param.val();
+            let shape = t.dims().to_vec();
+            let values = t.into_data().convert::<f32>().to_vec().unwrap_or_default();
+            (self.f)(self.path.join("."), shape, values);
+        }
+    }
+    module.visit(&mut Visit {
+        path: Vec::new(),
+        f,
+    });
+}

@@ -3,9 +3,8 @@
 //! distribution over the K prototypes — facebookresearch/swav's most reported problem) and a
 //! loss that climbs once the queue starts are reported with the fixes its README lists.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 
 /// A warning about the run's health.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,39 +81,14 @@ pub fn after_epoch(
 
 /// The first parameter (by name) holding a NaN or an infinity, and the count of such values.
 pub fn first_non_finite<B: Backend, M: Module<B>>(module: &M) -> Option<(String, usize)> {
-    struct Find {
-        path: Vec<String>,
-        found: Option<(String, usize)>,
-    }
-    impl<B: Backend> ModuleVisitor<B> for Find {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
+    let mut found = None;
+    crate::model::for_each_param(module, |name, _, values| {
+        let bad = values.iter().filter(|x| !x.is_finite()).count();
+        if found.is_none() && bad > 0 {
+            found = Some((name, bad));
         }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if self.found.is_some() {
-                return;
-            }
-            let v: Vec<f32> = param
-                .val()
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .unwrap_or_default();
-            let bad = v.iter().filter(|x| !x.is_finite()).count();
-            if bad > 0 {
-                self.found = Some((self.path.join("."), bad));
-            }
-        }
-    }
-    let mut f = Find {
-        path: Vec::new(),
-        found: None,
-    };
-    module.visit(&mut f);
-    f.found
+    });
+    found
 }
 
 #[cfg(test)]

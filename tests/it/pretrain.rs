@@ -19,22 +19,9 @@ type A = Autodiff<CpuBackend>;
 
 /// Every parameter's values, in visiting order, with its path.
 fn params<B: Backend, M: Module<B>>(m: &M) -> Vec<(String, Vec<f32>)> {
-    struct V(Vec<String>, Vec<(String, Vec<f32>)>);
-    impl<B: Backend> ModuleVisitor<B> for V {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.0.push(name.into());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.0.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-            let v = p.val().into_data().convert::<f32>().to_vec().unwrap();
-            self.1.push((self.0.join("."), v));
-        }
-    }
-    let mut v = V(Vec::new(), Vec::new());
-    m.visit(&mut v);
-    v.1
+    let mut out = Vec::new();
+    swav::model::for_each_param(m, |name, _, values| out.push((name, values)));
+    out
 }
 
 /// The model every test here trains: ResNet-18 of width 4 (32 features), a 16 → 8 head and
