@@ -22,13 +22,6 @@ pub struct StepBench {
     pub images_per_second: f64,
 }
 
-fn scalar<A: AutodiffBackend>(t: Tensor<A, 1>) -> f64 {
-    t.into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
-        .expect("scalar")[0]
-}
-
 /// Run `steps` training steps (after one warm-up step) of `cfg`'s model on random crops of
 /// its shapes, one device, `batch_size` images per step.
 pub fn steps<A: AutodiffBackend>(cfg: &TrainConfig, device: &A::Device, steps: usize) -> StepBench {
@@ -59,7 +52,7 @@ pub fn steps<A: AutodiffBackend>(cfg: &TrainConfig, device: &A::Device, steps: u
         let grads = GradientsParams::from_grads(out.loss.clone().backward(), &model);
         model = optim.step(0.1, model, grads);
         // Reading the loss waits for the device, as a training loop's logging does.
-        let _ = scalar(out.loss);
+        let _ = step::scalar(out.loss);
     }
     let seconds = start.elapsed().as_secs_f64();
     StepBench {
@@ -135,7 +128,7 @@ pub fn check<A: AutodiffBackend>(
         }
     }
     let out = step::swav_step(&model, &crops, &groups, &SwavLoss::default(), None);
-    let loss = scalar(out.loss);
+    let loss = step::scalar(out.loss);
     let reference_loss = get("loss")?.to_f32().map_err(|e| e.to_string())?[0] as f64;
     let mut codes_max_abs = Vec::new();
     for (i, q) in out.codes.iter().enumerate() {

@@ -121,13 +121,7 @@ pub fn step<A: AutodiffBackend>(
     let mut grads = Vec::with_capacity(n);
     for (w, (f, r)) in fwds.iter().zip(&replicas).enumerate() {
         let l = step::swapped_loss(f, &codes[w], loss);
-        let v: f32 = l
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("scalar loss")[0];
-        value += v as f64 / n as f64;
+        value += step::scalar(l.clone()) / n as f64;
         let g = GradientsParams::from_grads(l.backward(), r);
         grads.push(if w == 0 {
             g

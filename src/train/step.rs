@@ -171,6 +171,14 @@ pub fn assignment_scores<B: Backend>(
         .collect()
 }
 
+/// The value of a one-element tensor (a loss), read from the device.
+pub(crate) fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .expect("a one-element tensor")[0]
+}
+
 fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.detach()
         .into_data()
