@@ -14,6 +14,7 @@ pub mod data;
 pub mod eval;
 pub mod fetch;
 pub mod layout;
+pub mod log;
 pub mod model;
 pub mod plot;
 pub mod tensor;

@@ -159,18 +159,14 @@ fn logfmt(e: &Event) -> String {
     if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(e) {
         for (k, v) in m {
             let v = match v {
-                serde_json::Value::String(s)
-                    if !s.contains(char::is_whitespace) && !s.is_empty() =>
-                {
-                    s
-                }
+                serde_json::Value::String(s) => s,
                 serde_json::Value::Number(n) => match n.as_f64() {
                     Some(f) if n.is_f64() => format!("{f:.6}"),
                     _ => n.to_string(),
                 },
                 other => other.to_string(),
             };
-            line.push_str(&format!(" {k}={v}"));
+            line.push_str(&swav::log::field(&k, &v));
         }
     }
     line

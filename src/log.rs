@@ -1,0 +1,23 @@
+//! Structured log lines (logfmt): `tool event=kind key=value ...`, a value quoted (Rust string
+//! syntax) when it is empty or holds whitespace or a quote, so a line splits back into its
+//! fields.
+
+/// ` key=value`, the value quoted when it needs to be.
+pub fn field(key: &str, value: &str) -> String {
+    if value.is_empty() || value.contains(char::is_whitespace) || value.contains('"') {
+        format!(" {key}={value:?}")
+    } else {
+        format!(" {key}={value}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoting() {
+        assert_eq!(super::field("a", "1.5"), " a=1.5");
+        assert_eq!(super::field("m", "two words"), r#" m="two words""#);
+        assert_eq!(super::field("e", ""), r#" e="""#);
+        assert_eq!(super::field("q", r#"x"y"#), r#" q="x\"y""#);
+    }
+}
