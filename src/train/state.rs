@@ -62,7 +62,6 @@ pub struct Loaded<A: AutodiffBackend> {
     pub config: SwavConfig,
     pub state: TrainState,
     pub queues: Option<Vec<Queue>>,
-    pub dir: PathBuf,
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> String {
@@ -242,7 +241,6 @@ where
             config,
             state,
             queues,
-            dir: dir.to_path_buf(),
         },
         optim,
     ))
