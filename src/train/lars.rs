@@ -74,7 +74,9 @@ impl<B: Backend> SimpleOptimizer<B> for Lars<B> {
         let adapt = w_norm.clone().sign() * g_norm.clone().sign();
         let ratio = w_norm.clone().mul_scalar(c.trust_coefficient)
             / (g_norm + w_norm.mul_scalar(c.weight_decay)).add_scalar(c.eps);
-        let ratio = adapt.clone() * ratio - adapt.clone() + 1.0;
+        // `adapt·ratio + (1 − adapt)`: both terms exact where the other is zero (writing it as
+        // `adapt·(ratio − 1) + 1` rounds a ratio of 1e-3 to ~1e-4 relative in f32).
+        let ratio = adapt.clone() * ratio + adapt.clone().neg().add_scalar(1.0);
         let decay = adapt.mul_scalar(c.weight_decay);
         let grad = (grad + tensor.clone() * decay.reshape([1; D])) * ratio.reshape([1; D]);
         let (v, state) = self.momentum.transform(grad, state);
@@ -83,5 +85,46 @@ impl<B: Backend> SimpleOptimizer<B> for Lars<B> {
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
         state.to_device(device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    /// In f32 the update keeps f32 precision when the trust ratio is small (LARS ratios are
+    /// often far below 1e-3): one step against the same formula in f64.
+    #[test]
+    fn a_small_trust_ratio_keeps_f32_precision() {
+        type B = NdArray<f32>;
+        let device = Default::default();
+        let w = [0.005f32, -0.0125, 0.02, 0.0075];
+        let g = [300.0f32, -125.0, 72.5, 400.0];
+        let lars = Lars::<B> {
+            cfg: LarsConfig::default(),
+            momentum: Momentum::new(&MomentumConfig::new().with_momentum(0.9)),
+        };
+        let lr = 10.0;
+        let (new, _) = lars.step(
+            lr,
+            Tensor::<B, 1>::from_floats(w, &device),
+            Tensor::<B, 1>::from_floats(g, &device),
+            None,
+        );
+        let new = new.into_data().to_vec::<f32>().unwrap();
+        let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+        let (wn, gn) = (norm(&w), norm(&g));
+        let ratio = 0.001 * wn / (gn + 1e-6 * wn + 1e-8);
+        for i in 0..4 {
+            let (wi, gi) = (f64::from(w[i]), f64::from(g[i]));
+            let expected = -lr * (gi + 1e-6 * wi) * ratio;
+            let got = f64::from(new[i]) - wi;
+            // A ratio of ~1e-7, an update of ~1e-2 of the weight: to 1e-4 of the update.
+            assert!(
+                (got - expected).abs() <= 1e-4 * expected.abs(),
+                "{got} vs {expected}"
+            );
+        }
     }
 }
