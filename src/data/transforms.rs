@@ -199,11 +199,19 @@ pub fn adjust_hue(img: &mut RgbImage, f: f32) {
     }
 }
 
+/// Where the hue byte of (`case`, `cr`, `plus`, `minus`) is kept in [`HueTables::hue`].
+#[inline(always)]
+fn hue_index(case: usize, cr: usize, plus: usize, minus: usize) -> usize {
+    (case * 256 + cr) * 511 + plus + 255 - minus
+}
+
 /// Tables holding every intermediate of Pillow's HSV conversions that depends on at most two
 /// bytes, computed once with Pillow's own float/double mix so results stay bit-identical.
 struct HueTables {
-    /// `k as f32 / cr as f32`, indexed `cr * 256 + k`.
-    ratio: Vec<f32>,
+    /// The hue byte, indexed by [`hue_index`]: the whole single-precision chain of `rgb2hsv`
+    /// for one pixel is a function of which channel is the maximum, `maxc − minc` and one
+    /// difference of channels.
+    hue: Vec<u8>,
     /// Saturation byte of `cr / maxc`, indexed `maxc * 256 + cr`.
     sat: Vec<u8>,
     /// The fraction `f` of the hue sector, per hue byte (single precision, as Pillow keeps it).
@@ -217,14 +225,30 @@ struct HueTables {
 fn hue_tables() -> &'static HueTables {
     static T: std::sync::OnceLock<HueTables> = std::sync::OnceLock::new();
     T.get_or_init(|| {
-        let mut ratio = vec![0f32; 256 * 256];
+        let ratio = |k: usize, cr: usize| if cr == 0 { 0.0 } else { k as f32 / cr as f32 };
         let mut sat = vec![0u8; 256 * 256];
         for a in 1..256usize {
-            for k in 0..256usize {
-                ratio[a * 256 + k] = k as f32 / a as f32;
+            for k in 0..=a {
                 // maxc = a, cr = k (cr <= maxc)
-                sat[a * 256 + k] =
-                    ((((k as f32) / a as f32) as f64 * 255.0) as i32).clamp(0, 255) as u8;
+                sat[a * 256 + k] = (((ratio(k, a) as f64) * 255.0) as i32).clamp(0, 255) as u8;
+            }
+        }
+        let mut hue = vec![0u8; 3 * 256 * 511];
+        for case in 0..3 {
+            for cr in 0..256usize {
+                // One of `plus` and `minus` is `cr` (it is the minimum channel's difference).
+                for other in 0..=cr {
+                    for (plus, minus) in [(cr, other), (other, cr)] {
+                        let h = [0.0f32, 2.0, 4.0][case] + ratio(plus, cr) - ratio(minus, cr);
+                        // Pillow mixes float variables with double literals: mirror where each
+                        // rounding happens. fmod(x, 1) for x in [5/6, 11/6]: subtracting 1 is
+                        // exact there.
+                        let x = h as f64 / 6.0 + 1.0;
+                        let h = (if x >= 1.0 { x - 1.0 } else { x }) as f32;
+                        hue[hue_index(case, cr, plus, minus)] =
+                            ((h as f64 * 255.0) as i32).clamp(0, 255) as u8;
+                    }
+                }
             }
         }
         let mut sector = [0u8; 256];
@@ -236,7 +260,7 @@ fn hue_tables() -> &'static HueTables {
         }
         let fs: [f32; 256] = std::array::from_fn(|s| (s as f64 / 255.0) as f32);
         HueTables {
-            ratio,
+            hue,
             sat,
             frac,
             fs,
@@ -247,34 +271,29 @@ fn hue_tables() -> &'static HueTables {
 
 impl HueTables {
     /// Pillow's `rgb2hsv` (colorsys arithmetic in single precision, bytes truncated).
+    ///
+    /// Two table lookups and no branch (which channel is the maximum is unpredictable on
+    /// photos). A grey pixel (`maxc == minc`) needs no case of its own: it is the red case with
+    /// `cr = 0`, tabulated as hue 0, and row 0 of `sat` is zeros.
+    #[inline(always)]
     fn rgb_to_hsv(&self, r: u8, g: u8, b: u8) -> [u8; 3] {
         let maxc = r.max(g).max(b);
         let minc = r.min(g).min(b);
-        if maxc == minc {
-            return [0, 0, maxc];
-        }
         let cr = (maxc - minc) as usize;
-        let row = &self.ratio[cr * 256..cr * 256 + 256];
-        let h = if r == maxc {
-            row[(maxc - b) as usize] - row[(maxc - g) as usize]
-        } else if g == maxc {
-            2.0 + row[(maxc - r) as usize] - row[(maxc - b) as usize]
-        } else {
-            4.0 + row[(maxc - g) as usize] - row[(maxc - r) as usize]
-        };
-        // Pillow mixes float variables with double literals: mirror where each rounding happens.
-        // fmod(x, 1) for x in [5/6, 11/6]: subtracting 1 is exact there.
-        let x = h as f64 / 6.0 + 1.0;
-        let h = (if x >= 1.0 { x - 1.0 } else { x }) as f32;
-        let hb = ((h as f64 * 255.0) as i32).clamp(0, 255) as u8;
+        // Pillow: r max → bc − gc; g max → 2 + rc − bc; else 4 + gc − rc (xc = (maxc − x) / cr).
+        // The case: 0 where red is the maximum, else 1 where green is, else 2.
+        let case = usize::from(r != maxc) * (1 + usize::from(g != maxc));
+        let diff = [maxc - b, maxc - r, maxc - g];
+        let (plus, minus) = (diff[case] as usize, diff[[2, 0, 1][case]] as usize);
+        let hb = self.hue[hue_index(case, cr, plus, minus)];
         [hb, self.sat[maxc as usize * 256 + cr], maxc]
     }
 
     /// Pillow's `hsv2rgb`.
+    ///
+    /// `s == 0` (grey) needs no branch: with `fs = 0`, `p`, `q` and `t` all equal `v`.
+    #[inline(always)]
     fn hsv_to_rgb(&self, h: u8, s: u8, v: u8) -> [u8; 3] {
-        if s == 0 {
-            return [v, v, v];
-        }
         let vf = v as f64;
         // C's round() (half away from zero) for 0 <= x < 256, without a libm call.
         let byte = |x: f64| {
@@ -474,21 +493,33 @@ mod tests {
 
     #[test]
     fn hue_tables_equal_the_direct_formulas() {
-        let t = hue_tables();
         for shift in [0u8, 33, 213] {
             for r in (0..=255u8).step_by(3) {
                 for g in (0..=255u8).step_by(5) {
                     for b in (0..=255u8).step_by(7) {
-                        let [h, s, v] = t.rgb_to_hsv(r, g, b);
-                        let ours = t.hsv_to_rgb(h.wrapping_add(shift), s, v);
-                        assert_eq!(
-                            ours,
-                            reference_hue(r, g, b, shift),
-                            "rgb {r},{g},{b} shift {shift}"
-                        );
+                        check(r, g, b, shift);
                     }
                 }
             }
         }
+        // Ties between channels (which channel counts as the maximum) and greys, all of them.
+        for a in 0..=255u8 {
+            for c in 0..=255u8 {
+                for [r, g, b] in [[a, a, c], [a, c, a], [c, a, a]] {
+                    check(r, g, b, 101);
+                }
+            }
+        }
+    }
+
+    fn check(r: u8, g: u8, b: u8, shift: u8) {
+        let t = hue_tables();
+        let [h, s, v] = t.rgb_to_hsv(r, g, b);
+        let ours = t.hsv_to_rgb(h.wrapping_add(shift), s, v);
+        assert_eq!(
+            ours,
+            reference_hue(r, g, b, shift),
+            "rgb {r},{g},{b} shift {shift}"
+        );
     }
 }
