@@ -38,9 +38,10 @@ class PILRandomGaussianBlur:
 
 
 class MultiCrop(ImageFolder):
-    def __init__(self, root, size_crops, nmb_crops, min_scale, max_scale, color_p=0.8, s=1.0):
+    def __init__(self, root, size_crops, nmb_crops, min_scale, max_scale, color_p=0.8, s=1.0, jitter=None):
         super().__init__(root)
-        color = T.Compose([T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=color_p),
+        jitter = jitter or [0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s]
+        color = T.Compose([T.RandomApply([T.ColorJitter(*jitter)], p=color_p),
                            T.RandomGrayscale(p=0.2 if color_p else 0.0)])
         norm = T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.228, 0.224, 0.225])
         self.trans = []
@@ -104,6 +105,7 @@ def main():
     ap.add_argument("--trust", type=float, default=0.001)
     ap.add_argument("--color-p", type=float, default=0.8)
     ap.add_argument("--color-strength", type=float, default=1.0)
+    ap.add_argument("--jitter", type=float, nargs=4, help="brightness contrast saturation hue (default: strength x 0.8 0.8 0.8 0.2)")
     ap.add_argument("--epsilon", type=float, default=0.05)
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--freeze", type=int, default=30)
@@ -174,7 +176,7 @@ def main():
         print(json.dumps({"peer": "pytorch", "steps": a.steps, "seconds": dt,
                           "images_per_second": a.steps * a.batch_size / dt}))
         return
-    ds = MultiCrop(a.data, a.size_crops, a.nmb_crops, a.min_scale, a.max_scale, a.color_p, a.color_strength)
+    ds = MultiCrop(a.data, a.size_crops, a.nmb_crops, a.min_scale, a.max_scale, a.color_p, a.color_strength, a.jitter)
     loader = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, shuffle=True, drop_last=True,
                                          num_workers=a.workers)
     n = len(loader)
