@@ -1,7 +1,7 @@
-//! `swav-lincls`: evaluation of a frozen SwAV backbone. `features` (of preprocessed tensors or
-//! an image folder) and `knn` (weighted k-NN, k=20, T=0.07).
+//! `swav-lincls`: evaluation of a frozen SwAV backbone: `train` (linear evaluation, PASSL's
+//! `swav_clas_r50.yaml` or flags), `evaluate` (a trained classifier), `knn` (weighted k-NN,
+//! k=20, T=0.07) and `features` (of preprocessed tensors or an image folder).
 
-use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -11,14 +11,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use swav::backend::Devices;
 use swav::data::{dataset::Dataset, loader::LoaderConfig, multicrop::EvalTransform};
-use swav::eval::config::ClasConfig;
+use swav::eval::lincls::{self, image_folder, LinclsRequest};
 use swav::eval::linear::{self, LinearEvalConfig};
 use swav::model::load;
 use swav::model::resnet::ResNetConfig;
 use swav::model::swav::{Swav, SwavConfig};
 
 #[derive(Parser)]
-#[command(version, about = "Evaluate a frozen SwAV backbone: features, k-NN")]
+#[command(
+    version,
+    about = "Evaluate a frozen SwAV backbone: linear evaluation, k-NN, features"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -220,11 +223,15 @@ fn splits(data: &std::path::Path) -> Result<(Arc<Dataset>, Arc<Dataset>), String
     ))
 }
 
-/// An ImageFolder (classes sorted by name → labels).
-fn image_folder(root: &std::path::Path) -> Result<Arc<Dataset>, String> {
-    Dataset::image_folder(root)
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
+/// Linear-evaluation settings from the flags every subcommand has (no config file).
+fn eval_config(c: &Common) -> LinearEvalConfig {
+    LinearEvalConfig {
+        batch_size: c.batch_size.max(1),
+        val_resize: c.resize,
+        val_size: c.size,
+        workers: loader_cfg(c).workers,
+        ..Default::default()
+    }
 }
 
 fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
@@ -292,60 +299,30 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
             evaluate_only,
         } => {
             let (model, config) = backbone::<B>(&common, &device)?;
-            let mut cfg = LinearEvalConfig {
-                batch_size: common.batch_size.max(1),
-                val_resize: common.resize,
-                val_size: common.size,
-                workers: loader_cfg(&common).workers,
-                ..Default::default()
+            let feature_dim = config.backbone.feature_dim();
+            let request = LinclsRequest {
+                config: config_file,
+                overrides,
+                data,
+                output_dir,
+                epochs,
+                lr,
+                weight_decay,
+                train_size,
+                seed,
             };
-            let mut out_dir = PathBuf::from("lincls-out");
-            let (train, val) = match &config_file {
-                Some(path) => {
-                    let c = ClasConfig::load(path, &overrides).map_err(|e| e.to_string())?;
-                    cfg = c
-                        .linear_eval()
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                    if c.model.head.in_channels != config.backbone.feature_dim() {
-                        return Err(format!(
-                            "{}: model.head.in_channels is {} but the backbone gives {} features",
-                            path.display(),
-                            c.model.head.in_channels,
-                            config.backbone.feature_dim()
-                        ));
-                    }
-                    out_dir = PathBuf::from(&c.output_dir);
-                    match &data {
-                        Some(d) => splits(d)?,
-                        None => {
-                            let (t, v) = c.data();
-                            (image_folder(&t)?, image_folder(&v)?)
-                        }
-                    }
-                }
-                None => splits(data.as_deref().expect("required by clap"))?,
-            };
-            cfg.epochs = epochs.unwrap_or(cfg.epochs);
-            cfg.lr = lr.unwrap_or(cfg.lr);
-            cfg.weight_decay = weight_decay.unwrap_or(cfg.weight_decay);
-            cfg.train_size = train_size.unwrap_or(cfg.train_size);
-            cfg.seed = seed.unwrap_or(cfg.seed);
+            let plan = request.resolve(eval_config(&common), feature_dim)?;
             if let (true, Some(cls)) = (evaluate_only, &cls) {
                 let head = linear::load_classifier::<B>(cls, &device)?;
-                let (top1, top5) = linear::evaluate(&model, &head, val, &cfg, &device);
+                let (top1, top5) = linear::evaluate(&model, &head, plan.val, &plan.cfg, &device);
                 println!("{}", serde_json::json!({"top1": top1, "top5": top5}));
                 return Ok(());
             }
-            let output_dir = output_dir.unwrap_or(out_dir);
-            std::fs::create_dir_all(&output_dir)
-                .map_err(|e| format!("{}: {e}", output_dir.display()))?;
-            let metrics_path = output_dir.join("metrics.jsonl");
-            let mut lines = String::new();
-            let mut best = f64::NEG_INFINITY;
-            let mut failure = None;
-            let mut history: Vec<linear::EpochMetrics> = Vec::new();
             let bar = if std::io::stderr().is_terminal() {
-                ProgressBar::with_draw_target(Some(cfg.epochs as u64), ProgressDrawTarget::stderr())
+                ProgressBar::with_draw_target(
+                    Some(plan.cfg.epochs as u64),
+                    ProgressDrawTarget::stderr(),
+                )
             } else {
                 ProgressBar::hidden()
             };
@@ -353,75 +330,29 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
                 ProgressStyle::with_template("epoch {pos}/{len} [{wide_bar}] {msg} eta {eta}")
                     .expect("valid template"),
             );
-            let on_epoch = |m: &linear::EpochMetrics, head: &burn::nn::Linear<B>| {
-                let line = serde_json::to_string(m).expect("serializable");
-                bar.inc(1);
-                bar.set_message(format!(
-                    "loss {:.4} top-1 {:.2} top-5 {:.2} {:.0} img/s",
-                    m.loss, m.top1, m.top5, m.images_per_second
-                ));
-                bar.suspend(|| println!("{line}"));
-                history.push(m.clone());
-                lines.push_str(&line);
-                lines.push('\n');
-                let mut save = |name: &str| {
-                    if let Err(e) = linear::save_classifier(&output_dir.join(name), head) {
-                        failure.get_or_insert(e);
-                    }
-                };
-                save("last.safetensors");
-                if m.top1 > best {
-                    best = m.top1;
-                    save("best.safetensors");
-                }
-                if let Err(e) = std::fs::write(&metrics_path, &lines) {
-                    failure.get_or_insert(format!("{}: {e}", metrics_path.display()));
-                }
-            };
-            if cache_features {
-                let t = EvalTransform::Val {
-                    resize: cfg.val_resize,
-                    size: cfg.val_size,
-                };
-                let lc = loader_cfg(&common);
-                let classes = train.classes.len();
-                let ft =
-                    swav::eval::dataset_features(&model, train, t, cfg.mean, cfg.std, &lc, &device);
-                let fv =
-                    swav::eval::dataset_features(&model, val, t, cfg.mean, cfg.std, &lc, &device);
-                linear::train_cached::<Autodiff<B>>(&ft, &fv, classes, &cfg, &device, on_epoch);
-            } else {
-                linear::train::<Autodiff<B>>(
-                    &model,
-                    config.backbone.feature_dim(),
-                    train,
-                    val,
-                    &cfg,
-                    &device,
-                    on_epoch,
-                );
-            }
+            let summary = lincls::run(
+                &model,
+                feature_dim,
+                plan,
+                cache_features,
+                &device,
+                &mut |m| {
+                    bar.inc(1);
+                    bar.set_message(format!(
+                        "loss {:.4} top-1 {:.2} top-5 {:.2} {:.0} img/s",
+                        m.loss, m.top1, m.top5, m.images_per_second
+                    ));
+                    let line = serde_json::to_string(m).expect("plain numbers serialise");
+                    bar.suspend(|| println!("{line}"));
+                },
+            );
             bar.finish_and_clear();
-            if let Some(e) = failure {
-                return Err(e);
-            }
-            let curve = |title: &str, f: fn(&linear::EpochMetrics) -> f64| swav::plot::Panel {
-                title: title.into(),
-                points: history.iter().map(|m| (m.epoch as f64, f(m))).collect(),
-            };
-            let plot = output_dir.join("curves.png");
-            swav::plot::write_png(
-                &plot,
-                &[
-                    curve("loss per epoch", |m| m.loss),
-                    curve("top-1 per epoch", |m| m.top1),
-                    curve("top-5 per epoch", |m| m.top5),
-                ],
-            )?;
+            let summary = summary?;
             eprintln!(
-                "swav-lincls event=done best_top1={best:.2} output={} plot={}",
-                output_dir.display(),
-                plot.display()
+                "swav-lincls event=done best_top1={:.2} output={} plot={}",
+                summary.best_top1,
+                summary.output_dir.display(),
+                summary.plot.display()
             );
             Ok(())
         }
@@ -433,14 +364,7 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
             let (model, _) = backbone::<B>(&common, &device)?;
             let head = linear::load_classifier::<B>(&cls, &device)?;
             let val = image_folder(&data.join("val"))?;
-            let cfg = LinearEvalConfig {
-                batch_size: common.batch_size.max(1),
-                val_resize: common.resize,
-                val_size: common.size,
-                workers: loader_cfg(&common).workers,
-                ..Default::default()
-            };
-            let (top1, top5) = linear::evaluate(&model, &head, val, &cfg, &device);
+            let (top1, top5) = linear::evaluate(&model, &head, val, &eval_config(&common), &device);
             println!("{}", serde_json::json!({"top1": top1, "top5": top5}));
             Ok(())
         }

@@ -3,6 +3,7 @@
 //! on L2-normalised features; Wu et al. 2018, as in DINO's `eval_knn.py`).
 
 pub mod config;
+pub mod lincls;
 pub mod linear;
 
 use crate::data::dataset::Dataset;

@@ -546,13 +546,13 @@ fn train_extract_and_knn_through_the_binaries() {
     }
     let o = cli(LINCLS, &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let last = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
-    let m: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    let m: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(m["epoch"], 1);
+    // metrics.jsonl: the printed lines, one per epoch.
+    let metrics = std::fs::read_to_string(d("lincls/metrics.jsonl")).unwrap();
+    assert_eq!(metrics, stdout);
+    assert_eq!(metrics.lines().count(), 2);
     assert!(Path::new(&d("lincls/best.safetensors")).is_file());
     assert!(Path::new(&d("lincls/curves.png")).is_file());
     // PASSL's --load best --evaluate-only.

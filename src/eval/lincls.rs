@@ -1,0 +1,197 @@
+//! A linear-evaluation run, the job of `swav-lincls train` (PASSL's `tools/train.py -c
+//! swav_clas_r50.yaml`): settings from the config file and the command line, the classifier
+//! trained on the frozen backbone (or on features computed once), and in the output folder
+//! `last.safetensors`, `best.safetensors` (highest top-1), `metrics.jsonl` (a line per epoch,
+//! written as it ends) and `curves.png`.
+
+use super::config::ClasConfig;
+use super::linear::{self, EpochMetrics, LinearEvalConfig};
+use crate::data::dataset::Dataset;
+use crate::data::loader::LoaderConfig;
+use crate::data::multicrop::EvalTransform;
+use crate::model::swav::Swav;
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where a run writes when neither the command line nor a config file says.
+pub const DEFAULT_OUTPUT_DIR: &str = "lincls-out";
+
+/// What the command line asked for. A config file replaces `base`; each flag given replaces
+/// the file's value.
+#[derive(Debug, Clone, Default)]
+pub struct LinclsRequest {
+    /// PASSL's `swav_clas_r50.yaml` keys.
+    pub config: Option<PathBuf>,
+    /// `key=value` overrides of the config file.
+    pub overrides: Vec<String>,
+    /// A folder with `train/` and `val/` ImageFolders (else the config's dataroots).
+    pub data: Option<PathBuf>,
+    pub output_dir: Option<PathBuf>,
+    pub epochs: Option<usize>,
+    pub lr: Option<f64>,
+    pub weight_decay: Option<f32>,
+    pub train_size: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+/// A run with its settings and data resolved.
+#[derive(Debug, Clone)]
+pub struct LinclsPlan {
+    pub cfg: LinearEvalConfig,
+    pub train: Arc<Dataset>,
+    pub val: Arc<Dataset>,
+    pub output_dir: PathBuf,
+}
+
+/// What a finished run left.
+#[derive(Debug, Clone)]
+pub struct LinclsSummary {
+    pub best_top1: f64,
+    pub history: Vec<EpochMetrics>,
+    pub output_dir: PathBuf,
+    pub plot: PathBuf,
+}
+
+impl LinclsRequest {
+    /// Settings and data for a backbone giving `feature_dim` features; `base` holds the
+    /// settings used without a config file.
+    pub fn resolve(
+        &self,
+        base: LinearEvalConfig,
+        feature_dim: usize,
+    ) -> Result<LinclsPlan, String> {
+        let (mut cfg, mut output_dir, folders) = match &self.config {
+            Some(path) => {
+                let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+                let c = ClasConfig::load(path, &self.overrides).map_err(|e| e.to_string())?;
+                let cfg = c.linear_eval().map_err(|e| at(&e))?;
+                if c.model.head.in_channels != feature_dim {
+                    return Err(at(&format!(
+                        "model.head.in_channels is {} but the backbone gives {feature_dim} features",
+                        c.model.head.in_channels
+                    )));
+                }
+                (cfg, PathBuf::from(&c.output_dir), Some(c.data()))
+            }
+            None => (base, PathBuf::from(DEFAULT_OUTPUT_DIR), None),
+        };
+        let (train, val) = match (&self.data, folders) {
+            (Some(d), _) => (d.join("train"), d.join("val")),
+            (None, Some(f)) => f,
+            (None, None) => return Err("give --data DIR or a config file (-c)".into()),
+        };
+        cfg.epochs = self.epochs.unwrap_or(cfg.epochs);
+        cfg.lr = self.lr.unwrap_or(cfg.lr);
+        cfg.weight_decay = self.weight_decay.unwrap_or(cfg.weight_decay);
+        cfg.train_size = self.train_size.unwrap_or(cfg.train_size);
+        cfg.seed = self.seed.unwrap_or(cfg.seed);
+        if let Some(d) = &self.output_dir {
+            output_dir = d.clone();
+        }
+        Ok(LinclsPlan {
+            cfg,
+            train: image_folder(&train)?,
+            val: image_folder(&val)?,
+            output_dir,
+        })
+    }
+}
+
+/// An ImageFolder (classes sorted by name → labels).
+pub fn image_folder(root: &Path) -> Result<Arc<Dataset>, String> {
+    Dataset::image_folder(root)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+/// Train the classifier of `plan` on `backbone` (giving `feature_dim` features) and write the
+/// run's files; `on_epoch` sees each epoch's numbers after they are written. With
+/// `cache_features` the features are computed once with the evaluation transform.
+pub fn run<B: Backend>(
+    backbone: &Swav<B>,
+    feature_dim: usize,
+    plan: LinclsPlan,
+    cache_features: bool,
+    device: &B::Device,
+    on_epoch: &mut dyn FnMut(&EpochMetrics),
+) -> Result<LinclsSummary, String> {
+    let LinclsPlan {
+        cfg,
+        train,
+        val,
+        output_dir,
+    } = plan;
+    let at = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    std::fs::create_dir_all(&output_dir).map_err(|e| at(&output_dir, e))?;
+    let metrics_path = output_dir.join("metrics.jsonl");
+    let mut metrics = std::fs::File::create(&metrics_path).map_err(|e| at(&metrics_path, e))?;
+    let mut best = f64::NEG_INFINITY;
+    let mut failure = None;
+    let mut history: Vec<EpochMetrics> = Vec::new();
+    let mut record = |m: &EpochMetrics, head: &burn::nn::Linear<B>| {
+        let mut save = |name: &str| {
+            if let Err(e) = linear::save_classifier(&output_dir.join(name), head) {
+                failure.get_or_insert(e);
+            }
+        };
+        save("last.safetensors");
+        if m.top1 > best {
+            best = m.top1;
+            save("best.safetensors");
+        }
+        let line = serde_json::to_string(m).expect("plain numbers serialise");
+        if let Err(e) = writeln!(metrics, "{line}").and_then(|()| metrics.flush()) {
+            failure.get_or_insert(at(&metrics_path, e));
+        }
+        history.push(m.clone());
+        on_epoch(m);
+    };
+    if cache_features {
+        let transform = EvalTransform::Val {
+            resize: cfg.val_resize,
+            size: cfg.val_size,
+        };
+        let lc = loader_config(&cfg);
+        let classes = train.classes.len();
+        let ft =
+            super::dataset_features(backbone, train, transform, cfg.mean, cfg.std, &lc, device);
+        let fv = super::dataset_features(backbone, val, transform, cfg.mean, cfg.std, &lc, device);
+        linear::train_cached::<Autodiff<B>>(&ft, &fv, classes, &cfg, device, &mut record);
+    } else {
+        linear::train::<Autodiff<B>>(backbone, feature_dim, train, val, &cfg, device, &mut record);
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let curve = |title: &str, f: fn(&EpochMetrics) -> f64| crate::plot::Panel {
+        title: title.into(),
+        points: history.iter().map(|m| (m.epoch as f64, f(m))).collect(),
+    };
+    let plot = output_dir.join("curves.png");
+    crate::plot::write_png(
+        &plot,
+        &[
+            curve("loss per epoch", |m| m.loss),
+            curve("top-1 per epoch", |m| m.top1),
+            curve("top-5 per epoch", |m| m.top5),
+        ],
+    )?;
+    Ok(LinclsSummary {
+        best_top1: best,
+        history,
+        output_dir,
+        plot,
+    })
+}
+
+/// The loader for computing features with `cfg`'s batch size and workers.
+pub fn loader_config(cfg: &LinearEvalConfig) -> LoaderConfig {
+    LoaderConfig {
+        batch_size: cfg.batch_size.max(1),
+        workers: cfg.workers.max(1),
+        ..Default::default()
+    }
+}
