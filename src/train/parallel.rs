@@ -3,7 +3,7 @@
 //! runs over the rows of all devices together (its sums are global, as in main_swav.py's
 //! `distributed_sinkhorn`); each device back-propagates its own loss; the gradients are
 //! averaged on the first device (DDP's all-reduce). BatchNorm statistics are per device (no
-//! synchronised BatchNorm in Burn 0.21). With one device this is exactly [`super::step::swav_step`].
+//! synchronised BatchNorm in Burn 0.21). With one device it is [`super::step::swav_step`].
 
 use super::step::{self, Queue, SwavLoss};
 use crate::model::swav::Swav;
@@ -81,6 +81,15 @@ pub fn step<A: AutodiffBackend>(
     loss: &SwavLoss,
     mut queues: Option<&mut [Queue]>,
 ) -> ParallelStep {
+    if let [only] = crops {
+        // One device: the single-worker step the parity tests check against PyTorch.
+        let queue = queues.and_then(|q| q.first_mut());
+        let out = step::swav_step(model, only, groups, loss, queue);
+        return ParallelStep {
+            loss: step::scalar(out.loss.clone()),
+            grads: GradientsParams::from_grads(out.loss.backward(), model),
+        };
+    }
     let n = devices.len();
     let replicas: Vec<Swav<A>> = (0..n)
         .map(|w| {
@@ -129,15 +138,13 @@ pub fn step<A: AutodiffBackend>(
             g.to_device(&devices[0], r)
         });
     }
-    let grads = if n == 1 {
-        grads.pop().expect("one device")
-    } else {
-        let mut mean = MeanGrads {
-            parts: grads,
-            out: GradientsParams::new(),
-        };
-        model.visit(&mut mean);
-        mean.out
+    let mut mean = MeanGrads {
+        parts: grads,
+        out: GradientsParams::new(),
     };
-    ParallelStep { loss: value, grads }
+    model.visit(&mut mean);
+    ParallelStep {
+        loss: value,
+        grads: mean.out,
+    }
 }
