@@ -8,17 +8,20 @@
 
 use super::config::{ConfigError, TrainConfig};
 use super::diagnostics;
+use super::lars::Lars;
 use super::parallel;
 use super::schedule::LrSchedule;
 use super::state::{self, EpochRecord, TrainState};
 use super::step::{self, Queue};
 use crate::data::dataset::Dataset;
-use crate::data::device::DeviceLoader;
+use crate::data::device::{DeviceBatch, DeviceLoader};
 use crate::data::loader::{Loader, LoaderConfig, Pipeline};
+use crate::data::multicrop::MultiCrop;
 use crate::data::synthetic;
-use crate::model::swav::Swav;
+use crate::model::swav::{Swav, SwavConfig};
 use crate::model::{load, record};
 use burn::module::{AutodiffModule, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
@@ -154,6 +157,9 @@ impl Metrics {
     }
 }
 
+/// The optimizer: LARS over every parameter of the model.
+type SwavOptimizer<A> = OptimizerAdaptor<Lars<<A as AutodiffBackend>::InnerBackend>, Swav<A>, A>;
+
 /// Train as `cfg` says on `devices` (the first holds the master copy).
 pub fn train<A: AutodiffBackend>(
     cfg: &TrainConfig,
@@ -171,225 +177,295 @@ where
     let output = PathBuf::from(&cfg.output_dir);
     std::fs::create_dir_all(&output)
         .map_err(|e| TrainError::Data(format!("{}: {e}", output.display())))?;
-    let existing = state::latest(&output);
-    if existing.is_some() && !opts.resume {
-        return Err(TrainError::Checkpoint(format!(
-            "{}: holds checkpoints of an earlier run; pass --resume to continue it or choose another output_dir",
-            state::checkpoints_dir(&output).display()
-        )));
-    }
-    if existing.is_none() && opts.resume {
-        return Err(TrainError::Checkpoint(format!(
-            "{}: no checkpoint to resume from",
-            state::checkpoints_dir(&output).display()
-        )));
-    }
-
-    let root = data_root(cfg)?;
-    let ds = Arc::new(Dataset::open(&root).map_err(|e| TrainError::Data(e.to_string()))?);
-    let n_dev = devices.len();
-    let per_device = cfg.dataloader.train.sampler.batch_size;
-    let d = &cfg.dataloader.train.dataset;
-    let mc = cfg.multicrop()?;
-    let mut lc = LoaderConfig {
-        batch_size: per_device * n_dev,
-        shuffle: cfg.dataloader.train.sampler.shuffle,
-        drop_last: cfg.dataloader.train.sampler.drop_last,
-        seed: cfg.seed,
-        ..Default::default()
-    };
-    let workers = opts
-        .workers
-        .unwrap_or(cfg.dataloader.train.loader.num_workers);
-    if workers > 0 {
-        lc.workers = workers;
-    }
-    let iters = if lc.drop_last {
-        ds.len() / lc.batch_size
-    } else {
-        ds.len().div_ceil(lc.batch_size)
-    };
-    if iters == 0 {
-        return Err(TrainError::Data(format!(
-            "{}: {} images, fewer than one global batch of {}",
-            root.display(),
-            ds.len(),
-            lc.batch_size
-        )));
-    }
-    let lr = &cfg.lr_scheduler;
-    let schedule = LrSchedule::new(
-        lr.start_lr,
-        lr.learning_rate,
-        lr.eta_min,
-        lr.warmup_epochs(cfg.epochs),
-        cfg.epochs,
-        iters,
-    );
-    let loss_cfg = cfg.swav_loss();
-    let groups = cfg.crop_groups();
-    let lars = cfg.lars();
-    let model_cfg = cfg.model_config()?;
-    let dev0 = &devices[0];
-    let optim = lars.init::<A, Swav<A>>();
-    let mut pretrained = None;
-    let (mut model, mut optim, mut st, mut queues) = match existing {
-        Some(dir) => {
-            let (loaded, optim) =
-                state::load::<A, Swav<A>, _>(&dir, optim, dev0).map_err(TrainError::Checkpoint)?;
-            if loaded.config != model_cfg {
-                return Err(TrainError::Checkpoint(format!(
-                    "{}: the checkpoint's model differs from the config's",
-                    dir.display()
-                )));
-            }
-            if loaded.queues.is_some() && loaded.state.devices != n_dev {
-                return Err(TrainError::Checkpoint(format!(
-                    "{}: its queue is split over {} devices, this run has {n_dev}",
-                    dir.display(),
-                    loaded.state.devices
-                )));
-            }
-            (loaded.model, optim, loaded.state, loaded.queues)
-        }
-        None => {
-            A::seed(dev0, cfg.seed);
-            let state = TrainState {
-                format: state::FORMAT.into(),
-                epoch: 0,
-                iteration: 0,
-                config: cfg.to_yaml(),
-                queue: None,
-                devices: n_dev,
-                history: Vec::new(),
-            };
-            let model = model_cfg.init_now::<A>(dev0);
-            let model = match &opts.pretrained {
-                Some(p) => {
-                    let (m, summary) = init_from(model, p, dev0)?;
-                    pretrained = Some(Event::Pretrained {
-                        path: p.clone(),
-                        summary,
-                    });
-                    m
-                }
-                None => model,
-            };
-            (model, optim, state, None)
-        }
-    };
+    let existing = previous_checkpoint(&output, opts.resume)?;
+    let data = TrainData::open(cfg, devices.len(), opts.workers)?;
+    let (start, pretrained) = start::<A>(cfg, devices, existing, opts.pretrained.as_deref())?;
     let config_path = output.join("config.yaml");
     crate::atomic::write_bytes(&config_path, cfg.to_yaml().as_bytes())
         .map_err(|e| TrainError::Data(format!("{}: {e}", config_path.display())))?;
-    let mut metrics = Metrics::open(&output)?;
-    let mut emit = |e: Event, metrics: &mut Metrics| {
-        metrics.write(&e);
-        on_event(&e);
+    let lr = &cfg.lr_scheduler;
+    let mut run = Run {
+        schedule: LrSchedule::new(
+            lr.start_lr,
+            lr.learning_rate,
+            lr.eta_min,
+            lr.warmup_epochs(cfg.epochs),
+            cfg.epochs,
+            data.iterations,
+        ),
+        loss: cfg.swav_loss(),
+        groups: cfg.crop_groups(),
+        model_cfg: cfg.model_config()?,
+        frozen_ids: prototype_ids(&start.model),
+        metrics: Metrics::open(&output)?,
+        cfg,
+        devices,
+        output,
+        data,
+        optim: start.optim,
+        st: start.state,
+        queues: start.queues,
+        on_event,
     };
-    emit(
-        Event::Start {
-            images: ds.len(),
-            devices: n_dev,
-            global_batch: lc.batch_size,
-            iterations_per_epoch: iters,
-            start_epoch: st.epoch,
-            epochs: cfg.epochs,
-        },
-        &mut metrics,
-    );
+    run.emit(Event::Start {
+        images: run.data.set.len(),
+        devices: devices.len(),
+        global_batch: run.data.loader.batch_size,
+        iterations_per_epoch: run.data.iterations,
+        start_epoch: run.st.epoch,
+        epochs: cfg.epochs,
+    });
     if let Some(e) = pretrained {
-        emit(e, &mut metrics);
+        run.emit(e);
     }
-
-    let h = &cfg.model.head;
-    let frozen_ids = prototype_ids(&model);
     let last_epoch = opts
         .max_epochs
-        .map_or(cfg.epochs, |m| (st.epoch + m).min(cfg.epochs));
+        .map_or(cfg.epochs, |m| (run.st.epoch + m).min(cfg.epochs));
+    // The model is passed through the steps by value, so that the optimizer owns its
+    // parameters while it updates them.
+    let mut model = start.model;
     let mut checkpoint = None;
-    for epoch in st.epoch..last_epoch {
-        if h.queue_length > 0 && epoch >= h.epoch_queue_starts && queues.is_none() {
-            let q = Queue::new(h.crops_for_assign.len(), h.queue_length / n_dev, h.feat_dim);
-            queues = Some(vec![q; n_dev]);
+    for epoch in run.st.epoch..last_epoch {
+        let rec;
+        (model, rec) = run.epoch(model, epoch)?;
+        let before = run.st.history.last().map(|r| r.loss);
+        run.st.history.push(rec.clone());
+        run.st.epoch = epoch + 1;
+        run.emit(Event::Epoch(rec.clone()));
+        for w in diagnostics::after_epoch(cfg, epoch, before, rec.loss) {
+            run.emit(Event::Warning {
+                message: w.to_string(),
+            });
         }
-        for q in queues.iter_mut().flatten() {
+        if run.st.epoch.is_multiple_of(cfg.checkpoint.interval) || run.st.epoch == last_epoch {
+            checkpoint = Some(run.checkpoint(&model)?);
+        }
+    }
+    Ok(TrainSummary {
+        history: run.st.history,
+        checkpoint,
+        output: run.output,
+    })
+}
+
+/// The latest checkpoint in `output` when resuming; an error when resuming without one, or
+/// when starting over one (a new run never overwrites an old one).
+fn previous_checkpoint(output: &Path, resume: bool) -> Result<Option<PathBuf>, TrainError> {
+    let existing = state::latest(output);
+    let dir = || state::checkpoints_dir(output).display().to_string();
+    match (&existing, resume) {
+        (Some(_), false) => Err(TrainError::Checkpoint(format!(
+            "{}: holds checkpoints of an earlier run; pass --resume to continue it or choose another output_dir",
+            dir()
+        ))),
+        (None, true) => Err(TrainError::Checkpoint(format!(
+            "{}: no checkpoint to resume from",
+            dir()
+        ))),
+        _ => Ok(existing),
+    }
+}
+
+/// The training images and how they are loaded.
+struct TrainData {
+    set: Arc<Dataset>,
+    multicrop: MultiCrop,
+    /// The global batch: `batch_size` images per device.
+    loader: LoaderConfig,
+    iterations: usize,
+}
+
+impl TrainData {
+    fn open(
+        cfg: &TrainConfig,
+        devices: usize,
+        workers: Option<usize>,
+    ) -> Result<TrainData, TrainError> {
+        let root = data_root(cfg)?;
+        let set = Arc::new(Dataset::open(&root).map_err(|e| TrainError::Data(e.to_string()))?);
+        let sampler = &cfg.dataloader.train.sampler;
+        let mut loader = LoaderConfig {
+            batch_size: sampler.batch_size * devices,
+            shuffle: sampler.shuffle,
+            drop_last: sampler.drop_last,
+            seed: cfg.seed,
+            ..Default::default()
+        };
+        let workers = workers.unwrap_or(cfg.dataloader.train.loader.num_workers);
+        if workers > 0 {
+            loader.workers = workers;
+        }
+        let iterations = if loader.drop_last {
+            set.len() / loader.batch_size
+        } else {
+            set.len().div_ceil(loader.batch_size)
+        };
+        if iterations == 0 {
+            return Err(TrainError::Data(format!(
+                "{}: {} images, fewer than one global batch of {}",
+                root.display(),
+                set.len(),
+                loader.batch_size
+            )));
+        }
+        Ok(TrainData {
+            set,
+            multicrop: cfg.multicrop()?,
+            loader,
+            iterations,
+        })
+    }
+}
+
+/// Where a run starts: a checkpoint's model, optimizer, state and queue, or a fresh
+/// (seeded, optionally `pretrained`) model.
+struct Start<A: AutodiffBackend> {
+    model: Swav<A>,
+    optim: SwavOptimizer<A>,
+    state: TrainState,
+    queues: Option<Vec<Queue>>,
+}
+
+fn start<A: AutodiffBackend>(
+    cfg: &TrainConfig,
+    devices: &[A::Device],
+    existing: Option<PathBuf>,
+    pretrained: Option<&Path>,
+) -> Result<(Start<A>, Option<Event>), TrainError> {
+    let (dev0, n_dev) = (&devices[0], devices.len());
+    let model_cfg = cfg.model_config()?;
+    let optim = cfg.lars().init::<A, Swav<A>>();
+    if let Some(dir) = existing {
+        let (loaded, optim) =
+            state::load::<A, Swav<A>, _>(&dir, optim, dev0).map_err(TrainError::Checkpoint)?;
+        if loaded.config != model_cfg {
+            return Err(TrainError::Checkpoint(format!(
+                "{}: the checkpoint's model differs from the config's",
+                dir.display()
+            )));
+        }
+        if loaded.queues.is_some() && loaded.state.devices != n_dev {
+            return Err(TrainError::Checkpoint(format!(
+                "{}: its queue is split over {} devices, this run has {n_dev}",
+                dir.display(),
+                loaded.state.devices
+            )));
+        }
+        let start = Start {
+            model: loaded.model,
+            optim,
+            state: loaded.state,
+            queues: loaded.queues,
+        };
+        return Ok((start, None));
+    }
+    A::seed(dev0, cfg.seed);
+    let mut model = model_cfg.init_now::<A>(dev0);
+    let mut event = None;
+    if let Some(p) = pretrained {
+        let summary;
+        (model, summary) = init_from(model, p, dev0)?;
+        event = Some(Event::Pretrained {
+            path: p.to_path_buf(),
+            summary,
+        });
+    }
+    let state = TrainState {
+        format: state::FORMAT.into(),
+        epoch: 0,
+        iteration: 0,
+        config: cfg.to_yaml(),
+        queue: None,
+        devices: n_dev,
+        history: Vec::new(),
+    };
+    let start = Start {
+        model,
+        optim,
+        state,
+        queues: None,
+    };
+    Ok((start, event))
+}
+
+/// A run in progress: what the loop reads and what it changes.
+struct Run<'a, A: AutodiffBackend> {
+    cfg: &'a TrainConfig,
+    devices: &'a [A::Device],
+    output: PathBuf,
+    data: TrainData,
+    schedule: LrSchedule,
+    loss: step::SwavLoss,
+    groups: Vec<std::ops::Range<usize>>,
+    model_cfg: SwavConfig,
+    /// The prototypes' parameters, whose gradients are dropped while frozen.
+    frozen_ids: Vec<ParamId>,
+    optim: SwavOptimizer<A>,
+    st: TrainState,
+    queues: Option<Vec<Queue>>,
+    metrics: Metrics,
+    on_event: &'a mut dyn FnMut(&Event),
+}
+
+impl<A: AutodiffBackend> Run<'_, A>
+where
+    A::Device: Send + 'static,
+{
+    /// Record an event in `metrics.jsonl` and pass it to the caller.
+    fn emit(&mut self, e: Event) {
+        self.metrics.write(&e);
+        (self.on_event)(&e);
+    }
+
+    /// One epoch over the data set.
+    fn epoch(
+        &mut self,
+        mut model: Swav<A>,
+        epoch: usize,
+    ) -> Result<(Swav<A>, EpochRecord), TrainError> {
+        let (h, n_dev) = (&self.cfg.model.head, self.devices.len());
+        if h.queue_length > 0 && epoch >= h.epoch_queue_starts && self.queues.is_none() {
+            let q = Queue::new(h.crops_for_assign.len(), h.queue_length / n_dev, h.feat_dim);
+            self.queues = Some(vec![q; n_dev]);
+        }
+        for q in self.queues.iter_mut().flatten() {
             q.in_use = false;
         }
-        let loader = Loader::new(
-            ds.clone(),
-            Pipeline::MultiCrop(mc.clone()),
-            &lc,
-            epoch as u64,
-        );
+        let d = &self.data;
+        let pipeline = Pipeline::MultiCrop(d.multicrop.clone());
+        let loader = Loader::new(d.set.clone(), pipeline, &d.loader, epoch as u64);
         let skipped = loader.skipped.clone();
         let mut reported = 0;
         let started = Instant::now();
-        let (mut loss_sum, mut steps, mut images) = (0.0, 0usize, 0usize);
-        let mut last_lr = 0.0;
-        for (step_in_epoch, batch) in DeviceLoader::<A>::new(loader, dev0.clone()).enumerate() {
+        let (mut loss_sum, mut steps, mut images, mut last_lr) = (0.0, 0usize, 0usize, 0.0);
+        let batches = DeviceLoader::<A>::new(loader, self.devices[0].clone());
+        for (step_in_epoch, batch) in batches.enumerate() {
+            let (it, rate) = (self.st.iteration, self.schedule.at(self.st.iteration));
+            self.st.iteration += 1;
             let n = batch.samples.len();
-            let it = st.iteration;
-            let rate = schedule.at(it);
-            st.iteration += 1;
             if n < 2 * n_dev {
-                emit(
-                    Event::Warning {
-                        message: format!(
-                            "iteration {it}: batch of {n} images after unreadable ones were skipped: step skipped"
-                        ),
-                    },
-                    &mut metrics,
-                );
+                self.emit(Event::Warning {
+                    message: format!(
+                        "iteration {it}: batch of {n} images after unreadable ones were skipped: step skipped"
+                    ),
+                });
                 continue;
             }
-            model = step::normalize_prototypes(model);
-            let shards = parallel::split_batch(&batch.crops, &d.num_crops, devices);
-            let out = parallel::step(
-                &model,
-                devices,
-                &shards,
-                &groups,
-                &loss_cfg,
-                queues.as_deref_mut(),
-            );
-            let value = out.loss;
-            let mut grads = out.grads;
-            if !value.is_finite() {
-                let images: Vec<String> = batch
-                    .samples
-                    .iter()
-                    .map(|&s| ds.samples[s].path.display().to_string())
-                    .collect();
-                return Err(dump_non_finite(
-                    &model, &model_cfg, &output, it, epoch, &images,
-                ));
-            }
-            let frozen = it < cfg.optimizer_config.freeze_prototypes_iters;
-            if frozen {
-                for id in &frozen_ids {
-                    grads.remove::<A::InnerBackend, 2>(*id);
-                }
-            }
-            model = optim.step(rate, model, grads);
-            loss_sum += value;
-            steps += 1;
-            images += n;
-            last_lr = rate;
-            let interval = cfg.log_config.interval.max(1);
-            if step_in_epoch % interval == 0 || step_in_epoch + 1 == iters {
-                emit(
-                    Event::Iteration {
-                        epoch,
-                        iteration: it,
-                        step_in_epoch,
-                        loss: value,
-                        lr: rate,
-                        images_per_second: images as f64 / started.elapsed().as_secs_f64(),
-                        queue: queues.as_ref().is_some_and(|q| q[0].in_use),
-                        prototypes_frozen: frozen,
-                    },
-                    &mut metrics,
-                );
+            let value;
+            (model, value) = self.step(model, &batch, epoch, it, rate)?;
+            (loss_sum, steps, images, last_lr) = (loss_sum + value, steps + 1, images + n, rate);
+            let interval = self.cfg.log_config.interval.max(1);
+            if step_in_epoch % interval == 0 || step_in_epoch + 1 == self.data.iterations {
+                self.emit(Event::Iteration {
+                    epoch,
+                    iteration: it,
+                    step_in_epoch,
+                    loss: value,
+                    lr: rate,
+                    images_per_second: images as f64 / started.elapsed().as_secs_f64(),
+                    queue: self.queues.as_ref().is_some_and(|q| q[0].in_use),
+                    prototypes_frozen: self.frozen(it),
+                });
             }
             let new = skipped
                 .lock()
@@ -397,7 +473,7 @@ where
                 .unwrap_or_default();
             for (path, error) in new {
                 reported += 1;
-                emit(Event::SkippedImage { path, error }, &mut metrics);
+                self.emit(Event::SkippedImage { path, error });
             }
         }
         let rec = EpochRecord {
@@ -406,42 +482,79 @@ where
             lr: last_lr,
             images_per_second: images as f64 / started.elapsed().as_secs_f64(),
         };
-        let before = st.history.last().map(|r| r.loss);
-        st.history.push(rec.clone());
-        st.epoch = epoch + 1;
-        emit(Event::Epoch(rec.clone()), &mut metrics);
-        for w in diagnostics::after_epoch(cfg, epoch, before, rec.loss) {
-            emit(
-                Event::Warning {
-                    message: w.to_string(),
-                },
-                &mut metrics,
-            );
-        }
-        if st.epoch % cfg.checkpoint.interval == 0 || st.epoch == last_epoch {
-            st.queue = queues
-                .as_ref()
-                .map(|q| [q[0].rows.len(), q[0].len, q[0].dim]);
-            st.devices = n_dev;
-            let path = state::save::<A, Swav<A>, _>(
-                &output,
-                &model,
-                &model_cfg,
-                &optim,
-                queues.as_deref(),
-                &st,
-                cfg.checkpoint.keep,
-            )
-            .map_err(TrainError::Checkpoint)?;
-            emit(Event::Checkpoint { path: path.clone() }, &mut metrics);
-            checkpoint = Some(path);
-        }
+        Ok((model, rec))
     }
-    Ok(TrainSummary {
-        history: st.history,
-        checkpoint,
-        output,
-    })
+
+    /// Whether the prototypes are frozen at iteration `it`.
+    fn frozen(&self, it: usize) -> bool {
+        it < self.cfg.optimizer_config.freeze_prototypes_iters
+    }
+
+    /// One optimisation step at learning rate `rate`: the updated model and the loss, or a
+    /// dump and an error when the loss is not finite.
+    fn step(
+        &mut self,
+        model: Swav<A>,
+        batch: &DeviceBatch<A>,
+        epoch: usize,
+        it: usize,
+        rate: f64,
+    ) -> Result<(Swav<A>, f64), TrainError> {
+        let model = step::normalize_prototypes(model);
+        let num_crops = &self.cfg.dataloader.train.dataset.num_crops;
+        let shards = parallel::split_batch(&batch.crops, num_crops, self.devices);
+        let out = parallel::step(
+            &model,
+            self.devices,
+            &shards,
+            &self.groups,
+            &self.loss,
+            self.queues.as_deref_mut(),
+        );
+        if !out.loss.is_finite() {
+            let images: Vec<String> = batch
+                .samples
+                .iter()
+                .map(|&s| self.data.set.samples[s].path.display().to_string())
+                .collect();
+            return Err(dump_non_finite(
+                &model,
+                &self.model_cfg,
+                &self.output,
+                it,
+                epoch,
+                &images,
+            ));
+        }
+        let mut grads = out.grads;
+        if self.frozen(it) {
+            for id in &self.frozen_ids {
+                grads.remove::<A::InnerBackend, 2>(*id);
+            }
+        }
+        Ok((self.optim.step(rate, model, grads), out.loss))
+    }
+
+    /// Write a checkpoint of the run as it stands.
+    fn checkpoint(&mut self, model: &Swav<A>) -> Result<PathBuf, TrainError> {
+        self.st.queue = self
+            .queues
+            .as_ref()
+            .map(|q| [q[0].rows.len(), q[0].len, q[0].dim]);
+        self.st.devices = self.devices.len();
+        let path = state::save::<A, Swav<A>, _>(
+            &self.output,
+            model,
+            &self.model_cfg,
+            &self.optim,
+            self.queues.as_deref(),
+            &self.st,
+            self.cfg.checkpoint.keep,
+        )
+        .map_err(TrainError::Checkpoint)?;
+        self.emit(Event::Checkpoint { path: path.clone() });
+        Ok(path)
+    }
 }
 
 /// Stop on a non-finite loss: name the first parameter holding NaN/inf (else the batch's
