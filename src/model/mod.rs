@@ -1,6 +1,7 @@
 //! The SwAV model in Burn: [`resnet`] (backbone), [`swav`] (projection head, prototypes) and
 //! [`load`] (weights from any checkpoint format, through the layout table).
 
+pub mod batchnorm;
 pub mod load;
 pub mod record;
 pub mod resnet;

@@ -4,10 +4,11 @@
 //! Field names are the Burn layout of [`crate::layout`]: `conv1`, `bn1`,
 //! `layer{1-4}.blocks.{i}.{conv1,bn1,conv2,bn2,conv3,bn3}`, `downsample.{conv,bn}`.
 
+use super::batchnorm::BatchNorm;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::nn::PaddingConfig2d;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -78,7 +79,7 @@ impl ResNetConfig {
                     let s = if i == 0 { stride } else { 1 };
                     let down = (i == 0 && (stride != 1 || inplanes != out)).then(|| Downsample {
                         conv: conv(inplanes, out, 1, s, 0, device),
-                        bn: BatchNormConfig::new(out).init(device),
+                        bn: BatchNorm::new(out, device),
                     });
                     let b = Block::new(self.block, inplanes, planes, s, down, device);
                     inplanes = out;
@@ -94,7 +95,7 @@ impl ResNetConfig {
         let layer4 = stage(w * 8, self.layers[3], 2);
         ResNet {
             conv1: conv(3, w, 7, 2, 3, device),
-            bn1: BatchNormConfig::new(w).init(device),
+            bn1: BatchNorm::new(w, device),
             maxpool: MaxPool2dConfig::new([3, 3])
                 .with_strides([2, 2])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -154,20 +155,20 @@ impl<B: Backend> Block<B> {
         match kind {
             BlockKind::Basic => Block {
                 conv1: conv(inplanes, planes, 3, stride, 1, device),
-                bn1: BatchNormConfig::new(planes).init(device),
+                bn1: BatchNorm::new(planes, device),
                 conv2: conv(planes, planes, 3, 1, 1, device),
-                bn2: BatchNormConfig::new(planes).init(device),
+                bn2: BatchNorm::new(planes, device),
                 conv3: None,
                 bn3: None,
                 downsample,
             },
             BlockKind::Bottleneck => Block {
                 conv1: conv(inplanes, planes, 1, 1, 0, device),
-                bn1: BatchNormConfig::new(planes).init(device),
+                bn1: BatchNorm::new(planes, device),
                 conv2: conv(planes, planes, 3, stride, 1, device),
-                bn2: BatchNormConfig::new(planes).init(device),
+                bn2: BatchNorm::new(planes, device),
                 conv3: Some(conv(planes, planes * 4, 1, 1, 0, device)),
-                bn3: Some(BatchNormConfig::new(planes * 4).init(device)),
+                bn3: Some(BatchNorm::new(planes * 4, device)),
                 downsample,
             },
         }

@@ -6,9 +6,10 @@
 //! Field names are the Burn layout of [`crate::layout`]: `backbone.*`,
 //! `projection_head.{hidden,bn,out}`, `prototypes.heads.{i}`.
 
+use super::batchnorm::BatchNorm;
 use super::resnet::{BlockKind, ResNet, ResNetConfig};
 use burn::module::Module;
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -76,7 +77,7 @@ impl SwavConfig {
             let (hidden, bn, out_in) = match h.hidden {
                 Some(w) => (
                     Some(LinearConfig::new(feat, w).init(device)),
-                    h.bn.then(|| BatchNormConfig::new(w).init(device)),
+                    h.bn.then(|| BatchNorm::new(w, device)),
                     w,
                 ),
                 None => (None, None, feat),

@@ -1,0 +1,186 @@
+//! BatchNorm over the channel dimension (`torch.nn.BatchNorm1d` / `BatchNorm2d`), with the
+//! fields, record and names of Burn's `burn::nn::BatchNorm`, laid out for speed.
+//!
+//! Burn 0.21's CPU backend broadcasts a `[1, C, 1, 1]` operand through a generic strided loop
+//! (~50× slower than a same-shape operation), and Burn's BatchNorm also copies the input
+//! transposed twice for its statistics; broadcasting along the first or the last dimension is
+//! fast. So the input is viewed as `[N, C·HW]`, every per-channel value is laid out as a row
+//! `[1, C·HW]` (a last-dimension broadcast of `[C, 1]` over `[C, HW]`), and the statistics are
+//! sums over the last dimension, then the first. One forward and backward pass of a
+//! `[64, 16, 16, 16]` input: 30 ms with Burn's BatchNorm, 11 ms with this one, on one core.
+//!
+//! On an autodiff backend (training) it normalises with the batch statistics (biased
+//! variance) and updates the running ones as PyTorch does: momentum 0.1, running variance from
+//! the *unbiased* batch variance (Burn's BatchNorm uses the biased one). Otherwise it uses the
+//! running statistics, folded into one scale and shift per channel as PyTorch's CPU kernel does.
+
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::{backend::Backend, Tensor};
+
+/// Batch normalisation of dimension 1 of a `[N, C, ...]` input.
+#[derive(Module, Debug)]
+pub struct BatchNorm<B: Backend> {
+    /// Scale per channel.
+    pub gamma: Param<Tensor<B, 1>>,
+    /// Shift per channel.
+    pub beta: Param<Tensor<B, 1>>,
+    pub running_mean: RunningState<Tensor<B, 1>>,
+    pub running_var: RunningState<Tensor<B, 1>>,
+    /// Weight of the batch statistics in the running ones (PyTorch's convention).
+    pub momentum: f64,
+    pub epsilon: f64,
+}
+
+impl<B: Backend> BatchNorm<B> {
+    /// PyTorch's initial state: scale 1, shift 0, running mean 0 and variance 1, momentum
+    /// 0.1, epsilon 1e-5.
+    pub fn new(features: usize, device: &B::Device) -> Self {
+        BatchNorm {
+            gamma: Param::from_tensor(Tensor::ones([features], device)),
+            beta: Param::from_tensor(Tensor::zeros([features], device)),
+            running_mean: RunningState::new(Tensor::zeros([features], device)),
+            running_var: RunningState::new(Tensor::ones([features], device)),
+            momentum: 0.1,
+            epsilon: 1e-5,
+        }
+    }
+
+    /// Normalise `input` (`[N, C]` or `[N, C, ...]`).
+    pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = input.dims();
+        let (n, c) = (dims[0], dims[1]);
+        let hw: usize = dims[2..].iter().product();
+        let x = input.reshape([n, c * hw]);
+        let gamma = self.gamma.val().reshape([1, c]);
+        let beta = self.beta.val().reshape([1, c]);
+        let y = if B::ad_enabled(&x.device()) {
+            let count = (n * hw) as f64;
+            let channel_sum =
+                |t: Tensor<B, 2>| t.reshape([n * c, hw]).sum_dim(1).reshape([n, c]).sum_dim(0);
+            // `mul_scalar`, not `div_scalar`: Burn 0.21's `div_scalar` backward rounds 1/count to f32.
+            let mean = channel_sum(x.clone()).mul_scalar(1.0 / count);
+            let centered = x - row(mean.clone(), hw);
+            let var = channel_sum(centered.clone().square()).mul_scalar(1.0 / count);
+            self.update_running(mean, var.clone(), count);
+            let scale = gamma * var.add_scalar(self.epsilon).sqrt().recip();
+            centered * row(scale, hw) + row(beta, hw)
+        } else {
+            let device = x.device();
+            let mean = self.running_mean.value().to_device(&device).reshape([1, c]);
+            let var = self.running_var.value().to_device(&device).reshape([1, c]);
+            let scale = gamma * var.add_scalar(self.epsilon).sqrt().recip();
+            let shift = beta - mean * scale.clone();
+            x * row(scale, hw) + row(shift, hw)
+        };
+        y.reshape(dims)
+    }
+
+    /// `running ← (1 − momentum)·running + momentum·batch`, the variance unbiased.
+    fn update_running(&self, mean: Tensor<B, 2>, var: Tensor<B, 2>, count: f64) {
+        let unbiased = if count > 1.0 {
+            count / (count - 1.0)
+        } else {
+            1.0
+        };
+        let blend = |running: &RunningState<Tensor<B, 1>>, batch: Tensor<B, 2>| {
+            let old = running.value_sync().to_device(&batch.device());
+            let batch = batch.detach().reshape([old.dims()[0]]);
+            running.update(
+                old.mul_scalar(1.0 - self.momentum)
+                    .add(batch.mul_scalar(self.momentum))
+                    .detach(),
+            );
+        };
+        blend(&self.running_mean, mean);
+        blend(&self.running_var, var.mul_scalar(unbiased));
+    }
+}
+
+/// Per-channel values `[1, C]` laid out as the row `[1, C·hw]`, each repeated `hw` times.
+fn row<B: Backend>(values: Tensor<B, 2>, hw: usize) -> Tensor<B, 2> {
+    if hw == 1 {
+        return values;
+    }
+    let c = values.dims()[1];
+    (Tensor::ones([c, hw], &values.device()) * values.reshape([c, 1])).reshape([1, c * hw])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::Distribution;
+
+    type A = Autodiff<NdArray<f64>>;
+
+    fn close(a: Tensor<A, 4>, b: Tensor<A, 4>) -> f64 {
+        let (a, b) = (
+            a.into_data().to_vec::<f64>().unwrap(),
+            b.into_data().to_vec::<f64>().unwrap(),
+        );
+        a.iter().zip(&b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+    }
+
+    /// Outputs and input gradients equal Burn's BatchNorm (train and eval mode); running
+    /// statistics follow PyTorch (unbiased variance).
+    #[test]
+    fn matches_burn_batchnorm_and_torch_running_statistics() {
+        let device = Default::default();
+        let x = Tensor::<A, 4>::random([4, 3, 5, 2], Distribution::Normal(1.0, 2.0), &device)
+            .require_grad();
+        let mut ours = BatchNorm::<A>::new(3, &device);
+        use burn::module::AutodiffModule;
+        ours.gamma = Param::from_tensor(Tensor::from_floats([0.5, -1.0, 2.0], &device));
+        ours.beta = Param::from_tensor(Tensor::from_floats([0.1, 0.2, -0.3], &device));
+        let mut theirs = BatchNormConfig::new(3).init::<A>(&device);
+        theirs.gamma = ours.gamma.clone();
+        theirs.beta = ours.beta.clone();
+        let (a, b) = (ours.forward(x.clone()), theirs.forward(x.clone()));
+        assert!(close(a.clone(), b.clone()) < 1e-12);
+        let w = Tensor::<A, 4>::random([4, 3, 5, 2], Distribution::Default, &device);
+        let ga = x.grad(&(a * w.clone()).sum().backward()).unwrap();
+        let gb = x.grad(&(b * w).sum().backward()).unwrap();
+        let diff = ga
+            .into_data()
+            .to_vec::<f64>()
+            .unwrap()
+            .iter()
+            .zip(gb.into_data().to_vec::<f64>().unwrap())
+            .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+        assert!(diff < 1e-12, "input gradients differ by {diff}");
+        // Running variance: Burn's biased one, times n/(n − 1) (n = 40 values per channel).
+        let rv = |t: Tensor<A, 1>| t.into_data().to_vec::<f64>().unwrap();
+        let (ours_rv, theirs_rv) = (
+            rv(ours.running_var.value_sync()),
+            rv(theirs.running_var.value_sync()),
+        );
+        for (o, t) in ours_rv.iter().zip(&theirs_rv) {
+            let expected = 0.9 + (t - 0.9) * 40.0 / 39.0;
+            assert!((o - expected).abs() < 1e-12, "{o} vs {expected}");
+        }
+        let rm = |t: Tensor<A, 1>| t.into_data().to_vec::<f64>().unwrap();
+        let (a, b) = (
+            rm(ours.running_mean.value_sync()),
+            rm(theirs.running_mean.value_sync()),
+        );
+        assert!(
+            a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-12),
+            "{a:?} vs {b:?}"
+        );
+        // Evaluation mode (no autodiff): the running statistics (the same on both sides).
+        theirs.running_mean = RunningState::new(ours.running_mean.value_sync());
+        theirs.running_var = RunningState::new(ours.running_var.value_sync());
+        let (ours, theirs) = (ours.valid(), theirs.valid());
+        let xi = x.inner();
+        let d = ours
+            .forward(xi.clone())
+            .into_data()
+            .to_vec::<f64>()
+            .unwrap()
+            .iter()
+            .zip(theirs.forward(xi).into_data().to_vec::<f64>().unwrap())
+            .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+        assert!(d < 1e-12, "eval outputs differ by {d}");
+    }
+}
