@@ -146,15 +146,10 @@ pub fn center_crop(img: &RgbImage, size: usize) -> RgbImage {
 
 /// Pillow's `Image.blend(a, b, alpha)` per byte: `a + alpha * (b - a)` in single precision,
 /// truncated and clipped (`libImaging/Blend.c` semantics).
+#[inline(always)]
 fn blend(a: u8, b: u8, alpha: f32) -> u8 {
-    let t = a as f32 + alpha * (b as f32 - a as f32);
-    if t <= 0.0 {
-        0
-    } else if t >= 255.0 {
-        255
-    } else {
-        t as u8
-    }
+    // Pillow clips to [0, 255] and truncates: exactly Rust's saturating float-to-int cast.
+    (a as f32 + alpha * (b as f32 - a as f32)) as u8
 }
 
 /// `ImageEnhance.Brightness(img).enhance(f)`: blend with black.
