@@ -67,6 +67,7 @@ impl RgbImage {
 }
 
 /// Pillow's luma (`convert("L")`): ITU-R 601-2 weights in 16-bit fixed point, rounded.
+#[inline(always)]
 pub fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
 }

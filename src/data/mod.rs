@@ -9,5 +9,6 @@ pub mod image;
 pub mod loader;
 pub mod multicrop;
 pub mod rng;
+pub mod simd;
 pub mod synthetic;
 pub mod transforms;

@@ -12,6 +12,7 @@
 
 use super::image::{luma, RgbImage};
 use super::rng::Rng;
+use super::simd::fast;
 use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 /// A crop box in full-image pixel coordinates: top row, left column, height, width.
@@ -155,30 +156,47 @@ fn blend(a: u8, b: u8, alpha: f32) -> u8 {
 /// `ImageEnhance.Brightness(img).enhance(f)`: blend with black.
 pub fn adjust_brightness(img: &mut RgbImage, f: f32) {
     let lut: [u8; 256] = std::array::from_fn(|v| blend(0, v as u8, f));
-    img.data.iter_mut().for_each(|v| *v = lut[*v as usize]);
+    apply_lut(&mut img.data, &lut);
+}
+
+/// Replace every byte by its entry in `lut`.
+fn apply_lut(data: &mut [u8], lut: &[u8; 256]) {
+    fast(
+        #[inline(always)]
+        || data.iter_mut().for_each(|v| *v = lut[*v as usize]),
+    );
 }
 
 /// `ImageEnhance.Contrast(img).enhance(f)`: blend with the mean grey level (rounded).
 pub fn adjust_contrast(img: &mut RgbImage, f: f32) {
     let n = (img.width * img.height).max(1) as f64;
-    let sum: u64 = img
-        .data
-        .chunks_exact(3)
-        .map(|p| luma(p[0], p[1], p[2]) as u64)
-        .sum();
+    let sum: u64 = fast(
+        #[inline(always)]
+        || {
+            img.data
+                .chunks_exact(3)
+                .map(|p| luma(p[0], p[1], p[2]) as u64)
+                .sum()
+        },
+    );
     let mean = (sum as f64 / n + 0.5) as u8;
     let lut: [u8; 256] = std::array::from_fn(|v| blend(mean, v as u8, f));
-    img.data.iter_mut().for_each(|v| *v = lut[*v as usize]);
+    apply_lut(&mut img.data, &lut);
 }
 
 /// `ImageEnhance.Color(img).enhance(f)`: blend with the image's own grey version.
 pub fn adjust_saturation(img: &mut RgbImage, f: f32) {
-    for p in img.data.chunks_exact_mut(3) {
-        let l = luma(p[0], p[1], p[2]);
-        for v in p.iter_mut() {
-            *v = blend(l, *v, f);
-        }
-    }
+    fast(
+        #[inline(always)]
+        || {
+            for p in img.data.chunks_exact_mut(3) {
+                let l = luma(p[0], p[1], p[2]);
+                for v in p.iter_mut() {
+                    *v = blend(l, *v, f);
+                }
+            }
+        },
+    );
 }
 
 /// torchvision `adjust_hue` on a Pillow image: to HSV, add `uint8(f * 255)` to H with
@@ -187,11 +205,16 @@ pub fn adjust_hue(img: &mut RgbImage, f: f32) {
     // np.uint8(hue_factor * 255): the float truncated toward zero, then wrapped to a byte.
     let shift = ((f * 255.0) as i32).rem_euclid(256) as u8;
     let t = hue_tables();
-    for p in img.data.chunks_exact_mut(3) {
-        let [h, s, v] = t.rgb_to_hsv(p[0], p[1], p[2]);
-        let rgb = t.hsv_to_rgb(h.wrapping_add(shift), s, v);
-        p.copy_from_slice(&rgb);
-    }
+    fast(
+        #[inline(always)]
+        || {
+            for p in img.data.chunks_exact_mut(3) {
+                let [h, s, v] = t.rgb_to_hsv(p[0], p[1], p[2]);
+                let rgb = t.hsv_to_rgb(h.wrapping_add(shift), s, v);
+                p.copy_from_slice(&rgb);
+            }
+        },
+    );
 }
 
 /// Where the hue byte of (`case`, `cr`, `plus`, `minus`) is kept in [`HueTables::hue`].
@@ -317,10 +340,15 @@ impl HueTables {
 
 /// `convert("L")` replicated to three channels.
 pub fn grayscale(img: &mut RgbImage) {
-    for p in img.data.chunks_exact_mut(3) {
-        let l = luma(p[0], p[1], p[2]);
-        p.fill(l);
-    }
+    fast(
+        #[inline(always)]
+        || {
+            for p in img.data.chunks_exact_mut(3) {
+                let l = luma(p[0], p[1], p[2]);
+                p.fill(l);
+            }
+        },
+    );
 }
 
 /// The box radius of one of `passes` box blurs approximating a Gaussian of `radius`
@@ -338,6 +366,7 @@ fn box_radius(radius: f32, passes: u32) -> f32 {
 /// One vertical extended-box pass over every column (fixed point, 24 fractional bits): the
 /// inner `2r+1` pixels weigh `ww`, the two fractional edge pixels `fw`; borders repeat. Whole
 /// rows are combined at a time, which the compiler vectorises.
+#[inline(always)]
 fn box_pass_columns(img: &mut RgbImage, radius: f32) {
     let r = radius as isize;
     let ww = ((1u32 << 24) as f32 / (radius * 2.0 + 1.0)) as u32;
@@ -374,14 +403,19 @@ pub fn gaussian_blur(img: &mut RgbImage, radius: f32) {
     if r == 0.0 {
         return;
     }
-    let mut t = img.transpose();
-    for _ in 0..PASSES {
-        box_pass_columns(&mut t, r);
-    }
-    *img = t.transpose();
-    for _ in 0..PASSES {
-        box_pass_columns(img, r);
-    }
+    fast(
+        #[inline(always)]
+        || {
+            let mut t = img.transpose();
+            for _ in 0..PASSES {
+                box_pass_columns(&mut t, r);
+            }
+            *img = t.transpose();
+            for _ in 0..PASSES {
+                box_pass_columns(img, r);
+            }
+        },
+    );
 }
 
 /// Which colour operations `ColorJitter` applies, with their factors, in its random order.
@@ -429,11 +463,16 @@ pub fn to_tensor(img: &RgbImage, mean: [f32; 3], std: [f32; 3], out: &mut [f32])
     // A lookup per channel: 256 values, no per-pixel division.
     let lut: [[f32; 256]; 3] =
         std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - mean[c]) / std[c]));
-    for (i, p) in img.data.chunks_exact(3).enumerate() {
-        out[i] = lut[0][p[0] as usize];
-        out[plane + i] = lut[1][p[1] as usize];
-        out[2 * plane + i] = lut[2][p[2] as usize];
-    }
+    fast(
+        #[inline(always)]
+        || {
+            for (i, p) in img.data.chunks_exact(3).enumerate() {
+                out[i] = lut[0][p[0] as usize];
+                out[plane + i] = lut[1][p[1] as usize];
+                out[2 * plane + i] = lut[2][p[2] as usize];
+            }
+        },
+    );
 }
 
 #[cfg(test)]
