@@ -2,8 +2,9 @@
 //! DDP): each device holds a replica of the model and its share of the batch; Sinkhorn-Knopp
 //! runs over the rows of all devices together (its sums are global, as in main_swav.py's
 //! `distributed_sinkhorn`); each device back-propagates its own loss; the gradients are
-//! averaged on the first device (DDP's all-reduce). BatchNorm statistics are per device (no
-//! synchronised BatchNorm in Burn 0.21). With one device it is [`super::step::swav_step`].
+//! averaged on the first device (DDP's all-reduce). BatchNorm statistics are per device (the
+//! replicas run one after another, so their BatchNorms cannot share statistics). With one
+//! device it is [`super::step::swav_step`].
 
 use super::step::{self, Queue, SwavLoss};
 use crate::model::swav::Swav;
