@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use swav::backend::Devices;
-use swav::data::{dataset::Dataset, loader::LoaderConfig, multicrop::EvalTransform};
+use swav::data::dataset::Dataset;
 use swav::eval::lincls::{self, image_folder, LinclsRequest};
 use swav::eval::linear::{self, LinearEvalConfig};
 use swav::model::load;
@@ -147,9 +147,6 @@ enum Command {
     },
 }
 
-const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const STD: [f32; 3] = [0.228, 0.224, 0.225];
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = Devices::parse(&args.device).and_then(|d| {
@@ -168,17 +165,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn loader_cfg(c: &Common) -> LoaderConfig {
-    let mut cfg = LoaderConfig {
-        batch_size: c.batch_size.max(1),
-        ..Default::default()
-    };
-    if let Some(w) = c.workers {
-        cfg.workers = w.max(1);
-    }
-    cfg
 }
 
 /// The backbone to evaluate: loaded weights, or a random initialisation.
@@ -215,22 +201,16 @@ fn backbone<B: Backend>(c: &Common, device: &B::Device) -> Result<(Swav<B>, Swav
     }
 }
 
-/// DATA/train and DATA/val as ImageFolders.
-fn splits(data: &std::path::Path) -> Result<(Arc<Dataset>, Arc<Dataset>), String> {
-    Ok((
-        image_folder(&data.join("train"))?,
-        image_folder(&data.join("val"))?,
-    ))
-}
-
-/// Linear-evaluation settings from the flags every subcommand has (no config file).
+/// Evaluation settings from the flags every subcommand has (no config file): batch size,
+/// workers, resize and crop; normalisation and the rest at their defaults.
 fn eval_config(c: &Common) -> LinearEvalConfig {
+    let d = LinearEvalConfig::default();
     LinearEvalConfig {
         batch_size: c.batch_size.max(1),
         val_resize: c.resize,
         val_size: c.size,
-        workers: loader_cfg(c).workers,
-        ..Default::default()
+        workers: c.workers.map_or(d.workers, |w| w.max(1)),
+        ..d
     }
 }
 
@@ -257,17 +237,14 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
             } else {
                 let root = data.expect("required by clap");
                 let ds = Arc::new(Dataset::open(&root).map_err(|e| e.to_string())?);
-                let t = EvalTransform::Val {
-                    resize: common.resize,
-                    size: common.size,
-                };
+                let cfg = eval_config(&common);
                 let f = swav::eval::dataset_features(
                     &model,
                     ds,
-                    t,
-                    MEAN,
-                    STD,
-                    &loader_cfg(&common),
+                    cfg.val_transform(),
+                    cfg.mean,
+                    cfg.std,
+                    &lincls::loader_config(&cfg),
                     &device,
                 );
                 for s in &f.skipped {
@@ -376,15 +353,12 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
             json,
         } => {
             let (model, _) = backbone::<B>(&common, &device)?;
-            let (train, val) = splits(&data)?;
-            let t = EvalTransform::Val {
-                resize: common.resize,
-                size: common.size,
-            };
-            let cfg = loader_cfg(&common);
-            let ft =
-                swav::eval::dataset_features(&model, train.clone(), t, MEAN, STD, &cfg, &device);
-            let fv = swav::eval::dataset_features(&model, val, t, MEAN, STD, &cfg, &device);
+            let (train, val) = lincls::splits(&data)?;
+            let cfg = eval_config(&common);
+            let (t, lc) = (cfg.val_transform(), lincls::loader_config(&cfg));
+            let features =
+                |set| swav::eval::dataset_features(&model, set, t, cfg.mean, cfg.std, &lc, &device);
+            let (ft, fv) = (features(train.clone()), features(val));
             let (top1, top5) =
                 swav::eval::knn::<B>(&ft, &fv, train.classes.len(), k, temperature, &device);
             if json {

@@ -8,7 +8,6 @@ use super::config::ClasConfig;
 use super::linear::{self, EpochMetrics, LinearEvalConfig};
 use crate::data::dataset::Dataset;
 use crate::data::loader::LoaderConfig;
-use crate::data::multicrop::EvalTransform;
 use crate::model::swav::Swav;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
@@ -79,8 +78,8 @@ impl LinclsRequest {
             None => (base, PathBuf::from(DEFAULT_OUTPUT_DIR), None),
         };
         let (train, val) = match (&self.data, folders) {
-            (Some(d), _) => (d.join("train"), d.join("val")),
-            (None, Some(f)) => f,
+            (Some(d), _) => splits(d)?,
+            (None, Some((t, v))) => (image_folder(&t)?, image_folder(&v)?),
             (None, None) => return Err("give --data DIR or a config file (-c)".into()),
         };
         cfg.epochs = self.epochs.unwrap_or(cfg.epochs);
@@ -93,11 +92,19 @@ impl LinclsRequest {
         }
         Ok(LinclsPlan {
             cfg,
-            train: image_folder(&train)?,
-            val: image_folder(&val)?,
+            train,
+            val,
             output_dir,
         })
     }
+}
+
+/// `data/train` and `data/val` as ImageFolders.
+pub fn splits(data: &Path) -> Result<(Arc<Dataset>, Arc<Dataset>), String> {
+    Ok((
+        image_folder(&data.join("train"))?,
+        image_folder(&data.join("val"))?,
+    ))
 }
 
 /// An ImageFolder (classes sorted by name → labels).
@@ -150,11 +157,7 @@ pub fn run<B: Backend>(
         on_epoch(m);
     };
     if cache_features {
-        let transform = EvalTransform::Val {
-            resize: cfg.val_resize,
-            size: cfg.val_size,
-        };
-        let lc = loader_config(&cfg);
+        let (transform, lc) = (cfg.val_transform(), loader_config(&cfg));
         let classes = train.classes.len();
         let ft =
             super::dataset_features(backbone, train, transform, cfg.mean, cfg.std, &lc, device);

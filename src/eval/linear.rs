@@ -57,6 +57,16 @@ impl Default for LinearEvalConfig {
     }
 }
 
+impl LinearEvalConfig {
+    /// The evaluation transform: `Resize(val_resize)` + `CenterCrop(val_size)`.
+    pub fn val_transform(&self) -> EvalTransform {
+        EvalTransform::Val {
+            resize: self.val_resize,
+            size: self.val_size,
+        }
+    }
+}
+
 /// One epoch's numbers.
 #[derive(Debug, Clone, Serialize)]
 pub struct EpochMetrics {
@@ -165,15 +175,11 @@ pub fn evaluate<I: Backend>(
         seed: cfg.seed,
         prefetch: 2,
     };
-    let t = EvalTransform::Val {
-        resize: cfg.val_resize,
-        size: cfg.val_size,
-    };
     let (mut n, mut t1, mut t5) = (0, 0, 0);
     for b in Loader::new(
         val,
         Pipeline::Eval {
-            transform: t,
+            transform: cfg.val_transform(),
             mean: cfg.mean,
             std: cfg.std,
         },
