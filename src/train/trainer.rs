@@ -179,7 +179,14 @@ where
         .map_err(|e| TrainError::Data(format!("{}: {e}", output.display())))?;
     let existing = previous_checkpoint(&output, opts.resume)?;
     let data = TrainData::open(cfg, devices.len(), opts.workers)?;
-    let (start, pretrained) = start::<A>(cfg, devices, existing, opts.pretrained.as_deref())?;
+    let model_cfg = cfg.model_config()?;
+    let (start, pretrained) = start::<A>(
+        cfg,
+        &model_cfg,
+        devices,
+        existing,
+        opts.pretrained.as_deref(),
+    )?;
     let config_path = output.join("config.yaml");
     crate::atomic::write_bytes(&config_path, cfg.to_yaml().as_bytes())
         .map_err(|e| TrainError::Data(format!("{}: {e}", config_path.display())))?;
@@ -195,7 +202,7 @@ where
         ),
         loss: cfg.swav_loss(),
         groups: cfg.crop_groups(),
-        model_cfg: cfg.model_config()?,
+        model_cfg,
         frozen_ids: prototype_ids(&start.model),
         metrics: Metrics::open(&output)?,
         cfg,
@@ -328,17 +335,17 @@ struct Start<A: AutodiffBackend> {
 
 fn start<A: AutodiffBackend>(
     cfg: &TrainConfig,
+    model_cfg: &SwavConfig,
     devices: &[A::Device],
     existing: Option<PathBuf>,
     pretrained: Option<&Path>,
 ) -> Result<(Start<A>, Option<Event>), TrainError> {
     let (dev0, n_dev) = (&devices[0], devices.len());
-    let model_cfg = cfg.model_config()?;
     let optim = cfg.lars().init::<A, Swav<A>>();
     if let Some(dir) = existing {
         let (loaded, optim) =
             state::load::<A, Swav<A>, _>(&dir, optim, dev0).map_err(TrainError::Checkpoint)?;
-        if loaded.config != model_cfg {
+        if loaded.config != *model_cfg {
             return Err(TrainError::Checkpoint(format!(
                 "{}: the checkpoint's model differs from the config's",
                 dir.display()
