@@ -7,8 +7,8 @@ pub mod record;
 pub mod resnet;
 pub mod swav;
 
-/// The CPU backend used by default and in tests.
-pub type CpuBackend = burn::backend::Flex;
+/// The CPU backend used by default and in tests ([`crate::backend::Cpu`]).
+pub type CpuBackend = crate::backend::Cpu;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;

@@ -98,7 +98,7 @@ mod tests {
     fn a_small_trust_ratio_keeps_f32_precision() {
         // Flex (f32): NdArray's element type is a per-device setting that f64 tests beside
         // this one change.
-        type B = crate::backend::Cpu;
+        type B = crate::model::CpuBackend;
         let device = Default::default();
         let w = [0.005f32, -0.0125, 0.02, 0.0075];
         let g = [300.0f32, -125.0, 72.5, 400.0];
