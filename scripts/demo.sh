@@ -7,12 +7,13 @@
 #  3. the backbone extracted from the training checkpoint (PASSL's .pdparams and torchvision names);
 #  4. k-NN and linear evaluation of the SwAV features against the same network with random weights.
 # Usage: scripts/demo.sh [OUT] [extra swav-train -o overrides...]
+#   e.g. on a GPU: FEATURES=cuda scripts/demo.sh demo-gpu epochs=100 device=cuda:0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-demo-out}"
 shift || true
 mkdir -p "$out"
-cargo build --release --locked --bins -q
+cargo build --release --locked --bins -q ${FEATURES:+--features "$FEATURES"}
 bin=target/release
 F=tests/fixtures
 

@@ -113,7 +113,12 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=0, help="time this many fixed-shape steps on random crops instead")
+    ap.add_argument("--no-tf32", action="store_true",
+                    help="plain f32 convolutions on CUDA (PyTorch's default lets cuDNN use TF32 for them)")
     a = ap.parse_args()
+    if a.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
     random.seed(a.seed)
@@ -163,7 +168,9 @@ def main():
 
     model.train()
     if a.steps:
-        crops = [torch.randn(a.batch_size, 3, s, s) for s, n in zip(a.size_crops, a.nmb_crops) for _ in range(n)]
+        # On the device already, as swav-train's bench-step has them: both time the step, not the copy.
+        crops = [torch.randn(a.batch_size, 3, s, s, device=a.device)
+                 for s, n in zip(a.size_crops, a.nmb_crops) for _ in range(n)]
         step(crops, 0.1, 10**9)
         if a.device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -178,7 +185,7 @@ def main():
         return
     ds = MultiCrop(a.data, a.size_crops, a.nmb_crops, a.min_scale, a.max_scale, a.color_p, a.color_strength, a.jitter)
     loader = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=a.workers)
+                                         num_workers=a.workers, pin_memory=a.device.startswith("cuda"))
     n = len(loader)
     warm = int(round(a.warmup_epochs * n))
     sched = list(np.linspace(a.start_warmup, a.base_lr, warm)) + [

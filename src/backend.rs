@@ -5,8 +5,9 @@
 /// The CPU backend (Flex): default device, tests.
 pub type Cpu = burn::backend::Flex;
 
-/// The CUDA backend (feature `cuda`; kernels compiled by NVRTC at run time).
-#[cfg(feature = "cuda")]
+/// The CUDA backend (feature `cuda`, or `cuda-backend` without autotune and fusion; kernels
+/// compiled by NVRTC at run time).
+#[cfg(feature = "cuda-backend")]
 pub type Cuda = burn::backend::Cuda;
 
 /// Which devices a run uses.
@@ -87,16 +88,19 @@ macro_rules! with_backend {
                     (0..*n).map(|_| Default::default()).collect();
                 $body
             }
-            #[cfg(feature = "cuda")]
-            $crate::backend::Devices::Cuda(ids) => {
+            #[cfg(feature = "cuda-backend")]
+            $crate::backend::Devices::Cuda(ids) => match $crate::backend::check_cuda(ids) {
+                Err(e) => Err(e),
+                Ok(()) => {
                 type $B = $crate::backend::Cuda;
                 let $list: Vec<<$B as burn::tensor::backend::BackendTypes>::Device> = ids
                     .iter()
                     .map(|&i| burn::backend::cuda::CudaDevice::new(i))
                     .collect();
                 $body
-            }
-            #[cfg(not(feature = "cuda"))]
+                }
+            },
+            #[cfg(not(feature = "cuda-backend"))]
             $crate::backend::Devices::Cuda(_) => Err(String::from(
                 "CUDA devices need a build with --features cuda (this one is CPU only; use --device cpu)",
             )),
@@ -104,9 +108,138 @@ macro_rules! with_backend {
     }};
 }
 
+/// Library names of the CUDA driver API, as the loader knows them.
+const CUDA_DRIVER: &[&str] = &["libcuda.so.1", "libcuda.so"];
+/// Library names of NVRTC (CUDA 13 and 12 toolkits, or the unversioned link).
+const NVRTC: &[&str] = &["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"];
+
+/// Check, before Burn touches them, that CUDA devices `ids` can be used: the driver library
+/// loads, initialises and has that many devices; NVRTC loads; and the CUDA toolkit's headers
+/// (which NVRTC compiles Burn's kernels against) are where Burn looks. Burn's CUDA backend
+/// panics in a worker thread on each of these instead.
+pub fn check_cuda(ids: &[usize]) -> Result<(), String> {
+    check_driver(ids, CUDA_DRIVER)?;
+    check_toolkit(NVRTC, cuda_toolkit().as_deref())
+}
+
+/// Where Burn's CUDA backend (cubecl-cuda 0.10, `install::cuda_path`) looks for the CUDA
+/// toolkit: `$CUDA_PATH`, `/usr/local/cuda`, `/opt/cuda`, or `/usr` when `/usr/bin/nvcc` exists.
+fn cuda_toolkit() -> Option<std::path::PathBuf> {
+    use std::path::{Path, PathBuf};
+    if let Some(p) = std::env::var_os("CUDA_PATH") {
+        return Some(PathBuf::from(p));
+    }
+    ["/usr/local/cuda", "/opt/cuda"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .or_else(|| {
+            Path::new("/usr/bin/nvcc")
+                .exists()
+                .then(|| PathBuf::from("/usr"))
+        })
+}
+
+/// The driver library loads, initialises, and has a device for each of `ids`.
+fn check_driver(ids: &[usize], names: &[&str]) -> Result<(), String> {
+    let driver = open_first(names).ok_or_else(|| {
+        format!(
+            "CUDA: the NVIDIA driver library ({}) is not found: no NVIDIA driver on this machine?",
+            names.join(", ")
+        )
+    })?;
+    let count = device_count(&driver)?;
+    match ids.iter().find(|&&i| i >= count) {
+        Some(bad) => Err(format!(
+            "device cuda:{bad}: this machine has {count} CUDA device{}",
+            if count == 1 { "" } else { "s" }
+        )),
+        None => Ok(()),
+    }
+}
+
+/// NVRTC loads, and the toolkit folder has the headers it compiles Burn's kernels against.
+fn check_toolkit(nvrtc_names: &[&str], toolkit: Option<&std::path::Path>) -> Result<(), String> {
+    if open_first(nvrtc_names).is_none() {
+        return Err(format!(
+            "CUDA: NVRTC ({}) is not found; Burn compiles its kernels with it at run time: install \
+             the CUDA toolkit or add its lib64 folder to LD_LIBRARY_PATH",
+            nvrtc_names.join(", ")
+        ));
+    }
+    match toolkit {
+        Some(t) if t.join("include").is_dir() => Ok(()),
+        Some(t) => Err(format!(
+            "CUDA: {} has no include folder; NVRTC needs the CUDA toolkit's headers (set CUDA_PATH)",
+            t.display()
+        )),
+        None => Err(String::from(
+            "CUDA: no CUDA toolkit found (CUDA_PATH unset, no /usr/local/cuda, /opt/cuda or \
+             /usr/bin/nvcc); NVRTC needs its headers",
+        )),
+    }
+}
+
+fn open_first(names: &[&str]) -> Option<libloading::Library> {
+    // SAFETY: loading runs the library's initialisers; these are the NVIDIA libraries that
+    // Burn's CUDA backend loads by the same names moments later.
+    names
+        .iter()
+        .find_map(|n| unsafe { libloading::Library::new(*n) }.ok())
+}
+
+/// `cuInit(0)` then `cuDeviceGetCount`, with the driver's error code on failure.
+fn device_count(driver: &libloading::Library) -> Result<usize, String> {
+    type CuInit = unsafe extern "C" fn(u32) -> i32;
+    type CuDeviceGetCount = unsafe extern "C" fn(*mut i32) -> i32;
+    // SAFETY: the two symbols have these signatures in every CUDA driver API version
+    // (`CUresult cuInit(unsigned int)`, `CUresult cuDeviceGetCount(int *)`).
+    unsafe {
+        let init = driver
+            .get::<CuInit>(b"cuInit\0")
+            .map_err(|e| format!("CUDA: the driver library has no cuInit: {e}"))?;
+        let get_count = driver
+            .get::<CuDeviceGetCount>(b"cuDeviceGetCount\0")
+            .map_err(|e| format!("CUDA: the driver library has no cuDeviceGetCount: {e}"))?;
+        match init(0) {
+            0 => {}
+            100 => return Err(String::from("CUDA: the driver finds no CUDA device")),
+            code => {
+                return Err(format!(
+                    "CUDA: the driver failed to initialise (CUresult {code})"
+                ))
+            }
+        }
+        let mut n = 0i32;
+        match get_count(&mut n) {
+            0 => Ok(n.max(0) as usize),
+            code => Err(format!("CUDA: cuDeviceGetCount failed (CUresult {code})")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Devices;
+    use super::{check_driver, check_toolkit, Devices};
+
+    #[test]
+    fn missing_cuda_pieces_are_errors_naming_them() {
+        let e = check_driver(&[0], &["libswav-no-such-driver.so"]).unwrap_err();
+        assert!(e.contains("libswav-no-such-driver.so"), "{e}");
+        // A library that loads but is no CUDA driver.
+        let e = check_driver(&[0], &["libc.so.6"]).unwrap_err();
+        assert!(e.contains("cuInit"), "{e}");
+        let e = check_toolkit(&["libswav-no-such-nvrtc.so"], None).unwrap_err();
+        assert!(e.contains("libswav-no-such-nvrtc.so"), "{e}");
+        // libc stands in for NVRTC below: only the toolkit folder is checked.
+        let e = check_toolkit(&["libc.so.6"], None).unwrap_err();
+        assert!(e.contains("no CUDA toolkit found"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = check_toolkit(&["libc.so.6"], Some(dir.path())).unwrap_err();
+        assert!(e.contains("no include folder"), "{e}");
+        std::fs::create_dir(dir.path().join("include")).unwrap();
+        assert_eq!(check_toolkit(&["libc.so.6"], Some(dir.path())), Ok(()));
+    }
 
     #[test]
     fn device_names() {
