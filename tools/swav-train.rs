@@ -269,7 +269,17 @@ fn run(args: Args) -> Result<(), String> {
             let devices = Devices::parse(&device)?;
             let r = swav::with_backend!(&devices, |B, list| {
                 Ok::<_, String>(swav::train::bench::steps::<Autodiff<B>>(
-                    &cfg, &list[0], steps,
+                    &cfg,
+                    &list[0],
+                    steps,
+                    |i, seconds| {
+                        eprintln!(
+                            "swav-train event=bench_step{}{}{}",
+                            swav::log::field("step", &i.to_string()),
+                            swav::log::field("warmup", &(i == 0).to_string()),
+                            swav::log::field("seconds", &format!("{seconds:.3}"))
+                        )
+                    },
                 ))
             })?;
             println!("{}", serde_json::to_string(&r).expect("serialisable"));

@@ -20,11 +20,19 @@ pub struct StepBench {
     pub batch_size: usize,
     pub seconds: f64,
     pub images_per_second: f64,
+    /// The warm-up step (kernel compilation and, on CUDA, autotuning happen here).
+    pub warmup_seconds: f64,
 }
 
 /// Run `steps` training steps (after one warm-up step) of `cfg`'s model on random crops of
-/// its shapes, one device, `batch_size` images per step.
-pub fn steps<A: AutodiffBackend>(cfg: &TrainConfig, device: &A::Device, steps: usize) -> StepBench {
+/// its shapes, one device, `batch_size` images per step. `on_step(i, seconds)` hears of each
+/// step as it ends (step 0 is the warm-up), so a slow first step shows while it runs long.
+pub fn steps<A: AutodiffBackend>(
+    cfg: &TrainConfig,
+    device: &A::Device,
+    steps: usize,
+    mut on_step: impl FnMut(usize, f64),
+) -> StepBench {
     let model_cfg = cfg.model_config().expect("validated config");
     A::seed(device, cfg.seed);
     let mut model = model_cfg.init_now::<A>(device);
@@ -43,9 +51,12 @@ pub fn steps<A: AutodiffBackend>(cfg: &TrainConfig, device: &A::Device, steps: u
     let groups = cfg.crop_groups();
     let loss = cfg.swav_loss();
     let mut start = Instant::now();
+    let mut warmup_seconds = 0.0;
     for i in 0..=steps {
+        let t = Instant::now();
         if i == 1 {
-            start = Instant::now();
+            warmup_seconds = start.elapsed().as_secs_f64();
+            start = t;
         }
         model = step::normalize_prototypes(model);
         let out = step::swav_step(&model, &crops, &groups, &loss, None);
@@ -53,6 +64,10 @@ pub fn steps<A: AutodiffBackend>(cfg: &TrainConfig, device: &A::Device, steps: u
         model = optim.step(0.1, model, grads);
         // Reading the loss waits for the device, as a training loop's logging does.
         let _ = step::scalar(out.loss);
+        on_step(i, t.elapsed().as_secs_f64());
+    }
+    if steps == 0 {
+        warmup_seconds = start.elapsed().as_secs_f64();
     }
     let seconds = start.elapsed().as_secs_f64();
     StepBench {
@@ -60,6 +75,7 @@ pub fn steps<A: AutodiffBackend>(cfg: &TrainConfig, device: &A::Device, steps: u
         batch_size: bs,
         seconds,
         images_per_second: (steps * bs) as f64 / seconds,
+        warmup_seconds,
     }
 }
 

@@ -678,3 +678,96 @@ fn two_simulated_workers_train_resume_and_refuse_another_split() {
     let s = trainer::train::<A>(&cfg, &two, &resume, &mut |_| {}).unwrap();
     assert_eq!(s.history.len(), 3);
 }
+
+/// `scripts/gpu-check.sh`'s two subcommands, on the CPU: `check-step` reproduces PyTorch's
+/// fixture step, `bench-step` reports its warm-up and each step as it ends; and a CUDA device
+/// in a CPU-only build is a one-line error, not a panic.
+#[test]
+fn gpu_check_subcommands_on_the_cpu() {
+    let weights = crate::fixture("fair_swav_tiny.pth.tar");
+    let reference = crate::fixture("swav_step_tiny.safetensors");
+    let (w, r) = (weights.to_str().unwrap(), reference.to_str().unwrap());
+    let out = cli(
+        TRAIN,
+        &[
+            "check-step",
+            "--weights",
+            w,
+            "--reference",
+            r,
+            "--device",
+            "cpu",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // PyTorch's own f32 and f64 steps differ by 1.9e-5 (tests/it/train.rs).
+    assert!(j["loss_relative"].as_f64().unwrap() < 1e-4, "{j}");
+    assert_eq!(j["codes_max_abs"].as_array().unwrap().len(), 2);
+
+    let mut args = vec![
+        "bench-step",
+        "-c",
+        TINY_CONFIG,
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    for o in TINY_MODEL
+        .iter()
+        .chain(&["dataloader.train.sampler.batch_size=4"])
+    {
+        args.extend(["-o", o]);
+    }
+    let out = cli(TRAIN, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (j["steps"].as_u64(), j["batch_size"].as_u64()),
+        (Some(2), Some(4))
+    );
+    assert!(j["images_per_second"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["warmup_seconds"].as_f64().unwrap() > 0.0, "{j}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("event=bench_step"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].contains("step=0 warmup=true seconds="),
+        "{}",
+        lines[0]
+    );
+
+    #[cfg(not(feature = "cuda-backend"))]
+    {
+        let out = cli(
+            TRAIN,
+            &[
+                "check-step",
+                "--weights",
+                w,
+                "--reference",
+                r,
+                "--device",
+                "cuda:0",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2));
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            e.contains("--features cuda") && !e.contains("panicked"),
+            "{e}"
+        );
+    }
+}
