@@ -4,6 +4,11 @@
 //! (`jpeg-decoder`'s `scale`): when every crop cut from an image is shrunk a lot (SwAV's 96-pixel
 //! crops), decoding at the smallest scale that keeps enough pixels costs a fraction of a full
 //! decode. Grayscale is replicated, alpha dropped, CMYK converted as Pillow converts it.
+//!
+//! Full-size decodes of colour (YCbCr) JPEGs go to `zune-jpeg` instead, 2-4x faster than
+//! `jpeg-decoder` at the same distance from Pillow (mean |difference| ~0.2, at most a few
+//! levels, on the fixtures' photos), in strict mode so that corrupt data is an error as it is for
+//! Pillow; should it refuse a file, `jpeg-decoder` decodes it (or names the error).
 
 use super::image::RgbImage;
 use std::io::Cursor;
@@ -99,6 +104,15 @@ fn decode_jpeg(bytes: &[u8], min_size: Option<(usize, usize)>) -> Result<Decoded
         }
         None => full,
     };
+    if (w, h) == full && info.pixel_format == jpeg_decoder::PixelFormat::RGB24 {
+        if let Some(image) = decode_full_rgb(bytes, full) {
+            return Ok(Decoded {
+                image,
+                scale: 1,
+                full,
+            });
+        }
+    }
     let pixels = d.decode().map_err(err)?;
     let info = d
         .info()
@@ -127,6 +141,23 @@ fn decode_jpeg(bytes: &[u8], min_size: Option<(usize, usize)>) -> Result<Decoded
         scale: full.0.div_ceil(w.max(1)),
         full,
     })
+}
+
+/// A full-size decode by `zune-jpeg`, limited to the size the header announced (`full`, already
+/// checked against [`MAX_PIXELS`]); `None` when it refuses the file or disagrees on the size.
+fn decode_full_rgb(bytes: &[u8], full: (usize, usize)) -> Option<RgbImage> {
+    use zune_jpeg::zune_core::{
+        bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
+    };
+    let opts = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_strict_mode(true)
+        .set_max_width(full.0)
+        .set_max_height(full.1);
+    let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
+    let data = d.decode().ok()?;
+    let (w, h) = d.dimensions()?;
+    ((w, h) == full && data.len() == w * h * 3).then(|| RgbImage::new(w, h, data))
 }
 
 /// Pillow's CMYK → RGB: each channel is (255 - c) scaled by (255 - k) / 255, rounded.
