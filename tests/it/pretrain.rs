@@ -687,18 +687,19 @@ fn gpu_check_subcommands_on_the_cpu() {
     let weights = crate::fixture("fair_swav_tiny.pth.tar");
     let reference = crate::fixture("swav_step_tiny.safetensors");
     let (w, r) = (weights.to_str().unwrap(), reference.to_str().unwrap());
-    let out = cli(
-        TRAIN,
-        &[
+    let check_step = |device| {
+        let args = [
             "check-step",
             "--weights",
             w,
             "--reference",
             r,
             "--device",
-            "cpu",
-        ],
-    );
+            device,
+        ];
+        cli(TRAIN, &args)
+    };
+    let out = check_step("cpu");
     assert!(
         out.status.success(),
         "{}",
@@ -751,18 +752,7 @@ fn gpu_check_subcommands_on_the_cpu() {
 
     #[cfg(not(feature = "cuda-backend"))]
     {
-        let out = cli(
-            TRAIN,
-            &[
-                "check-step",
-                "--weights",
-                w,
-                "--reference",
-                r,
-                "--device",
-                "cuda:0",
-            ],
-        );
+        let out = check_step("cuda:0");
         assert_eq!(out.status.code(), Some(2));
         let e = String::from_utf8_lossy(&out.stderr);
         assert!(
