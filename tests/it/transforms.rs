@@ -115,6 +115,39 @@ fn jpeg_decoding_is_close_to_pillow() {
     assert_eq!(q.full, (d.image.width, d.image.height));
 }
 
+/// Hostile bytes: randomly mutated and truncated copies of a photo, full-size (zune-jpeg, then
+/// jpeg-decoder) and DCT-scaled: each decodes to an image of the announced size or is an error,
+/// never a panic.
+#[test]
+fn mutated_jpegs_decode_or_fail_cleanly() {
+    let base = std::fs::read(fixture("photos/chelsea.jpg")).unwrap();
+    let mut rng = Rng::new(11);
+    let (mut ok, mut err) = (0, 0);
+    for case in 0..400 {
+        let mut b = base.clone();
+        for _ in 0..1 + rng.below(20) {
+            let i = rng.below(b.len());
+            b[i] = rng.below(256) as u8;
+        }
+        if case % 4 == 0 {
+            let n = 4 + rng.below(b.len() - 4);
+            b.truncate(n);
+        }
+        let min = (case % 2 == 1).then_some((100, 80));
+        match decode::decode(&b, min) {
+            Ok(d) => {
+                ok += 1;
+                let i = &d.image;
+                assert_eq!(i.data.len(), i.width * i.height * 3, "case {case}");
+                assert!(i.width > 0 && i.width <= d.full.0, "case {case}");
+                assert!(i.height > 0 && i.height <= d.full.1, "case {case}");
+            }
+            Err(_) => err += 1,
+        }
+    }
+    assert!(ok > 0 && err > 0, "ok {ok}, err {err}");
+}
+
 #[test]
 fn random_resized_crop_follows_torchvision() {
     let mut rng = Rng::new(7);
