@@ -3,10 +3,11 @@
 //! reference file's weights and crops (made by PyTorch), compared with its loss and codes.
 
 use super::config::TrainConfig;
+use super::parallel;
 use super::step::{self, SwavLoss};
 use crate::checkpoint::Checkpoint;
 use crate::model::load;
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use serde::Serialize;
@@ -59,11 +60,18 @@ pub fn steps<A: AutodiffBackend>(
             start = t;
         }
         model = step::normalize_prototypes(model);
-        let out = step::swav_step(&model, &crops, &groups, &loss, None);
-        let grads = GradientsParams::from_grads(out.loss.clone().backward(), &model);
-        model = optim.step(0.1, model, grads);
-        // Reading the loss waits for the device, as a training loop's logging does.
-        let _ = step::scalar(out.loss);
+        // The trainer's step: its loss is read (waiting for the device) as the trainer reads it.
+        let out = parallel::step(
+            &model,
+            std::slice::from_ref(device),
+            std::slice::from_ref(&crops),
+            &groups,
+            &loss,
+            None,
+        );
+        model = optim.step(0.1, model, out.grads);
+        // The parameter update is queued after the loss was read: wait for it too.
+        let _ = A::sync(device);
         on_step(i, t.elapsed().as_secs_f64());
     }
     if steps == 0 {

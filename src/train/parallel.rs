@@ -86,9 +86,12 @@ pub fn step<A: AutodiffBackend>(
         // One device: the single-worker step the parity tests check against PyTorch.
         let queue = queues.and_then(|q| q.first_mut());
         let out = step::swav_step(model, only, groups, loss, queue);
+        // The backward pass is queued before the loss is read, so that reading it does not
+        // make an asynchronous device (CUDA) finish the forward pass first.
+        let grads = GradientsParams::from_grads(out.loss.clone().backward(), model);
         return ParallelStep {
-            loss: step::scalar(out.loss.clone()),
-            grads: GradientsParams::from_grads(out.loss.backward(), model),
+            loss: step::scalar(out.loss),
+            grads,
         };
     }
     let n = devices.len();
@@ -131,8 +134,8 @@ pub fn step<A: AutodiffBackend>(
     let mut grads = Vec::with_capacity(n);
     for (w, (f, r)) in fwds.iter().zip(&replicas).enumerate() {
         let l = step::swapped_loss(f, &codes[w], loss);
-        value += step::scalar(l.clone()) / n as f64;
-        let g = GradientsParams::from_grads(l.backward(), r);
+        let g = GradientsParams::from_grads(l.clone().backward(), r);
+        value += step::scalar(l) / n as f64;
         grads.push(if w == 0 {
             g
         } else {
