@@ -59,6 +59,44 @@ fn colour_operations_match_pillow_exactly() {
     }
 }
 
+/// Every colour with one channel at 0 reaches every input of Pillow's hue arithmetic, including
+/// those where its mix of float and double rounding shows (tests/fixtures/generate/make_hue_planes.py).
+#[test]
+fn hue_matches_pillow_on_every_hue_input() {
+    let packed = std::fs::read(fixture("vectors/hue_planes.zst")).unwrap();
+    let expected = zstd::decode_all(&packed[..]).unwrap();
+    let mut input = Vec::with_capacity(768 * 256 * 3);
+    for zero in 0..3 {
+        for i in 0..=255u8 {
+            for j in 0..=255u8 {
+                let mut rgb = vec![i, j];
+                rgb.insert(zero, 0);
+                input.extend(rgb);
+            }
+        }
+    }
+    assert_eq!(expected.len(), 2 * input.len());
+    for (shift, want) in [0u8, 37]
+        .into_iter()
+        .zip(expected.chunks_exact(input.len()))
+    {
+        let mut img = RgbImage::new(256, 768, input.clone());
+        tf::adjust_hue(&mut img, (shift as f32 + 0.5) / 255.0);
+        let wrong: Vec<usize> = (0..768 * 256)
+            .filter(|&p| img.data[3 * p..3 * p + 3] != want[3 * p..3 * p + 3])
+            .collect();
+        if let Some(&p) = wrong.first() {
+            panic!(
+                "shift {shift}: {} of 196608 colours differ from Pillow, e.g. {:?} -> {:?}, Pillow {:?}",
+                wrong.len(),
+                &input[3 * p..3 * p + 3],
+                &img.data[3 * p..3 * p + 3],
+                &want[3 * p..3 * p + 3]
+            );
+        }
+    }
+}
+
 #[test]
 fn resizing_matches_pillow_bilinear() {
     let ck = vectors();
