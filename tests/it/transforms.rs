@@ -213,3 +213,74 @@ fn random_resized_crop_follows_torchvision() {
         }
     );
 }
+
+/// The transforms are compiled for SSE2, AVX2 and AVX-512 and picked at run time: every level
+/// this CPU has must give the same bytes (and tensors) as the baseline. The default test
+/// profile does not vectorise this crate; `cargo test --release --test it transforms::` runs
+/// the vector code.
+#[test]
+fn every_instruction_set_gives_the_same_results() {
+    use swav::data::multicrop::MultiCrop;
+    use swav::data::simd::{detected, with_level, Level};
+    let bytes = std::fs::read(fixture("photos/chelsea.jpg")).unwrap();
+    let photo = decode::decode(&bytes, None).unwrap().image;
+    let run = |level: Level| {
+        with_level(level, || {
+            let mut outputs: Vec<Vec<u8>> = Vec::new();
+            let ops: [&dyn Fn(&mut RgbImage); 9] = [
+                &|i| tf::adjust_hue(i, 0.13),
+                &|i| tf::adjust_hue(i, -0.2),
+                &|i| tf::adjust_saturation(i, 1.7),
+                &|i| tf::adjust_brightness(i, 0.41),
+                &|i| tf::adjust_contrast(i, 1.52),
+                &|i| tf::grayscale(i),
+                &|i| tf::gaussian_blur(i, 1.3),
+                &|i| tf::gaussian_blur(i, 0.4),
+                &|i| i.flip_horizontal(),
+            ];
+            for op in ops {
+                let mut img = photo.clone();
+                op(&mut img);
+                outputs.push(img.data);
+            }
+            let mut tensor = vec![0f32; photo.data.len()];
+            tf::to_tensor(
+                &photo,
+                [0.485, 0.456, 0.406],
+                [0.228, 0.224, 0.225],
+                &mut tensor,
+            );
+            let mc = MultiCrop::default();
+            let mut big = vec![0f32; 2 * 3 * 224 * 224];
+            let mut small = vec![0f32; 6 * 3 * 96 * 96];
+            let mut resizer = fast_image_resize::Resizer::new();
+            for seed in 0..4 {
+                let mut rng = Rng::new(seed);
+                mc.apply(&bytes, &mut rng, &mut resizer, &mut [&mut big, &mut small])
+                    .unwrap();
+                tensor.extend(&big);
+                tensor.extend(&small);
+            }
+            (
+                outputs,
+                tensor.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            )
+        })
+    };
+    let baseline = run(Level::Baseline);
+    for level in [Level::Avx2, Level::Avx512] {
+        if level <= detected() {
+            let got = run(level);
+            for (k, (a, b)) in got.0.iter().zip(&baseline.0).enumerate() {
+                assert!(
+                    a == b,
+                    "operation {k} differs between {level:?} and the baseline"
+                );
+            }
+            assert!(
+                got.1 == baseline.1,
+                "multi-crop tensors differ at {level:?}"
+            );
+        }
+    }
+}
