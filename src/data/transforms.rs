@@ -220,7 +220,7 @@ type Planes = [[u8; BLOCK]; 3];
 
 /// Apply `f` to every pixel of interleaved RGB `data`, [`BLOCK`] pixels at a time, split into
 /// one array per channel: loops over those arrays with no branch, no table and no bounds
-/// check are what the compiler turns into vector code (AVX2 through [`fast`]). The last,
+/// check are what the compiler turns into vector code (AVX2 or AVX-512 through [`fast`]). The last,
 /// partial block is padded with black.
 #[inline(always)]
 fn map_pixels(data: &mut [u8], f: impl Fn(&mut Planes)) {
