@@ -382,9 +382,9 @@ fn run(args: Args) -> Result<(), String> {
                 println!("{}", serde_json::to_string(&r).expect("serializable"));
             } else {
                 println!(
-                    "{} images ({} crops each: {:?}x{:?}) in {:.2} s: {:.1} images/s with {} workers ({:.1} per worker){}",
+                    "{} images ({} crops each: {:?}x{:?}) in {:.2} s: {:.1} images/s with {} workers ({:.1} per worker, {:?}){}",
                     r.images, r.crops_per_image, mc.num_crops, mc.size_crops, r.seconds, r.images_per_second, r.workers,
-                    r.images_per_second_per_worker,
+                    r.images_per_second_per_worker, r.simd,
                     if r.skipped > 0 { format!(", {} unreadable images skipped", r.skipped) } else { String::new() }
                 );
             }

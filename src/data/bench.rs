@@ -16,6 +16,8 @@ pub struct BenchResult {
     pub images_per_second_per_worker: f64,
     pub workers: usize,
     pub skipped: usize,
+    /// The vector instructions the transforms ran with (see [`super::simd`]).
+    pub simd: super::simd::Level,
 }
 
 /// Load `batches` batches (the first one, warming up, is not timed); cycles over epochs when
@@ -64,5 +66,6 @@ pub fn run(
         images_per_second_per_worker: ips / cfg.workers.max(1) as f64,
         workers: cfg.workers,
         skipped,
+        simd: super::simd::detected(),
     }
 }

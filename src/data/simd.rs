@@ -9,7 +9,8 @@
 use std::cell::Cell;
 
 /// Instruction sets [`fast`] compiles for, lowest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Level {
     /// What the crate is built for (SSE2 on x86-64).
     Baseline,
