@@ -761,3 +761,50 @@ fn gpu_check_subcommands_on_the_cpu() {
         );
     }
 }
+
+/// `swav-train bench-data` (the loader alone, for sizing hosts) over the shipped photos: JSON
+/// with the counts asked for and the vector instructions the transforms ran with; a missing
+/// folder is a one-line error naming it.
+#[test]
+fn bench_data_measures_the_loader_over_a_folder() {
+    let photos = crate::fixture("photos");
+    let args = [
+        "bench-data",
+        "--data",
+        photos.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--batch-size",
+        "5",
+        "--batches",
+        "2",
+        "--size-crops",
+        "64,32",
+        "--json",
+    ];
+    let out = cli(TRAIN, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["images"], 10, "{r}");
+    assert_eq!(
+        (r["crops_per_image"].as_u64(), r["workers"].as_u64()),
+        (Some(8), Some(2))
+    );
+    assert_eq!(r["skipped"], 0);
+    assert!(r["images_per_second"].as_f64().unwrap() > 0.0, "{r}");
+    let level = format!("{:?}", swav::data::simd::detected()).to_lowercase();
+    assert_eq!(r["simd"], level.as_str());
+
+    let missing = photos.join("no-such-folder");
+    let mut args = args.to_vec();
+    args[2] = missing.to_str().unwrap();
+    let out = cli(TRAIN, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no-such-folder"), "{err}");
+}
