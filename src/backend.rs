@@ -92,12 +92,12 @@ macro_rules! with_backend {
             $crate::backend::Devices::Cuda(ids) => match $crate::backend::check_cuda(ids) {
                 Err(e) => Err(e),
                 Ok(()) => {
-                type $B = $crate::backend::Cuda;
-                let $list: Vec<<$B as burn::tensor::backend::BackendTypes>::Device> = ids
-                    .iter()
-                    .map(|&i| burn::backend::cuda::CudaDevice::new(i))
-                    .collect();
-                $body
+                    type $B = $crate::backend::Cuda;
+                    let $list: Vec<<$B as burn::tensor::backend::BackendTypes>::Device> = ids
+                        .iter()
+                        .map(|&i| burn::backend::cuda::CudaDevice::new(i))
+                        .collect();
+                    $body
                 }
             },
             #[cfg(not(feature = "cuda-backend"))]
