@@ -119,6 +119,21 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Time Sinkhorn-Knopp on a device against the f64 host code (ε 0.05, 3 iterations), at
+    /// SwAV's sizes: a batch of 64 rows and a bs256 recipe with its queue (4096 rows), 3000
+    /// prototypes.
+    BenchSinkhorn {
+        /// Row counts to time.
+        #[arg(long, value_delimiter = ',', default_value = "64,4096")]
+        rows: Vec<usize>,
+        #[arg(long, default_value_t = 3000)]
+        prototypes: usize,
+        /// Timed calls per size (after one warm-up call).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Draw loss and learning-rate curves of a (running or finished) training's output folder
     /// into OUTPUT/training.png.
     Plot {
@@ -189,6 +204,7 @@ fn pretrain(a: TrainArgs) -> Result<(), String> {
         workers: a.workers,
         max_epochs: a.max_epochs,
         pretrained: a.pretrained,
+        ..Default::default()
     };
     let bar = if a.quiet || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
@@ -283,6 +299,23 @@ fn run(args: Args) -> Result<(), String> {
                 ))
             })?;
             println!("{}", serde_json::to_string(&r).expect("serialisable"));
+            Ok(())
+        }
+        Command::BenchSinkhorn {
+            rows,
+            prototypes,
+            repeats,
+            device,
+        } => {
+            let devices = Devices::parse(&device)?;
+            for r in rows {
+                let b = swav::with_backend!(&devices, |B, list| {
+                    Ok::<_, String>(swav::train::bench::sinkhorn::<B>(
+                        r, prototypes, repeats, &list[0],
+                    ))
+                })?;
+                println!("{}", serde_json::to_string(&b).expect("serialisable"));
+            }
             Ok(())
         }
         Command::CheckStep {

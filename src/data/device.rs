@@ -64,9 +64,18 @@ where
     /// Upload `loader`'s batches to `device`.
     pub fn new(loader: Loader, device: B::Device) -> Self {
         let len = loader.len();
+        Self::from_batches(loader, len, device)
+    }
+
+    /// Upload the batches `batches` gives (`len` of them, or fewer) to `device`.
+    pub fn from_batches(
+        batches: impl Iterator<Item = Batch> + Send + 'static,
+        len: usize,
+        device: B::Device,
+    ) -> Self {
         let (tx, rx) = mpsc::sync_channel(1);
         let handle = thread::spawn(move || {
-            for b in loader {
+            for b in batches {
                 if tx.send(b.to_device::<B>(&device)).is_err() {
                     return;
                 }

@@ -104,6 +104,41 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }
+
+    /// Split into `parts` batches of consecutive samples (data-parallel ranks' shards): part `w`
+    /// holds samples `[w·N/parts, (w+1)·N/parts)`, each crop tensor still crop-major.
+    pub fn split(self, parts: usize) -> Vec<Batch> {
+        let n = self.len();
+        (0..parts)
+            .map(|w| {
+                let (start, end) = (w * n / parts, (w + 1) * n / parts);
+                let crops = self
+                    .crops
+                    .iter()
+                    .map(|c| {
+                        let px = 3 * c.size * c.size;
+                        let mut data = Vec::with_capacity(c.count * (end - start) * px);
+                        for k in 0..c.count {
+                            data.extend_from_slice(
+                                &c.data[(k * n + start) * px..(k * n + end) * px],
+                            );
+                        }
+                        CropBatch {
+                            size: c.size,
+                            count: c.count,
+                            data,
+                        }
+                    })
+                    .collect();
+                Batch {
+                    index: self.index,
+                    crops,
+                    labels: self.labels[start..end].to_vec(),
+                    samples: self.samples[start..end].to_vec(),
+                }
+            })
+            .collect()
+    }
 }
 
 struct Job {

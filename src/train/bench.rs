@@ -3,12 +3,13 @@
 //! reference file's weights and crops (made by PyTorch), compared with its loss and codes.
 
 use super::config::TrainConfig;
-use super::parallel;
+use super::rank::{Rank, StepSettings};
+use super::sinkhorn;
 use super::step::{self, SwavLoss};
 use crate::checkpoint::Checkpoint;
+use crate::collective::Communicator;
 use crate::model::load;
-use burn::optim::Optimizer;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor, TensorData};
 use serde::Serialize;
 use std::path::Path;
@@ -23,6 +24,8 @@ pub struct StepBench {
     pub images_per_second: f64,
     /// The warm-up step (kernel compilation and, on CUDA, autotuning happen here).
     pub warmup_seconds: f64,
+    /// Values read back from the device per step (each makes the host wait for the device).
+    pub host_reads_per_step: f64,
 }
 
 /// Run `steps` training steps (after one warm-up step) of `cfg`'s model on random crops of
@@ -37,7 +40,12 @@ pub fn steps<A: AutodiffBackend>(
     let model_cfg = cfg.model_config().expect("validated config");
     A::seed(device, cfg.seed);
     let mut model = model_cfg.init_now::<A>(device);
-    let mut optim = cfg.lars().init::<A, crate::model::swav::Swav<A>>();
+    let mut rank = Rank::<A> {
+        device: device.clone(),
+        optim: cfg.lars().init::<A, crate::model::swav::Swav<A>>(),
+        queue: None,
+        comm: Communicator::solo(),
+    };
     let d = &cfg.dataloader.train.dataset;
     let bs = cfg.dataloader.train.sampler.batch_size;
     let crops: Vec<Tensor<A, 4>> = d
@@ -49,31 +57,30 @@ pub fn steps<A: AutodiffBackend>(
                 .map(move |_| Tensor::random([bs, 3, s, s], Distribution::Normal(0.0, 1.0), device))
         })
         .collect();
-    let groups = cfg.crop_groups();
-    let loss = cfg.swav_loss();
+    let settings = StepSettings {
+        loss: cfg.swav_loss(),
+        groups: cfg.crop_groups(),
+        prototype_ids: Vec::new(),
+    };
     let mut start = Instant::now();
     let mut warmup_seconds = 0.0;
+    let reads = step::host_reads();
     for i in 0..=steps {
         let t = Instant::now();
         if i == 1 {
             warmup_seconds = start.elapsed().as_secs_f64();
             start = t;
         }
-        model = step::normalize_prototypes(model);
-        // The trainer's step: its loss is read (waiting for the device) as the trainer reads it.
-        let out = parallel::step(
-            &model,
-            std::slice::from_ref(device),
-            std::slice::from_ref(&crops),
-            &groups,
-            &loss,
-            None,
-        );
-        model = optim.step(0.1, model, out.grads);
+        // The trainer's step (one rank): its loss is read (waiting for the device) as the
+        // trainer reads it.
+        (model, _) = rank
+            .step(model, &crops, 0.1, false, &settings)
+            .expect("a one-rank step has no collective to fail");
         // The parameter update is queued after the loss was read: wait for it too.
         let _ = A::sync(device);
         on_step(i, t.elapsed().as_secs_f64());
     }
+    let host_reads_per_step = (step::host_reads() - reads) as f64 / (steps + 1) as f64;
     if steps == 0 {
         warmup_seconds = start.elapsed().as_secs_f64();
     }
@@ -84,6 +91,7 @@ pub fn steps<A: AutodiffBackend>(
         seconds,
         images_per_second: (steps * bs) as f64 / seconds,
         warmup_seconds,
+        host_reads_per_step,
     }
 }
 
@@ -151,11 +159,24 @@ pub fn check<A: AutodiffBackend>(
             start = i;
         }
     }
-    let out = step::swav_step(&model, &crops, &groups, &SwavLoss::default(), None);
+    let out = step::swav_step(
+        &model,
+        &crops,
+        &groups,
+        &SwavLoss::default(),
+        None,
+        &Communicator::solo(),
+    )
+    .map_err(|e| e.to_string())?;
     let loss = step::scalar(out.loss);
     let reference_loss = get("loss")?.to_f32().map_err(|e| e.to_string())?[0] as f64;
     let mut codes_max_abs = Vec::new();
-    for (i, q) in out.codes.iter().enumerate() {
+    for (i, q) in out.codes.into_iter().enumerate() {
+        let q = q
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))?;
         let want = get(&format!("q{i}"))?.to_f32().map_err(|e| e.to_string())?;
         codes_max_abs.push(
             q.iter()
@@ -170,4 +191,72 @@ pub fn check<A: AutodiffBackend>(
         loss_relative: (loss - reference_loss).abs() / reference_loss.abs(),
         codes_max_abs,
     })
+}
+
+/// Device against host Sinkhorn-Knopp at one size.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkhornBench {
+    pub rows: usize,
+    pub prototypes: usize,
+    /// Seconds per call on the device (codes read back), after one warm-up call.
+    pub device_seconds: f64,
+    /// Seconds per call of the f64 host code.
+    pub host_seconds: f64,
+    /// host / device.
+    pub speedup: f64,
+    /// Largest |device code − host code| (codes are probabilities times the row count's share).
+    pub max_abs_difference: f64,
+}
+
+/// Time Sinkhorn-Knopp (ε 0.05, 3 iterations) on `device` and on the host for scores of
+/// `rows × prototypes` drawn like SwAV's (cosine similarities in [−1, 1]), `repeats` calls each.
+pub fn sinkhorn<B: Backend>(
+    rows: usize,
+    prototypes: usize,
+    repeats: usize,
+    device: &B::Device,
+) -> SinkhornBench {
+    B::seed(device, 0);
+    let scores =
+        Tensor::<B, 2>::random([rows, prototypes], Distribution::Uniform(-1.0, 1.0), device);
+    let host_scores: Vec<f32> = scores
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 scores");
+    let comm = Communicator::<B>::solo();
+    let run = || {
+        sinkhorn::codes(scores.clone(), &comm, 0.05, 3)
+            .expect("one rank has no collective to fail")
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32 codes")
+    };
+    let device_codes = run();
+    let repeats = repeats.max(1);
+    let t = Instant::now();
+    for _ in 0..repeats {
+        run();
+    }
+    let device_seconds = t.elapsed().as_secs_f64() / repeats as f64;
+    let t = Instant::now();
+    let mut host_codes = Vec::new();
+    for _ in 0..repeats {
+        host_codes = sinkhorn::host(&host_scores, rows, prototypes, 0.05, 3);
+    }
+    let host_seconds = t.elapsed().as_secs_f64() / repeats as f64;
+    SinkhornBench {
+        rows,
+        prototypes,
+        device_seconds,
+        host_seconds,
+        speedup: host_seconds / device_seconds,
+        max_abs_difference: device_codes
+            .iter()
+            .zip(&host_codes)
+            .map(|(a, b)| f64::from((a - b).abs()))
+            .fold(0.0, f64::max),
+    }
 }

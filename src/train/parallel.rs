@@ -1,154 +1,390 @@
-//! One data-parallel SwAV step over several devices of one host (facebookresearch/swav runs
-//! DDP): each device holds a replica of the model and its share of the batch; Sinkhorn-Knopp
-//! runs over the rows of all devices together (its sums are global, as in main_swav.py's
-//! `distributed_sinkhorn`); each device back-propagates its own loss; the gradients are
-//! averaged on the first device (DDP's all-reduce). BatchNorm statistics are per device (the
-//! replicas run one after another, so their BatchNorms cannot share statistics). With one
-//! device it is [`super::step::swav_step`].
+//! Data parallelism on one host: one [`Rank`] per device, each on a thread of its own, so that
+//! every device runs its forward and backward passes at the same time as the others. The
+//! ranks exchange data only through their communicators (the collective engine,
+//! [`crate::collective`]); this module only starts them, hands each its shard of every batch
+//! and its orders, and ends the run when one of them fails.
+//!
+//! A rank that panics or errs records why, then ends the group: ranks waiting in a collective
+//! get an error instead of waiting for it, and the run ends with one line naming the rank and
+//! the cause ([`RankFailure`]).
 
-use super::step::{self, Queue, SwavLoss};
+use super::rank::{Rank, StepSettings, SwavOptimizer};
+use super::step::DeviceQueue;
+use crate::collective::LocalGroup;
+use crate::data::device::DeviceLoader;
+use crate::data::loader::Batch;
 use crate::model::swav::Swav;
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::Tensor;
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
 
-/// Averages several devices' gradients into one set, on the first device's module.
-struct MeanGrads {
-    parts: Vec<GradientsParams>,
-    out: GradientsParams,
+/// Why a run of ranks ended early.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("rank {rank} ({device}) failed: {cause}")]
+pub struct RankFailure {
+    pub rank: usize,
+    pub device: String,
+    pub cause: String,
 }
 
-impl<A: AutodiffBackend> ModuleVisitor<A> for MeanGrads {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
-        let n = self.parts.len() as f32;
-        let mut sum: Option<Tensor<A::InnerBackend, D>> = None;
-        for p in &mut self.parts {
-            if let Some(g) = p.remove::<A::InnerBackend, D>(param.id) {
-                sum = Some(match sum {
-                    Some(s) => s + g,
-                    None => g,
-                });
+/// A fault injected for tests: rank `rank` panics when told to run iteration `iteration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    pub rank: usize,
+    pub iteration: usize,
+}
+
+/// What a rank starts with.
+pub struct RankStart<A: AutodiffBackend> {
+    pub device: A::Device,
+    /// The rank's replica, on its device, sharing nothing with the others
+    /// ([`super::rank::replicate`]).
+    pub model: Swav<A>,
+    pub optim: SwavOptimizer<A>,
+    /// Its slice of the queue, when resuming a run that had one.
+    pub queue: Option<super::step::Queue>,
+}
+
+type Job<A> = Box<dyn FnOnce(&Swav<A>, &mut Rank<A>) -> Box<dyn Any + Send> + Send>;
+
+enum Command<A: AutodiffBackend> {
+    Epoch(Option<[usize; 3]>),
+    Step {
+        rate: f64,
+        frozen: bool,
+        iteration: usize,
+    },
+    Run(Job<A>),
+}
+
+/// What rank 0 says of a step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepResult {
+    /// The mean of every rank's loss.
+    pub loss: f64,
+    /// Whether the queue took part.
+    pub queue_in_use: bool,
+}
+
+enum Reply {
+    Loss(StepResult),
+    Done(Box<dyn Any + Send>),
+    Failed,
+}
+
+/// Ranks running on threads of this process.
+pub struct Ranks<A: AutodiffBackend> {
+    commands: Vec<mpsc::Sender<Command<A>>>,
+    shards: Vec<mpsc::SyncSender<Batch>>,
+    replies: mpsc::Receiver<(usize, Reply)>,
+    failure: Arc<Mutex<Option<RankFailure>>>,
+    handles: Vec<thread::JoinHandle<()>>,
+    /// Steps handed out whose loss was not read yet.
+    outstanding: std::cell::Cell<usize>,
+}
+
+impl<A: AutodiffBackend> Ranks<A>
+where
+    A::Device: Send + 'static,
+{
+    /// Start one rank per entry of `starts` (rank `w` on `starts[w].device`).
+    pub fn start(
+        starts: Vec<RankStart<A>>,
+        settings: StepSettings,
+        fault: Option<Fault>,
+    ) -> Result<Self, RankFailure> {
+        let devices: Vec<A::Device> = starts.iter().map(|s| s.device.clone()).collect();
+        let comms = LocalGroup::<A::InnerBackend>::register(&devices).map_err(|e| RankFailure {
+            rank: 0,
+            device: format!("{:?}", devices[0]),
+            cause: e.to_string(),
+        })?;
+        let failure = Arc::new(Mutex::new(None));
+        let (reply_tx, replies) = mpsc::channel();
+        let (mut commands, mut shards, mut handles) = (Vec::new(), Vec::new(), Vec::new());
+        for (w, (start, comm)) in starts.into_iter().zip(comms).enumerate() {
+            let (cmd_tx, cmd_rx) = mpsc::channel();
+            let (shard_tx, shard_rx) = mpsc::sync_channel(1);
+            let queue = start
+                .queue
+                .as_ref()
+                .map(|q| DeviceQueue::from_host(q, &start.device));
+            let rank = Rank {
+                device: start.device.clone(),
+                optim: start.optim,
+                queue,
+                comm,
+            };
+            let (settings, failure, reply_tx) =
+                (settings.clone(), failure.clone(), reply_tx.clone());
+            let device = format!("{:?}", start.device);
+            let model = start.model;
+            let handle = thread::Builder::new()
+                .name(format!("rank-{w}"))
+                .spawn(move || {
+                    // Dropped last: its uploader thread ends when the coordinator hangs up.
+                    let mut batches = DeviceLoader::<A>::from_batches(
+                        shard_rx.into_iter(),
+                        0,
+                        rank.device.clone(),
+                    );
+                    let run = catch_unwind(AssertUnwindSafe(|| {
+                        serve(
+                            rank,
+                            model,
+                            cmd_rx,
+                            &mut batches,
+                            &reply_tx,
+                            &settings,
+                            fault,
+                        )
+                    }));
+                    let cause = match run {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => e,
+                        Err(panic) => panic_message(panic.as_ref()),
+                    };
+                    {
+                        let mut f = failure.lock().unwrap_or_else(|e| e.into_inner());
+                        if f.is_none() {
+                            *f = Some(RankFailure {
+                                rank: w,
+                                device,
+                                cause,
+                            });
+                        }
+                    }
+                    // Ranks waiting for this one in a collective get an error instead.
+                    LocalGroup::<A::InnerBackend>::abort_all();
+                    let _ = reply_tx.send((w, Reply::Failed));
+                })
+                .map_err(|e| RankFailure {
+                    rank: w,
+                    device: format!("{:?}", devices[w]),
+                    cause: format!("cannot start its thread: {e}"),
+                })?;
+            commands.push(cmd_tx);
+            shards.push(shard_tx);
+            handles.push(handle);
+        }
+        Ok(Ranks {
+            commands,
+            shards,
+            replies,
+            failure,
+            handles,
+            outstanding: std::cell::Cell::new(0),
+        })
+    }
+
+    /// Number of ranks.
+    pub fn world(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// Tell every rank that an epoch starts (with the queue's shape once it is on).
+    pub fn begin_epoch(&self, queue: Option<[usize; 3]>) -> Result<(), RankFailure> {
+        for w in 0..self.world() {
+            self.send(w, Command::Epoch(queue))?;
+        }
+        Ok(())
+    }
+
+    /// Start one step: each rank gets its shard of `batch` (consecutive samples) and the
+    /// order to step. Returns at once; [`Ranks::loss`] waits for the result.
+    pub fn step(
+        &self,
+        batch: Batch,
+        rate: f64,
+        frozen: bool,
+        iteration: usize,
+    ) -> Result<(), RankFailure> {
+        for (w, shard) in batch.split(self.world()).into_iter().enumerate() {
+            if self.shards[w].send(shard).is_err() {
+                return Err(self.failed(w));
+            }
+            self.send(
+                w,
+                Command::Step {
+                    rate,
+                    frozen,
+                    iteration,
+                },
+            )?;
+        }
+        self.outstanding.set(self.outstanding.get() + 1);
+        Ok(())
+    }
+
+    /// The mean loss of the oldest step not yet waited for.
+    pub fn loss(&self) -> Result<StepResult, RankFailure> {
+        self.outstanding
+            .set(self.outstanding.get().saturating_sub(1));
+        match self.reply()? {
+            (_, Reply::Loss(v)) => Ok(v),
+            (w, _) => Err(self.unexpected(w)),
+        }
+    }
+
+    /// Run `job` on rank `w`'s model and state, on its thread, after the steps handed out
+    /// (their losses are dropped), and return its result.
+    pub fn run_on<T: Send + 'static>(
+        &self,
+        w: usize,
+        job: impl FnOnce(&Swav<A>, &mut Rank<A>) -> T + Send + 'static,
+    ) -> Result<T, RankFailure> {
+        self.settle()?;
+        self.send(w, Command::Run(Box::new(move |m, r| Box::new(job(m, r)))))?;
+        match self.reply()? {
+            (_, Reply::Done(v)) => Ok(*v.downcast::<T>().expect("the job's result type")),
+            (w, _) => Err(self.unexpected(w)),
+        }
+    }
+
+    /// Run `job` on every rank; the results in rank order.
+    pub fn run_on_all<T: Send + 'static>(
+        &self,
+        job: impl Fn(&Swav<A>, &mut Rank<A>) -> T + Send + Sync + Clone + 'static,
+    ) -> Result<Vec<T>, RankFailure> {
+        self.settle()?;
+        for w in 0..self.world() {
+            let job = job.clone();
+            self.send(w, Command::Run(Box::new(move |m, r| Box::new(job(m, r)))))?;
+        }
+        let mut out: Vec<Option<T>> = (0..self.world()).map(|_| None).collect();
+        for _ in 0..self.world() {
+            match self.reply()? {
+                (w, Reply::Done(v)) => out[w] = Some(*v.downcast::<T>().expect("result type")),
+                (w, _) => return Err(self.unexpected(w)),
             }
         }
-        if let Some(s) = sum {
-            self.out.register(param.id, s / n);
+        Ok(out
+            .into_iter()
+            .map(|v| v.expect("every rank replied"))
+            .collect())
+    }
+
+    /// Stop the ranks and wait for their threads.
+    pub fn finish(mut self) {
+        self.commands.clear();
+        self.shards.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    /// Wait for the steps handed out, dropping their losses.
+    fn settle(&self) -> Result<(), RankFailure> {
+        while self.outstanding.get() > 0 {
+            self.loss()?;
+        }
+        Ok(())
+    }
+
+    fn send(&self, w: usize, c: Command<A>) -> Result<(), RankFailure> {
+        self.commands[w].send(c).map_err(|_| self.failed(w))
+    }
+
+    fn reply(&self) -> Result<(usize, Reply), RankFailure> {
+        match self.replies.recv() {
+            Ok((w, Reply::Failed)) => Err(self.failed(w)),
+            Ok(r) => Ok(r),
+            Err(_) => Err(self.failed(0)),
+        }
+    }
+
+    /// The first failure recorded (the cause; later ones are its consequences), else one of
+    /// rank `w`'s.
+    fn failed(&self, w: usize) -> RankFailure {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| RankFailure {
+                rank: w,
+                device: String::new(),
+                cause: "its thread ended".into(),
+            })
+    }
+
+    fn unexpected(&self, w: usize) -> RankFailure {
+        RankFailure {
+            rank: w,
+            device: String::new(),
+            cause: "answered out of turn".into(),
         }
     }
 }
 
-/// Split a batch's crop tensors (one per resolution, crop-major: crop `k` of sample `i` at
-/// row `k·N + i`) into each device's crops: device `w` takes samples `[w·N/n, (w+1)·N/n)`,
-/// one `[B_w, 3, s, s]` tensor per crop, moved to `devices[w]`.
-pub fn split_batch<A: AutodiffBackend>(
-    crops: &[Tensor<A, 4>],
-    num_crops: &[usize],
-    devices: &[A::Device],
-) -> Vec<Vec<Tensor<A, 4>>> {
-    let n_dev = devices.len();
-    let n = crops
-        .first()
-        .map_or(0, |t| t.dims()[0] / num_crops[0].max(1));
-    (0..n_dev)
-        .map(|w| {
-            let (start, end) = (w * n / n_dev, (w + 1) * n / n_dev);
-            let mut out = Vec::new();
-            for (t, &count) in crops.iter().zip(num_crops) {
-                for k in 0..count {
-                    let c = t.clone().narrow(0, k * n + start, end - start);
-                    out.push(if w == 0 { c } else { c.to_device(&devices[w]) });
+impl<A: AutodiffBackend> Drop for Ranks<A> {
+    fn drop(&mut self) {
+        // After a failure the ranks are told to stop (their channels close; ranks in a
+        // collective were already released) and are not waited for.
+        if !self.handles.is_empty() {
+            LocalGroup::<A::InnerBackend>::abort_all();
+        }
+    }
+}
+
+/// A rank's thread: orders until the coordinator hangs up.
+fn serve<A: AutodiffBackend>(
+    mut rank: Rank<A>,
+    mut model: Swav<A>,
+    commands: mpsc::Receiver<Command<A>>,
+    batches: &mut DeviceLoader<A>,
+    replies: &mpsc::Sender<(usize, Reply)>,
+    settings: &StepSettings,
+    fault: Option<Fault>,
+) -> Result<(), String>
+where
+    A::Device: Send + 'static,
+{
+    let w = rank.rank();
+    for command in commands {
+        match command {
+            Command::Epoch(queue) => rank.begin_epoch(queue),
+            Command::Step {
+                rate,
+                frozen,
+                iteration,
+            } => {
+                if fault == Some(Fault { rank: w, iteration }) {
+                    panic!("injected fault at iteration {iteration}");
+                }
+                let batch = batches
+                    .next()
+                    .ok_or_else(|| "its shard of the batch never came".to_string())?;
+                // One tensor per resolution, crop-major: one `[B, 3, s, s]` tensor per crop.
+                let n = batch.samples.len();
+                let crops: Vec<_> = batch
+                    .crops
+                    .iter()
+                    .flat_map(|t| (0..t.dims()[0] / n).map(move |k| t.clone().narrow(0, k * n, n)))
+                    .collect();
+                let (m, loss) = rank
+                    .step(model, &crops, rate, frozen, settings)
+                    .map_err(|e| e.to_string())?;
+                model = m;
+                if w == 0 {
+                    let queue_in_use = rank.queue.as_ref().is_some_and(|q| q.in_use);
+                    let _ = replies.send((w, Reply::Loss(StepResult { loss, queue_in_use })));
                 }
             }
-            out
-        })
-        .collect()
-}
-
-/// What one data-parallel step gives.
-pub struct ParallelStep {
-    /// Mean of the devices' losses (each the mean over its images).
-    pub loss: f64,
-    /// Averaged gradients, on the first device, for `model`'s parameters.
-    pub grads: GradientsParams,
-}
-
-/// One step: `crops[w]` are device `w`'s crops (each `[B_w, 3, s, s]`, already on
-/// `devices[w]`), `queues[w]` its queue. `model` lives on `devices[0]`.
-pub fn step<A: AutodiffBackend>(
-    model: &Swav<A>,
-    devices: &[A::Device],
-    crops: &[Vec<Tensor<A, 4>>],
-    groups: &[std::ops::Range<usize>],
-    loss: &SwavLoss,
-    mut queues: Option<&mut [Queue]>,
-) -> ParallelStep {
-    if let [only] = crops {
-        // One device: the single-worker step the parity tests check against PyTorch.
-        let queue = queues.and_then(|q| q.first_mut());
-        let out = step::swav_step(model, only, groups, loss, queue);
-        // The backward pass is queued before the loss is read, so that reading it does not
-        // make an asynchronous device (CUDA) finish the forward pass first.
-        let grads = GradientsParams::from_grads(out.loss.clone().backward(), model);
-        return ParallelStep {
-            loss: step::scalar(out.loss),
-            grads,
-        };
-    }
-    let n = devices.len();
-    let replicas: Vec<Swav<A>> = (0..n)
-        .map(|w| {
-            if w == 0 {
-                model.clone()
-            } else {
-                model.clone().fork(&devices[w])
+            Command::Run(job) => {
+                let out = job(&model, &mut rank);
+                let _ = replies.send((w, Reply::Done(out)));
             }
-        })
-        .collect();
-    let fwds: Vec<step::Forward<A>> = replicas
-        .iter()
-        .zip(crops)
-        .map(|(r, c)| step::forward(r, c, groups))
-        .collect();
-    let k = fwds[0].scores.dims()[1];
-    let rows: Vec<Vec<Vec<f32>>> = fwds
-        .iter()
-        .zip(&replicas)
-        .enumerate()
-        .map(|(w, (f, r))| {
-            let q = queues.as_deref_mut().map(|q| &mut q[w]);
-            step::assignment_scores(f, r, loss, q)
-        })
-        .collect();
-    let batches: Vec<usize> = fwds.iter().map(|f| f.batch).collect();
-    let mut codes: Vec<Vec<Vec<f32>>> = vec![Vec::new(); n];
-    for i in 0..loss.crops_for_assign.len() {
-        let per: Vec<Vec<f32>> = rows.iter().map(|r| r[i].clone()).collect();
-        for (w, c) in step::joint_codes(&per, k, &batches, loss)
-            .into_iter()
-            .enumerate()
-        {
-            codes[w].push(c);
         }
     }
-    let mut value = 0.0;
-    let mut grads = Vec::with_capacity(n);
-    for (w, (f, r)) in fwds.iter().zip(&replicas).enumerate() {
-        let l = step::swapped_loss(f, &codes[w], loss);
-        let g = GradientsParams::from_grads(l.clone().backward(), r);
-        value += step::scalar(l) / n as f64;
-        grads.push(if w == 0 {
-            g
-        } else {
-            g.to_device(&devices[0], r)
-        });
-    }
-    let mut mean = MeanGrads {
-        parts: grads,
-        out: GradientsParams::new(),
-    };
-    model.visit(&mut mean);
-    ParallelStep {
-        loss: value,
-        grads: mean.out,
-    }
+    Ok(())
+}
+
+fn panic_message(p: &(dyn Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .map_or_else(|| "panicked".into(), |m| format!("panicked: {m}"))
 }

@@ -1,14 +1,21 @@
 //! One SwAV training step as facebookresearch/swav `main_swav.py` computes it:
 //! prototypes L2-normalised; the backbone run once per crop-resolution group (BatchNorm
 //! statistics per group); projection head and L2 normalisation; scores = z · prototypesᵀ;
-//! codes by Sinkhorn-Knopp (no gradient) for `crops_for_assign`; the swapped-prediction loss
-//! with a temperature, averaged over the other crops and over the assigned crops.
+//! codes by Sinkhorn-Knopp (no gradient, on the device, [`super::sinkhorn`]) for
+//! `crops_for_assign`, over every rank's rows; the swapped-prediction loss with a temperature,
+//! averaged over the other crops and over the assigned crops.
+//!
+//! Nothing here reads the device from the host except [`scalar`] (the loss, once per step);
+//! [`host_reads`] counts such reads.
 
+use super::sinkhorn;
+use crate::collective::{CollectiveError, Communicator};
 use crate::model::swav::Swav;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// SwAV loss settings (main_swav.py defaults).
 #[derive(Debug, Clone, PartialEq)]
@@ -32,35 +39,6 @@ impl Default for SwavLoss {
             crops_for_assign: vec![0, 1],
         }
     }
-}
-
-/// Sinkhorn-Knopp codes for scores `[B, K]` (row-major): `Q = exp(scores / ε)ᵀ`, normalised to
-/// sum 1, then alternately rows to 1/K and columns to 1/B, `iterations` times; returned as
-/// `[B, K]` with each row summing to 1. Computed in f64, shifted by the maximum score first so
-/// that `exp` cannot overflow (the shift cancels in the first normalisation).
-pub fn sinkhorn(scores: &[f32], b: usize, k: usize, epsilon: f64, iterations: usize) -> Vec<f32> {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut q: Vec<f64> = scores
-        .iter()
-        .map(|&s| ((s as f64 - max) / epsilon).exp())
-        .collect();
-    let total: f64 = q.iter().sum();
-    q.iter_mut().for_each(|v| *v /= total);
-    for _ in 0..iterations {
-        // Each prototype (a column of [B, K]) sums to 1/K.
-        for j in 0..k {
-            let s: f64 = (0..b).map(|i| q[i * k + j]).sum();
-            for i in 0..b {
-                q[i * k + j] /= s * k as f64;
-            }
-        }
-        // Each sample (a row) sums to 1/B.
-        for row in q.chunks_exact_mut(k) {
-            let s: f64 = row.iter().sum();
-            row.iter_mut().for_each(|v| *v /= s * b as f64);
-        }
-    }
-    q.iter().map(|v| (v * b as f64) as f32).collect()
 }
 
 /// L2-normalise every prototype vector (the columns of each `[D, K]` head), as main_swav.py
@@ -129,79 +107,75 @@ pub fn forward<B: Backend>(
     }
 }
 
-/// The rows Sinkhorn-Knopp sees for each assigned crop, on the host (`[rows, K]`): the queue's
-/// scores against the current prototypes first when the queue is in use, then the batch's.
-/// The queue is then shifted and the batch's embeddings pushed in front (main_swav.py order).
-pub fn assignment_scores<B: Backend>(
-    fwd: &Forward<B>,
-    model: &Swav<B>,
+/// Codes of each assigned crop of this rank's batch (`[B, K]`, no gradient), from the rows
+/// Sinkhorn-Knopp sees: the queue's scores against the current prototypes first when the queue
+/// is in use, then the batch's; its sums run over every rank of `comm`. The queue is then
+/// shifted and the batch's embeddings pushed in front (main_swav.py order).
+pub fn assigned_codes<A: AutodiffBackend>(
+    fwd: &Forward<A>,
+    model: &Swav<A>,
     loss: &SwavLoss,
-    mut queue: Option<&mut Queue>,
-) -> Vec<Vec<f32>> {
+    mut queue: Option<&mut DeviceQueue<A::InnerBackend>>,
+    comm: &Communicator<A::InnerBackend>,
+) -> Result<Vec<Tensor<A::InnerBackend, 2>>, CollectiveError> {
     let bs = fwd.batch;
-    loss.crops_for_assign
-        .iter()
-        .enumerate()
-        .map(|(i, &a)| {
-            let batch: Vec<f32> = to_host(fwd.scores.clone().narrow(0, a * bs, bs));
-            let Some(q) = queue.as_deref_mut() else {
-                return batch;
-            };
-            let mut rows = Vec::new();
-            if q.in_use || q.is_full(i) {
-                q.in_use = true;
-                let w = model.prototypes.as_ref().expect("prototypes").heads[0]
-                    .weight
-                    .val()
-                    .detach();
-                let device = fwd.scores.device();
-                let stored = Tensor::<B, 2>::from_data(
-                    TensorData::new(q.rows[i].clone(), [q.len, q.dim]),
-                    &device,
-                );
-                rows = to_host(stored.matmul(w));
+    let scores = fwd.scores.clone().inner();
+    let mut out = Vec::with_capacity(loss.crops_for_assign.len());
+    for (i, &a) in loss.crops_for_assign.iter().enumerate() {
+        let batch = scores.clone().narrow(0, a * bs, bs);
+        let rows = match queue.as_deref_mut() {
+            None => batch,
+            Some(q) => {
+                let mut rows = batch;
+                if q.in_use || q.is_full(i) {
+                    q.in_use = true;
+                    let w = model.prototypes.as_ref().expect("prototypes").heads[0]
+                        .weight
+                        .val()
+                        .inner();
+                    rows = Tensor::cat(vec![q.rows[i].clone().matmul(w), rows], 0);
+                }
+                q.push(i, fwd.embedding.clone().inner().narrow(0, a * bs, bs));
+                rows
             }
-            q.push(
-                i,
-                &to_host(fwd.embedding.clone().narrow(0, a * bs, bs).detach()),
-            );
-            rows.extend(batch);
-            rows
-        })
-        .collect()
+        };
+        let n = rows.dims()[0];
+        let q = sinkhorn::codes(rows, comm, loss.epsilon, loss.sinkhorn_iterations)?;
+        out.push(q.narrow(0, n - bs, bs));
+    }
+    Ok(out)
+}
+
+static HOST_READS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many times training code has waited for a device to read a value back (each a
+/// synchronisation of the host with the device), since the process started.
+pub fn host_reads() -> usize {
+    HOST_READS.load(Ordering::Relaxed)
 }
 
 /// The value of a one-element tensor (a loss), read from the device.
 pub(crate) fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    HOST_READS.fetch_add(1, Ordering::Relaxed);
     t.into_data()
         .convert::<f64>()
         .to_vec::<f64>()
         .expect("a one-element tensor")[0]
 }
 
-fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.detach()
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32 values")
-}
-
-/// The swapped-prediction loss given each assigned crop's codes (`[B, K]` row-major): for each
-/// assigned crop `a`, the mean over the other crops `v` of `−mean_b Σ_k q_a log softmax(p_v / τ)`,
+/// The swapped-prediction loss given each assigned crop's codes (`[B, K]`): for each assigned
+/// crop `a`, the mean over the other crops `v` of `−mean_b Σ_k q_a log softmax(p_v / τ)`,
 /// averaged over the assigned crops.
-pub fn swapped_loss<B: Backend>(
-    fwd: &Forward<B>,
-    codes: &[Vec<f32>],
+pub fn swapped_loss<A: AutodiffBackend>(
+    fwd: &Forward<A>,
+    codes: &[Tensor<A::InnerBackend, 2>],
     loss: &SwavLoss,
-) -> Tensor<B, 1> {
+) -> Tensor<A, 1> {
     let bs = fwd.batch;
-    let k = fwd.scores.dims()[1];
-    let device = fwd.scores.device();
-    let mut total: Option<Tensor<B, 1>> = None;
+    let mut total: Option<Tensor<A, 1>> = None;
     for (q, &a) in codes.iter().zip(&loss.crops_for_assign) {
-        let q_t = Tensor::<B, 2>::from_data(TensorData::new(q.clone(), [bs, k]), &device);
-        let mut sub: Option<Tensor<B, 1>> = None;
+        let q_t = Tensor::<A, 2>::from_inner(q.clone());
+        let mut sub: Option<Tensor<A, 1>> = None;
         for v in (0..fwd.crops).filter(|&v| v != a) {
             let x = fwd.scores.clone().narrow(0, v * bs, bs) / loss.temperature;
             let term = (q_t.clone() * log_softmax(x, 1)).sum_dim(1).mean().neg();
@@ -219,60 +193,111 @@ pub fn swapped_loss<B: Backend>(
     total.expect("at least one assigned crop") / loss.crops_for_assign.len() as f32
 }
 
-/// Codes for several workers' rows at once (distributed Sinkhorn: its sums run over every
-/// worker's rows, which is the same as one Sinkhorn over the rows put together); each worker
-/// gets the codes of its last `batches[w]` rows (its images, after any queue rows).
-pub fn joint_codes(
-    rows: &[Vec<f32>],
-    k: usize,
-    batches: &[usize],
-    loss: &SwavLoss,
-) -> Vec<Vec<f32>> {
-    let all: Vec<f32> = rows.iter().flatten().copied().collect();
-    let q = sinkhorn(
-        &all,
-        all.len() / k,
-        k,
-        loss.epsilon,
-        loss.sinkhorn_iterations,
-    );
-    let mut out = Vec::with_capacity(rows.len());
-    let mut at = 0;
-    for (r, &batch) in rows.iter().zip(batches) {
-        let end = at + r.len();
-        out.push(q[end - batch * k..end].to_vec());
-        at = end;
-    }
-    out
-}
-
 /// The loss of one step and the codes it used.
-pub struct StepOutput<B: Backend> {
+pub struct StepOutput<A: AutodiffBackend> {
     /// Scalar loss.
-    pub loss: Tensor<B, 1>,
-    /// Codes per assigned crop, `[B, K]` row-major.
-    pub codes: Vec<Vec<f32>>,
+    pub loss: Tensor<A, 1>,
+    /// Codes per assigned crop, `[B, K]`.
+    pub codes: Vec<Tensor<A::InnerBackend, 2>>,
 }
 
-/// The SwAV loss of one worker's `crops` (each `[B, 3, s, s]`), whose resolution groups are
-/// the index ranges `groups`, with the queue when given (main_swav.py's `train` body).
-pub fn swav_step<B: Backend>(
-    model: &Swav<B>,
-    crops: &[Tensor<B, 4>],
+/// The SwAV loss of one rank's `crops` (each `[B, 3, s, s]`), whose resolution groups are the
+/// index ranges `groups`, with the queue when given (main_swav.py's `train` body); Sinkhorn's
+/// sums run over the ranks of `comm`.
+pub fn swav_step<A: AutodiffBackend>(
+    model: &Swav<A>,
+    crops: &[Tensor<A, 4>],
     groups: &[std::ops::Range<usize>],
     loss: &SwavLoss,
-    queue: Option<&mut Queue>,
-) -> StepOutput<B> {
+    queue: Option<&mut DeviceQueue<A::InnerBackend>>,
+    comm: &Communicator<A::InnerBackend>,
+) -> Result<StepOutput<A>, CollectiveError> {
     let fwd = forward(model, crops, groups);
-    let k = fwd.scores.dims()[1];
-    let rows = assignment_scores(&fwd, model, loss, queue);
-    let codes: Vec<Vec<f32>> = rows
-        .iter()
-        .map(|r| joint_codes(std::slice::from_ref(r), k, &[fwd.batch], loss).remove(0))
-        .collect();
-    StepOutput {
+    let codes = assigned_codes(&fwd, model, loss, queue, comm)?;
+    Ok(StepOutput {
         loss: swapped_loss(&fwd, &codes, loss),
         codes,
+    })
+}
+
+/// A rank's queue on its device: for each assigned crop, `[len, dim]`, newest row first.
+#[derive(Debug, Clone)]
+pub struct DeviceQueue<B: Backend> {
+    pub rows: Vec<Tensor<B, 2>>,
+    pub len: usize,
+    pub dim: usize,
+    /// Rows written so far per assigned crop (up to `len`).
+    filled: Vec<usize>,
+    /// Whether this epoch already uses it.
+    pub in_use: bool,
+}
+
+impl<B: Backend> DeviceQueue<B> {
+    /// The host queue `q` on `device`.
+    pub fn from_host(q: &Queue, device: &B::Device) -> Self {
+        let filled = (0..q.rows.len())
+            .map(|i| {
+                (0..q.len)
+                    .rev()
+                    .find(|&r| {
+                        q.rows[i][r * q.dim..(r + 1) * q.dim]
+                            .iter()
+                            .any(|&v| v != 0.0)
+                    })
+                    .map_or(0, |r| r + 1)
+            })
+            .collect();
+        DeviceQueue {
+            rows: q
+                .rows
+                .iter()
+                .map(|r| Tensor::from_data(TensorData::new(r.clone(), [q.len, q.dim]), device))
+                .collect(),
+            len: q.len,
+            dim: q.dim,
+            filled,
+            in_use: q.in_use,
+        }
+    }
+
+    /// The queue on the host (for checkpoints).
+    pub fn to_host(&self) -> Queue {
+        Queue {
+            len: self.len,
+            dim: self.dim,
+            rows: self
+                .rows
+                .iter()
+                .map(|t| {
+                    HOST_READS.fetch_add(1, Ordering::Relaxed);
+                    t.clone()
+                        .into_data()
+                        .convert::<f32>()
+                        .to_vec()
+                        .expect("f32 values")
+                })
+                .collect(),
+            in_use: self.in_use,
+        }
+    }
+
+    /// Whether crop `i`'s queue is full (its last row written).
+    pub fn is_full(&self, i: usize) -> bool {
+        self.len > 0 && self.filled[i] >= self.len
+    }
+
+    /// Shift crop `i`'s queue by the batch and put `embeddings` (`[B, dim]`) in front.
+    pub fn push(&mut self, i: usize, embeddings: Tensor<B, 2>) {
+        let n = embeddings.dims()[0];
+        self.rows[i] = if n >= self.len {
+            embeddings.narrow(0, 0, self.len)
+        } else {
+            Tensor::cat(
+                vec![embeddings, self.rows[i].clone().narrow(0, 0, self.len - n)],
+                0,
+            )
+        };
+        self.filled[i] = (self.filled[i] + n).min(self.len);
     }
 }
 

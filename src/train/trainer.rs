@@ -4,25 +4,23 @@
 //! the scheduled rate. Checkpoints at epoch ends ([`super::state`]); metrics as JSON lines in
 //! `OUTPUT/metrics.jsonl`; events for the caller's progress display.
 //!
-//! With several devices each gets `batch_size` images of the global batch ([`super::parallel`]).
+//! One rank per device, each on a thread of its own, each given `batch_size` images of the
+//! global batch ([`super::parallel`], [`super::rank`]).
 
 use super::config::{ConfigError, TrainConfig};
 use super::diagnostics;
-use super::lars::Lars;
-use super::parallel;
+use super::parallel::{Fault, RankFailure, RankStart, Ranks};
+use super::rank::{self, StepSettings, SwavOptimizer};
 use super::schedule::LrSchedule;
 use super::state::{self, EpochRecord, TrainState};
-use super::step::{self, Queue};
+use super::step::Queue;
 use crate::data::dataset::Dataset;
-use crate::data::device::{DeviceBatch, DeviceLoader};
 use crate::data::loader::{Loader, LoaderConfig, Pipeline};
 use crate::data::multicrop::MultiCrop;
 use crate::data::synthetic;
 use crate::model::swav::{Swav, SwavConfig};
 use crate::model::{load, record};
 use burn::module::{AutodiffModule, ParamId};
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 use std::io::Write;
@@ -35,6 +33,8 @@ use std::time::Instant;
 pub enum TrainError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Rank(#[from] RankFailure),
     #[error("{0}")]
     Data(String),
     #[error("{0}")]
@@ -62,6 +62,9 @@ pub struct TrainOptions {
     /// Start from these weights (any checkpoint format; a backbone alone leaves the head at
     /// its initialisation) instead of a random initialisation.
     pub pretrained: Option<PathBuf>,
+    /// A rank that panics at an iteration (tests of failure handling).
+    #[doc(hidden)]
+    pub fault: Option<Fault>,
 }
 
 /// What the loop reports as it goes.
@@ -157,10 +160,8 @@ impl Metrics {
     }
 }
 
-/// The optimizer: LARS over every parameter of the model.
-type SwavOptimizer<A> = OptimizerAdaptor<Lars<<A as AutodiffBackend>::InnerBackend>, Swav<A>, A>;
-
-/// Train as `cfg` says on `devices` (the first holds the master copy).
+/// Train as `cfg` says on `devices`, one rank per device (rank 0 on the first; it alone
+/// writes checkpoints).
 pub fn train<A: AutodiffBackend>(
     cfg: &TrainConfig,
     devices: &[A::Device],
@@ -174,22 +175,49 @@ where
     if devices.is_empty() {
         return Err(ConfigError::Invalid("no device to train on".into()).into());
     }
+    let world = devices.len();
     let output = PathBuf::from(&cfg.output_dir);
     std::fs::create_dir_all(&output)
         .map_err(|e| TrainError::Data(format!("{}: {e}", output.display())))?;
     let existing = previous_checkpoint(&output, opts.resume)?;
-    let data = TrainData::open(cfg, devices.len(), opts.workers)?;
+    let data = TrainData::open(cfg, world, opts.workers)?;
     let model_cfg = cfg.model_config()?;
+    let queue = queue_shape(cfg, world);
     let (start, pretrained) = start::<A>(
         cfg,
         &model_cfg,
         devices,
+        queue,
         existing,
         opts.pretrained.as_deref(),
     )?;
     let config_path = output.join("config.yaml");
     crate::atomic::write_bytes(&config_path, cfg.to_yaml().as_bytes())
         .map_err(|e| TrainError::Data(format!("{}: {e}", config_path.display())))?;
+    let settings = StepSettings {
+        loss: cfg.swav_loss(),
+        groups: cfg.crop_groups(),
+        prototype_ids: prototype_ids(&start.model),
+    };
+    let mut queues = start
+        .queues
+        .map(|q| q.into_iter().map(Some).collect::<Vec<_>>());
+    let starts: Vec<RankStart<A>> = devices
+        .iter()
+        .enumerate()
+        .map(|(w, d)| RankStart {
+            device: d.clone(),
+            model: if w == 0 {
+                start.model.clone()
+            } else {
+                rank::replicate(&start.model, &model_cfg, d)
+            },
+            optim: start.optim.clone(),
+            queue: queues.as_mut().and_then(|q| q[w].take()),
+        })
+        .collect();
+    drop(start.model);
+    let ranks = Ranks::start(starts, settings, opts.fault)?;
     let lr = &cfg.lr_scheduler;
     let mut run = Run {
         schedule: LrSchedule::new(
@@ -200,23 +228,19 @@ where
             cfg.epochs,
             data.iterations,
         ),
-        loss: cfg.swav_loss(),
-        groups: cfg.crop_groups(),
         model_cfg,
-        frozen_ids: prototype_ids(&start.model),
+        queue,
         metrics: Metrics::open(&output)?,
         cfg,
-        devices,
         output,
         data,
-        optim: start.optim,
+        ranks,
         st: start.state,
-        queues: start.queues,
         on_event,
     };
     run.emit(Event::Start {
         images: run.data.set.len(),
-        devices: devices.len(),
+        devices: world,
         global_batch: run.data.loader.batch_size,
         iterations_per_epoch: run.data.iterations,
         start_epoch: run.st.epoch,
@@ -228,13 +252,9 @@ where
     let last_epoch = opts
         .max_epochs
         .map_or(cfg.epochs, |m| (run.st.epoch + m).min(cfg.epochs));
-    // The model is passed through the steps by value, so that the optimizer owns its
-    // parameters while it updates them.
-    let mut model = start.model;
     let mut checkpoint = None;
     for epoch in run.st.epoch..last_epoch {
-        let rec;
-        (model, rec) = run.epoch(model, epoch)?;
+        let rec = run.epoch(epoch)?;
         let before = run.st.history.last().map(|r| r.loss);
         run.st.history.push(rec.clone());
         run.st.epoch = epoch + 1;
@@ -245,14 +265,25 @@ where
             });
         }
         if run.st.epoch.is_multiple_of(cfg.checkpoint.interval) || run.st.epoch == last_epoch {
-            checkpoint = Some(run.checkpoint(&model)?);
+            checkpoint = Some(run.checkpoint()?);
         }
     }
+    run.ranks.finish();
     Ok(TrainSummary {
         history: run.st.history,
         checkpoint,
         output: run.output,
     })
+}
+
+/// Each rank's queue, `[assigned crops, rows, dim]`, when the config has one: main_swav.py
+/// rounds `queue_length` down to a multiple of the global batch and gives each rank an equal
+/// slice. `None` when there is no queue (or it rounds to nothing).
+pub fn queue_shape(cfg: &TrainConfig, world: usize) -> Option<[usize; 3]> {
+    let h = &cfg.model.head;
+    let global = cfg.dataloader.train.sampler.batch_size * world;
+    let length = h.queue_length - h.queue_length % global.max(1);
+    (length > 0).then_some([h.crops_for_assign.len(), length / world, h.feat_dim])
 }
 
 /// The latest checkpoint in `output` when resuming; an error when resuming without one, or
@@ -324,8 +355,8 @@ impl TrainData {
     }
 }
 
-/// Where a run starts: a checkpoint's model, optimizer, state and queue, or a fresh
-/// (seeded, optionally `pretrained`) model.
+/// Where a run starts: a checkpoint's model, optimizer, state and queue (one slice per rank),
+/// or a fresh (seeded, optionally `pretrained`) model.
 struct Start<A: AutodiffBackend> {
     model: Swav<A>,
     optim: SwavOptimizer<A>,
@@ -337,6 +368,7 @@ fn start<A: AutodiffBackend>(
     cfg: &TrainConfig,
     model_cfg: &SwavConfig,
     devices: &[A::Device],
+    queue: Option<[usize; 3]>,
     existing: Option<PathBuf>,
     pretrained: Option<&Path>,
 ) -> Result<(Start<A>, Option<Event>), TrainError> {
@@ -351,18 +383,18 @@ fn start<A: AutodiffBackend>(
                 dir.display()
             )));
         }
-        if loaded.queues.is_some() && loaded.state.devices != n_dev {
-            return Err(TrainError::Checkpoint(format!(
-                "{}: its queue is split over {} devices, this run has {n_dev}",
-                dir.display(),
-                loaded.state.devices
-            )));
-        }
+        let queues = match (loaded.queues, queue) {
+            (Some(q), Some(shape)) => Some(
+                reslice_queues(q, n_dev, shape)
+                    .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?,
+            ),
+            _ => None,
+        };
         let start = Start {
             model: loaded.model,
             optim,
             state: loaded.state,
-            queues: loaded.queues,
+            queues,
         };
         return Ok((start, None));
     }
@@ -395,23 +427,72 @@ fn start<A: AutodiffBackend>(
     Ok((start, event))
 }
 
+/// A checkpoint's queue, saved as one slice per rank of its run, cut into `world` slices of
+/// `shape` (`[assigned, rows per rank, dim]`): the rows of every slice in rank order, cut
+/// again. A run resumed with the same global batch on another number of ranks keeps every
+/// row; a queue of another total size is an error.
+pub fn reslice_queues(
+    queues: Vec<Queue>,
+    world: usize,
+    [assigned, len, dim]: [usize; 3],
+) -> Result<Vec<Queue>, String> {
+    if queues.len() == world && queues.iter().all(|q| q.len == len) {
+        return Ok(queues);
+    }
+    let rows: usize = queues.iter().map(|q| q.len).sum();
+    let old_dim = queues.first().map_or(dim, |q| q.dim);
+    let old_assigned = queues.first().map_or(assigned, |q| q.rows.len());
+    if rows != world * len || old_dim != dim || old_assigned != assigned {
+        return Err(format!(
+            "its queue holds {rows} rows of width {old_dim} for {old_assigned} crops ({} ranks); \
+             this run's holds {} rows of width {dim} for {assigned} crops ({world} ranks of \
+             {len}): resume with the same global batch and queue_length",
+            queues.len(),
+            world * len
+        ));
+    }
+    let all: Vec<Vec<f32>> = (0..assigned)
+        .map(|i| {
+            queues
+                .iter()
+                .flat_map(|q| q.rows[i].iter().copied())
+                .collect()
+        })
+        .collect();
+    Ok((0..world)
+        .map(|w| Queue {
+            len,
+            dim,
+            rows: all
+                .iter()
+                .map(|r| r[w * len * dim..(w + 1) * len * dim].to_vec())
+                .collect(),
+            in_use: false,
+        })
+        .collect())
+}
+
 /// A run in progress: what the loop reads and what it changes.
 struct Run<'a, A: AutodiffBackend> {
     cfg: &'a TrainConfig,
-    devices: &'a [A::Device],
     output: PathBuf,
     data: TrainData,
     schedule: LrSchedule,
-    loss: step::SwavLoss,
-    groups: Vec<std::ops::Range<usize>>,
     model_cfg: SwavConfig,
-    /// The prototypes' parameters, whose gradients are dropped while frozen.
-    frozen_ids: Vec<ParamId>,
-    optim: SwavOptimizer<A>,
+    /// Each rank's queue shape, once it starts.
+    queue: Option<[usize; 3]>,
+    ranks: Ranks<A>,
     st: TrainState,
-    queues: Option<Vec<Queue>>,
     metrics: Metrics,
     on_event: &'a mut dyn FnMut(&Event),
+}
+
+/// A step handed to the ranks whose loss is not read yet.
+struct Pending {
+    iteration: usize,
+    step_in_epoch: usize,
+    rate: f64,
+    images: Vec<usize>,
 }
 
 impl<A: AutodiffBackend> Run<'_, A>
@@ -424,33 +505,31 @@ where
         (self.on_event)(&e);
     }
 
-    /// One epoch over the data set.
-    fn epoch(
-        &mut self,
-        mut model: Swav<A>,
-        epoch: usize,
-    ) -> Result<(Swav<A>, EpochRecord), TrainError> {
-        let (h, n_dev) = (&self.cfg.model.head, self.devices.len());
-        if h.queue_length > 0 && epoch >= h.epoch_queue_starts && self.queues.is_none() {
-            let q = Queue::new(h.crops_for_assign.len(), h.queue_length / n_dev, h.feat_dim);
-            self.queues = Some(vec![q; n_dev]);
-        }
-        for q in self.queues.iter_mut().flatten() {
-            q.in_use = false;
-        }
+    /// One epoch over the data set. The next step is handed to the ranks before the current
+    /// one's loss is read, so that loading and uploading overlap the step.
+    fn epoch(&mut self, epoch: usize) -> Result<EpochRecord, TrainError> {
+        let h = &self.cfg.model.head;
+        let queue = self.queue.filter(|_| epoch >= h.epoch_queue_starts);
+        self.ranks.begin_epoch(queue)?;
         let d = &self.data;
         let pipeline = Pipeline::MultiCrop(d.multicrop.clone());
         let loader = Loader::new(d.set.clone(), pipeline, &d.loader, epoch as u64);
         let skipped = loader.skipped.clone();
         let mut reported = 0;
-        let started = Instant::now();
-        let (mut loss_sum, mut steps, mut images, mut last_lr) = (0.0, 0usize, 0usize, 0.0);
-        let batches = DeviceLoader::<A>::new(loader, self.devices[0].clone());
-        for (step_in_epoch, batch) in batches.enumerate() {
+        let world = self.ranks.world();
+        let mut sums = EpochSums {
+            started: Instant::now(),
+            loss: 0.0,
+            steps: 0,
+            images: 0,
+            lr: 0.0,
+        };
+        let mut pending = std::collections::VecDeque::new();
+        for (step_in_epoch, batch) in loader.enumerate() {
             let (it, rate) = (self.st.iteration, self.schedule.at(self.st.iteration));
             self.st.iteration += 1;
-            let n = batch.samples.len();
-            if n < 2 * n_dev {
+            let n = batch.len();
+            if n < 2 * world {
                 self.emit(Event::Warning {
                     message: format!(
                         "iteration {it}: batch of {n} images after unreadable ones were skipped: step skipped"
@@ -458,21 +537,17 @@ where
                 });
                 continue;
             }
-            let value;
-            (model, value) = self.step(model, &batch, epoch, it, rate)?;
-            (loss_sum, steps, images, last_lr) = (loss_sum + value, steps + 1, images + n, rate);
-            let interval = self.cfg.log_config.interval.max(1);
-            if step_in_epoch % interval == 0 || step_in_epoch + 1 == self.data.iterations {
-                self.emit(Event::Iteration {
-                    epoch,
-                    iteration: it,
-                    step_in_epoch,
-                    loss: value,
-                    lr: rate,
-                    images_per_second: images as f64 / started.elapsed().as_secs_f64(),
-                    queue: self.queues.as_ref().is_some_and(|q| q[0].in_use),
-                    prototypes_frozen: self.frozen(it),
-                });
+            let images = batch.samples.clone();
+            self.ranks.step(batch, rate, self.frozen(it), it)?;
+            pending.push_back(Pending {
+                iteration: it,
+                step_in_epoch,
+                rate,
+                images,
+            });
+            if pending.len() > 1 {
+                let p = pending.pop_front().expect("a pending step");
+                self.finish_step(p, epoch, &mut sums)?;
             }
             let new = skipped
                 .lock()
@@ -483,13 +558,55 @@ where
                 self.emit(Event::SkippedImage { path, error });
             }
         }
-        let rec = EpochRecord {
+        while let Some(p) = pending.pop_front() {
+            self.finish_step(p, epoch, &mut sums)?;
+        }
+        Ok(EpochRecord {
             epoch,
-            loss: loss_sum / steps.max(1) as f64,
-            lr: last_lr,
-            images_per_second: images as f64 / started.elapsed().as_secs_f64(),
-        };
-        Ok((model, rec))
+            loss: sums.loss / sums.steps.max(1) as f64,
+            lr: sums.lr,
+            images_per_second: sums.images as f64 / sums.started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Wait for a step's loss; stop with a dump when it is not finite.
+    fn finish_step(
+        &mut self,
+        p: Pending,
+        epoch: usize,
+        sums: &mut EpochSums,
+    ) -> Result<(), TrainError> {
+        let out = self.ranks.loss()?;
+        if !out.loss.is_finite() {
+            let images: Vec<String> = p
+                .images
+                .iter()
+                .map(|&s| self.data.set.samples[s].path.display().to_string())
+                .collect();
+            let (cfg, output) = (self.model_cfg.clone(), self.output.clone());
+            let it = p.iteration;
+            return Err(self.ranks.run_on(0, move |model, _| {
+                dump_non_finite(model, &cfg, &output, it, epoch, &images)
+            })?);
+        }
+        sums.loss += out.loss;
+        sums.steps += 1;
+        sums.images += p.images.len();
+        sums.lr = p.rate;
+        let interval = self.cfg.log_config.interval.max(1);
+        if p.step_in_epoch.is_multiple_of(interval) || p.step_in_epoch + 1 == self.data.iterations {
+            self.emit(Event::Iteration {
+                epoch,
+                iteration: p.iteration,
+                step_in_epoch: p.step_in_epoch,
+                loss: out.loss,
+                lr: p.rate,
+                images_per_second: sums.images as f64 / sums.started.elapsed().as_secs_f64(),
+                queue: out.queue_in_use,
+                prototypes_frozen: self.frozen(p.iteration),
+            });
+        }
+        Ok(())
     }
 
     /// Whether the prototypes are frozen at iteration `it`.
@@ -497,71 +614,47 @@ where
         it < self.cfg.optimizer_config.freeze_prototypes_iters
     }
 
-    /// One optimisation step at learning rate `rate`: the updated model and the loss, or a
-    /// dump and an error when the loss is not finite.
-    fn step(
-        &mut self,
-        model: Swav<A>,
-        batch: &DeviceBatch<A>,
-        epoch: usize,
-        it: usize,
-        rate: f64,
-    ) -> Result<(Swav<A>, f64), TrainError> {
-        let model = step::normalize_prototypes(model);
-        let num_crops = &self.cfg.dataloader.train.dataset.num_crops;
-        let shards = parallel::split_batch(&batch.crops, num_crops, self.devices);
-        let out = parallel::step(
-            &model,
-            self.devices,
-            &shards,
-            &self.groups,
-            &self.loss,
-            self.queues.as_deref_mut(),
-        );
-        if !out.loss.is_finite() {
-            let images: Vec<String> = batch
-                .samples
-                .iter()
-                .map(|&s| self.data.set.samples[s].path.display().to_string())
-                .collect();
-            return Err(dump_non_finite(
-                &model,
-                &self.model_cfg,
-                &self.output,
-                it,
-                epoch,
-                &images,
-            ));
-        }
-        let mut grads = out.grads;
-        if self.frozen(it) {
-            for id in &self.frozen_ids {
-                grads.remove::<A::InnerBackend, 2>(*id);
-            }
-        }
-        Ok((self.optim.step(rate, model, grads), out.loss))
-    }
-
-    /// Write a checkpoint of the run as it stands.
-    fn checkpoint(&mut self, model: &Swav<A>) -> Result<PathBuf, TrainError> {
-        self.st.queue = self
-            .queues
+    /// Write a checkpoint of the run as it stands: rank 0's model and optimizer, every rank's
+    /// queue.
+    fn checkpoint(&mut self) -> Result<PathBuf, TrainError> {
+        let queues: Option<Vec<Queue>> = self
+            .ranks
+            .run_on_all(|_, r| r.queue.as_ref().map(|q| q.to_host()))?
+            .into_iter()
+            .collect();
+        self.st.queue = queues
             .as_ref()
             .map(|q| [q[0].rows.len(), q[0].len, q[0].dim]);
-        self.st.devices = self.devices.len();
-        let path = state::save::<A, Swav<A>, _>(
-            &self.output,
-            model,
-            &self.model_cfg,
-            &self.optim,
-            self.queues.as_deref(),
-            &self.st,
-            self.cfg.checkpoint.keep,
-        )
-        .map_err(TrainError::Checkpoint)?;
+        self.st.devices = self.ranks.world();
+        let (output, model_cfg, st) =
+            (self.output.clone(), self.model_cfg.clone(), self.st.clone());
+        let keep = self.cfg.checkpoint.keep;
+        let path = self
+            .ranks
+            .run_on(0, move |model, rank| {
+                state::save::<A, Swav<A>, _>(
+                    &output,
+                    model,
+                    &model_cfg,
+                    &rank.optim,
+                    queues.as_deref(),
+                    &st,
+                    keep,
+                )
+            })?
+            .map_err(TrainError::Checkpoint)?;
         self.emit(Event::Checkpoint { path: path.clone() });
         Ok(path)
     }
+}
+
+/// An epoch's running totals.
+struct EpochSums {
+    started: Instant,
+    loss: f64,
+    steps: usize,
+    images: usize,
+    lr: f64,
 }
 
 /// Stop on a non-finite loss: name the first parameter holding NaN/inf (else the batch's

@@ -8,6 +8,7 @@ mod fetch;
 mod hostile;
 mod model;
 mod pretrain;
+mod ranks;
 mod server;
 mod train;
 mod transforms;

@@ -1,18 +1,17 @@
 //! `swav-train`'s loop: exact resume, simulated data-parallel workers, LARS, the queue.
 
 use burn::backend::{Autodiff, NdArray};
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
 use std::path::Path;
 use swav::data::synthetic::{self, SyntheticConfig};
 use swav::model::{record, CpuBackend};
 use swav::train::config::TrainConfig;
 use swav::train::lars::LarsConfig;
-use swav::train::parallel;
 use swav::train::state;
-use swav::train::step::{self, SwavLoss};
+use swav::train::step;
 use swav::train::trainer::{self, Event, TrainOptions};
 
 type A = Autodiff<CpuBackend>;
@@ -58,7 +57,7 @@ fn tiny_cli(workers: usize, overrides: &[String]) -> Vec<String> {
 
 /// A tiny run on a tiny synthetic set: the tiny model, 32-pixel images, a queue that starts in
 /// the second epoch, prototypes frozen for the first 3 iterations.
-fn tiny(output: &Path, data: &Path) -> TrainConfig {
+pub(crate) fn tiny(output: &Path, data: &Path) -> TrainConfig {
     let text = std::fs::read_to_string(TINY_CONFIG).unwrap();
     let mut overrides: Vec<String> = TINY_MODEL.iter().map(|s| s.to_string()).collect();
     overrides.extend([
@@ -81,7 +80,7 @@ fn tiny(output: &Path, data: &Path) -> TrainConfig {
         .unwrap()
 }
 
-fn synthetic_set(root: &Path) -> std::path::PathBuf {
+pub(crate) fn synthetic_set(root: &Path) -> std::path::PathBuf {
     synthetic::write(
         root,
         &SyntheticConfig {
@@ -178,111 +177,6 @@ fn resume_continues_bit_identically() {
     // metrics.jsonl has both runs' lines; the plot reads it.
     let png = swav::plot::write_training_plot(&dir.path().join("split")).unwrap();
     assert!(std::fs::metadata(png).unwrap().len() > 1000);
-}
-
-/// N simulated workers (data parallel) give the step of one worker whose batch is all of
-/// theirs. BatchNorm statistics are per worker in both (no synchronised BatchNorm), so the
-/// single-worker reference runs the backbone per shard; Sinkhorn and the loss run over the
-/// whole batch, and the gradient is that of the mean loss.
-#[test]
-fn simulated_workers_match_one_worker_with_the_whole_batch() {
-    type D = Autodiff<NdArray<f64>>;
-    let device = Default::default();
-    let cfg = tiny(Path::new("/unused"), Path::new("/unused"));
-    let model_cfg = cfg.model_config().unwrap();
-    <D as Backend>::seed(&device, 7);
-    let model = step::normalize_prototypes(model_cfg.init_now::<D>(&device));
-    let loss = SwavLoss::default();
-    let groups = [0..2, 2..4];
-    let (workers, per) = (3, 4);
-    let shards: Vec<Vec<Tensor<D, 4>>> = (0..workers)
-        .map(|_| {
-            [32, 32, 16, 16]
-                .iter()
-                .map(|&s| Tensor::random([per, 3, s, s], Distribution::Normal(0.0, 1.0), &device))
-                .collect()
-        })
-        .collect();
-    let devices = vec![device; workers];
-    let dp = parallel::step(&model, &devices, &shards, &groups, &loss, None);
-
-    // Reference: one graph; backbone per shard and crop group, head on everything.
-    let fwds: Vec<step::Forward<D>> = shards
-        .iter()
-        .map(|c| step::forward(&model, c, &groups))
-        .collect();
-    let k = fwds[0].scores.dims()[1];
-    let mut codes = vec![Vec::new(); workers];
-    for &a in &loss.crops_for_assign {
-        let rows: Vec<Vec<f32>> = fwds
-            .iter()
-            .map(|f| {
-                f.scores
-                    .clone()
-                    .narrow(0, a * per, per)
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec()
-                    .unwrap()
-            })
-            .collect();
-        for (w, c) in step::joint_codes(&rows, k, &vec![per; workers], &loss)
-            .into_iter()
-            .enumerate()
-        {
-            codes[w].push(c);
-        }
-    }
-    let total = fwds
-        .iter()
-        .zip(&codes)
-        .map(|(f, c)| step::swapped_loss(f, c, &loss))
-        .reduce(|a, b| a + b)
-        .unwrap()
-        / workers as f64;
-    let value: f64 = total
-        .clone()
-        .into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
-        .unwrap()[0];
-    assert!(
-        (value - dp.loss).abs() < 1e-6 * value.abs(),
-        "{value} vs {}",
-        dp.loss
-    );
-    let reference = GradientsParams::from_grads(total.backward(), &model);
-    struct Cmp<'a>(&'a GradientsParams, &'a GradientsParams, usize);
-    impl ModuleVisitor<D> for Cmp<'_> {
-        fn visit_float<const N: usize>(&mut self, p: &Param<Tensor<D, N>>) {
-            let get = |g: &GradientsParams| {
-                g.get::<NdArray<f64>, N>(p.id)
-                    .map(|t| t.into_data().convert::<f64>().to_vec::<f64>().unwrap())
-            };
-            let (a, b) = match (get(self.0), get(self.1)) {
-                (Some(a), Some(b)) => (a, b),
-                (None, None) => return, // BatchNorm running statistics
-                _ => panic!("a gradient exists on one side only"),
-            };
-            // Relative to the largest gradient of the layer, or 1e-6 for gradients that are
-            // zero in exact arithmetic (a Linear's bias before BatchNorm).
-            let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
-            let diff = a
-                .iter()
-                .zip(&b)
-                .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-            // Codes and scores pass through f32 (as on a GPU), so 1e-6, not f64 precision.
-            assert!(
-                diff / scale < 1e-6,
-                "gradient differs by {} (scale {scale})",
-                diff / scale
-            );
-            self.2 += 1;
-        }
-    }
-    let mut cmp = Cmp(&dp.grads, &reference, 0);
-    model.visit(&mut cmp);
-    assert!(cmp.2 > 60, "{} parameters compared", cmp.2);
 }
 
 /// LARS against the formula written out by hand (apex LARC, clip=False, over SGD momentum).
@@ -651,10 +545,11 @@ fn killed_training_leaves_loadable_checkpoints() {
     assert!(seen > 0, "no checkpoint was ever written");
 }
 
-/// The trainer on two simulated CPU workers: each gets half the batch and half the queue; a
-/// resume on another number of devices is refused (the queue is split per device).
+/// The trainer on two CPU ranks: each gets half the batch and half the queue; the run resumes
+/// on one rank with the same global batch (the queue's rows re-sliced), and a queue of another
+/// size is refused.
 #[test]
-fn two_simulated_workers_train_resume_and_refuse_another_split() {
+fn two_cpu_ranks_train_then_resume_on_one() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_set(&dir.path().join("data"));
     let cfg = tiny(&dir.path().join("out"), &data)
@@ -673,10 +568,19 @@ fn two_simulated_workers_train_resume_and_refuse_another_split() {
         resume: true,
         ..opts.clone()
     };
-    let e = trainer::train::<A>(&cfg, &[Default::default()], &resume, &mut |_| {}).unwrap_err();
-    assert!(e.to_string().contains("split over 2 devices"), "{e}");
-    let s = trainer::train::<A>(&cfg, &two, &resume, &mut |_| {}).unwrap();
+    let bigger = cfg
+        .clone()
+        .with_overrides(&["model.head.queue_length=32".into()])
+        .unwrap();
+    let e = trainer::train::<A>(&bigger, &two, &resume, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("holds 16 rows"), "{e}");
+    let one = cfg
+        .with_overrides(&["dataloader.train.sampler.batch_size=16".into()])
+        .unwrap();
+    let s = trainer::train::<A>(&one, &[Default::default()], &resume, &mut |_| {}).unwrap();
     assert_eq!(s.history.len(), 3);
+    let st = state::read_state(&state::latest(&dir.path().join("out")).unwrap()).unwrap();
+    assert_eq!((st.epoch, st.devices, st.queue), (3, 1, Some([2, 16, 8])));
 }
 
 /// `scripts/gpu-check.sh`'s two subcommands, on the CPU: `check-step` reproduces PyTorch's

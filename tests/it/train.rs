@@ -12,6 +12,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use swav::checkpoint::Checkpoint;
+use swav::collective::Communicator;
 use swav::layout::{self, Layout};
 use swav::model::load;
 use swav::tensor::{DType, Tensor as FileTensor};
@@ -91,7 +92,15 @@ fn run<A: AutodiffBackend>(reference: &str) -> Result {
             )
         })
         .collect();
-    let out = step::swav_step(&model, &crops, &[0..2, 2..4], &SwavLoss::default(), None);
+    let out = step::swav_step(
+        &model,
+        &crops,
+        &[0..2, 2..4],
+        &SwavLoss::default(),
+        None,
+        &Communicator::solo(),
+    )
+    .unwrap();
     let loss: Vec<f64> = out
         .loss
         .clone()
@@ -130,7 +139,8 @@ fn run<A: AutodiffBackend>(reference: &str) -> Result {
             .enumerate()
             .map(|(i, q)| {
                 let want = values(reference.get(&format!("q{i}")).unwrap());
-                vec![rel(&q.iter().map(|&x| x as f64).collect::<Vec<_>>(), &want)]
+                let q: Vec<f64> = q.clone().into_data().convert::<f64>().to_vec().unwrap();
+                vec![rel(&q, &want)]
             })
             .collect(),
         grads: torch

@@ -1,0 +1,202 @@
+//! One data-parallel rank (facebookresearch/swav runs one DDP process per GPU): its replica of
+//! the model on its device, its optimizer state, its slice of the queue and its communicator.
+//! A rank knows nothing of threads or processes: [`Rank::step`] is one SwAV step on the rank's
+//! shard of the batch, and every exchange with the other ranks is a collective of its
+//! [`Communicator`] — Sinkhorn-Knopp's sums, then the gradients and the loss in one buffer.
+//!
+//! As in DDP, every rank applies the same averaged gradients with its own copy of the optimizer,
+//! so the replicas stay equal; each rank's BatchNorm normalises with its own shard's statistics
+//! and updates its own running statistics (DDP without SyncBatchNorm, as main_swav.py runs when
+//! `--sync_bn` is off).
+
+use super::lars::Lars;
+use super::step::{self, DeviceQueue, Queue, SwavLoss};
+use crate::collective::{CollectiveError, Communicator};
+use crate::model::swav::{Swav, SwavConfig};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
+
+/// The optimizer: LARS over every parameter of the model.
+pub type SwavOptimizer<A> =
+    OptimizerAdaptor<Lars<<A as AutodiffBackend>::InnerBackend>, Swav<A>, A>;
+
+/// What every rank's step needs to know, the same on every rank.
+#[derive(Debug, Clone)]
+pub struct StepSettings {
+    pub loss: SwavLoss,
+    /// Consecutive crops of one resolution, run through the backbone together.
+    pub groups: Vec<std::ops::Range<usize>>,
+    /// The prototypes' parameters, whose gradients are dropped while they are frozen.
+    pub prototype_ids: Vec<ParamId>,
+}
+
+/// One rank's state (the model itself is passed through [`Rank::step`] by value, so that the
+/// optimizer owns its parameters while it updates them).
+pub struct Rank<A: AutodiffBackend> {
+    pub device: A::Device,
+    pub optim: SwavOptimizer<A>,
+    pub queue: Option<DeviceQueue<A::InnerBackend>>,
+    pub comm: Communicator<A::InnerBackend>,
+}
+
+/// A copy of `model` on `device` that shares nothing with it: Burn's clones share BatchNorm's
+/// running statistics (one `Arc`), so the copy is a fresh module loaded with the record.
+pub fn replicate<A: AutodiffBackend>(
+    model: &Swav<A>,
+    config: &SwavConfig,
+    device: &A::Device,
+) -> Swav<A> {
+    config
+        .init::<A>(device)
+        .load_record(model.clone().into_record())
+}
+
+impl<A: AutodiffBackend> Rank<A> {
+    /// The rank number.
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    /// At an epoch's start: the queue (`[assigned, len, dim]` per rank) once it starts, and
+    /// not in use until full again (main_swav.py's `use_the_queue = False` per epoch).
+    pub fn begin_epoch(&mut self, queue: Option<[usize; 3]>) {
+        if let (None, Some([assigned, len, dim])) = (&self.queue, queue) {
+            self.queue = Some(DeviceQueue::from_host(
+                &Queue::new(assigned, len, dim),
+                &self.device,
+            ));
+        }
+        if let Some(q) = &mut self.queue {
+            q.in_use = false;
+        }
+    }
+
+    /// One step on this rank's `crops` (each `[B, 3, s, s]`, on its device) at learning rate
+    /// `rate`: prototypes normalised, forward, codes over every rank, backward, gradients and
+    /// loss averaged over the ranks, LARS. Returns the updated model and the mean loss of the
+    /// ranks (the same on every rank); a non-finite loss leaves the model as it was (normalised).
+    pub fn step(
+        &mut self,
+        model: Swav<A>,
+        crops: &[Tensor<A, 4>],
+        rate: f64,
+        frozen: bool,
+        s: &StepSettings,
+    ) -> Result<(Swav<A>, f64), CollectiveError> {
+        let model = step::normalize_prototypes(model);
+        let (grads, loss) = self.gradients(&model, crops, frozen, s)?;
+        if !loss.is_finite() {
+            return Ok((model, loss));
+        }
+        Ok((self.optim.step(rate, model, grads), loss))
+    }
+
+    /// The gradients of the step of `model` (prototypes already normalised) on `crops`,
+    /// averaged over the ranks, without the prototypes' while `frozen`; and the mean loss.
+    pub fn gradients(
+        &mut self,
+        model: &Swav<A>,
+        crops: &[Tensor<A, 4>],
+        frozen: bool,
+        s: &StepSettings,
+    ) -> Result<(GradientsParams, f64), CollectiveError> {
+        let out = step::swav_step(
+            model,
+            crops,
+            &s.groups,
+            &s.loss,
+            self.queue.as_mut(),
+            &self.comm,
+        )?;
+        // The backward pass is queued before the loss is read, so that reading it does not
+        // make an asynchronous device (CUDA) finish the forward pass first.
+        let mut grads = GradientsParams::from_grads(out.loss.clone().backward(), model);
+        if frozen {
+            for id in &s.prototype_ids {
+                grads.remove::<A::InnerBackend, 2>(*id);
+            }
+        }
+        self.average(model, grads, out.loss)
+    }
+
+    /// The mean over the ranks of the gradients and of the loss: one all-reduce of one buffer
+    /// (every gradient flattened, the loss last), and one read of the loss.
+    fn average(
+        &self,
+        model: &Swav<A>,
+        mut grads: GradientsParams,
+        loss: Tensor<A, 1>,
+    ) -> Result<(GradientsParams, f64), CollectiveError> {
+        let world = self.comm.world();
+        if world == 1 {
+            return Ok((grads, step::scalar(loss)));
+        }
+        let mut flat = Flatten::<A::InnerBackend> {
+            grads: &mut grads,
+            parts: Vec::new(),
+            shapes: Vec::new(),
+        };
+        model.visit(&mut flat);
+        let Flatten {
+            mut parts, shapes, ..
+        } = flat;
+        parts.push(loss.inner().reshape([1]));
+        let total: usize = parts.iter().map(|p| p.dims()[0]).sum();
+        let mean = self
+            .comm
+            .all_reduce_sum(Tensor::cat(parts, 0))?
+            .mul_scalar(1.0 / world as f64);
+        let loss = step::scalar(mean.clone().narrow(0, total - 1, 1));
+        let mut split = Unflatten {
+            flat: mean,
+            offset: 0,
+            shapes: shapes.into_iter(),
+            out: GradientsParams::new(),
+        };
+        model.visit(&mut split);
+        Ok((split.out, loss))
+    }
+}
+
+/// Takes every gradient out of `grads`, flattened, in the model's parameter order.
+struct Flatten<'a, B: Backend> {
+    grads: &'a mut GradientsParams,
+    parts: Vec<Tensor<B, 1>>,
+    /// Per parameter, in order: the gradient's shape, or `None` without a gradient.
+    shapes: Vec<Option<Vec<usize>>>,
+}
+
+impl<A: AutodiffBackend> ModuleVisitor<A> for Flatten<'_, A::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+        let g = self.grads.remove::<A::InnerBackend, D>(param.id);
+        self.shapes.push(g.as_ref().map(|g| g.dims().to_vec()));
+        if let Some(g) = g {
+            let n = g.shape().num_elements();
+            self.parts.push(g.reshape([n]));
+        }
+    }
+}
+
+/// Puts the averaged buffer back into gradients, in the same order.
+struct Unflatten<B: Backend> {
+    flat: Tensor<B, 1>,
+    offset: usize,
+    shapes: std::vec::IntoIter<Option<Vec<usize>>>,
+    out: GradientsParams,
+}
+
+impl<A: AutodiffBackend> ModuleVisitor<A> for Unflatten<A::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+        let Some(Some(dims)) = self.shapes.next() else {
+            return;
+        };
+        let n: usize = dims.iter().product();
+        let dims: [usize; D] = dims.try_into().expect("the parameter's rank");
+        let g = self.flat.clone().narrow(0, self.offset, n).reshape(dims);
+        self.offset += n;
+        self.out.register(param.id, g);
+    }
+}
