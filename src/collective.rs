@@ -11,7 +11,7 @@
 //! exist per process: [`LocalGroup::register`] waits for the previous group to end (runs in one
 //! process — tests — take turns). Ending a group, normally or because a rank failed, resets the
 //! server: every rank still waiting in an all-reduce gets an error instead of waiting for a
-//! peer that will never come ([`Communicator::abort`]).
+//! peer that will never come ([`GroupHandle::abort`]).
 //!
 //! Order of summation: with two ranks a sum is exact in any order. With three or more the tree
 //! adds the ranks' tensors in an order that follows the server's hash map, so the last bit of a
@@ -91,11 +91,28 @@ impl<B: Backend> Communicator<B> {
         Ok(self.all_reduce_sum(slots)?.max())
     }
 
+    /// A handle on this rank's group that keeps it alive (see [`GroupHandle::abort`]).
+    pub fn handle(&self) -> GroupHandle<B> {
+        GroupHandle(self.group.clone())
+    }
+}
+
+/// Keeps a group alive while held, and can end it.
+pub struct GroupHandle<B: Backend>(Option<Arc<LocalGroup<B>>>);
+
+impl<B: Backend> Clone for GroupHandle<B> {
+    fn clone(&self) -> Self {
+        GroupHandle(self.0.clone())
+    }
+}
+
+impl<B: Backend> GroupHandle<B> {
     /// End the group for every rank: ranks waiting in a collective, or calling one later, get
-    /// an error. Called by a rank that fails, so that the others do not wait for it.
+    /// an error. Called when a rank fails, so that the others do not wait for it. The handle
+    /// keeps the group alive, so this can never end a later group of the process.
     pub fn abort(&self) {
-        if let Some(g) = &self.group {
-            g.abort();
+        if self.0.is_some() {
+            burn_collective::reset_collective::<B>();
         }
     }
 }
@@ -161,16 +178,6 @@ impl<B: Backend> LocalGroup<B> {
                 group: Some(group.clone()),
             })
             .collect())
-    }
-
-    fn abort(&self) {
-        Self::abort_all();
-    }
-
-    /// End this process's group for backend `B`, from any thread (see
-    /// [`Communicator::abort`]).
-    pub fn abort_all() {
-        burn_collective::reset_collective::<B>();
     }
 }
 

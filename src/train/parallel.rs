@@ -10,7 +10,7 @@
 
 use super::rank::{Rank, StepSettings, SwavOptimizer};
 use super::step::DeviceQueue;
-use crate::collective::LocalGroup;
+use crate::collective::{GroupHandle, LocalGroup};
 use crate::data::device::DeviceLoader;
 use crate::data::loader::Batch;
 use crate::model::swav::Swav;
@@ -82,6 +82,8 @@ pub struct Ranks<A: AutodiffBackend> {
     replies: mpsc::Receiver<(usize, Reply)>,
     failure: Arc<Mutex<Option<RankFailure>>>,
     handles: Vec<thread::JoinHandle<()>>,
+    /// Keeps the ranks' group alive until the ranks are dropped, and ends it on failure.
+    group: GroupHandle<A::InnerBackend>,
     /// Steps handed out whose loss was not read yet.
     outstanding: std::cell::Cell<usize>,
 }
@@ -102,6 +104,7 @@ where
             device: format!("{:?}", devices[0]),
             cause: e.to_string(),
         })?;
+        let group = comms[0].handle();
         let failure = Arc::new(Mutex::new(None));
         let (reply_tx, replies) = mpsc::channel();
         let (mut commands, mut shards, mut handles) = (Vec::new(), Vec::new(), Vec::new());
@@ -122,6 +125,7 @@ where
                 (settings.clone(), failure.clone(), reply_tx.clone());
             let device = format!("{:?}", start.device);
             let model = start.model;
+            let group = group.clone();
             let handle = thread::Builder::new()
                 .name(format!("rank-{w}"))
                 .spawn(move || {
@@ -158,7 +162,7 @@ where
                         }
                     }
                     // Ranks waiting for this one in a collective get an error instead.
-                    LocalGroup::<A::InnerBackend>::abort_all();
+                    group.abort();
                     let _ = reply_tx.send((w, Reply::Failed));
                 })
                 .map_err(|e| RankFailure {
@@ -176,6 +180,7 @@ where
             replies,
             failure,
             handles,
+            group,
             outstanding: std::cell::Cell::new(0),
         })
     }
@@ -324,7 +329,7 @@ impl<A: AutodiffBackend> Drop for Ranks<A> {
         // After a failure the ranks are told to stop (their channels close; ranks in a
         // collective were already released) and are not waited for.
         if !self.handles.is_empty() {
-            LocalGroup::<A::InnerBackend>::abort_all();
+            self.group.abort();
         }
     }
 }
