@@ -10,7 +10,7 @@
 //! `--sync_bn` is off).
 
 use super::lars::Lars;
-use super::step::{self, DeviceQueue, Queue, SwavLoss};
+use super::step::{self, DeviceQueue, SwavLoss};
 use crate::collective::{CollectiveError, Communicator};
 use crate::model::swav::{Swav, SwavConfig};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
@@ -54,6 +54,15 @@ pub fn replicate<A: AutodiffBackend>(
         .load_record(model.clone().into_record())
 }
 
+/// The prototypes' parameters (frozen during the first iterations).
+pub fn prototype_ids<B: Backend>(model: &Swav<B>) -> Vec<ParamId> {
+    model
+        .prototypes
+        .iter()
+        .flat_map(|p| p.heads.iter().map(|l| l.weight.id))
+        .collect()
+}
+
 impl<A: AutodiffBackend> Rank<A> {
     /// The rank number.
     pub fn rank(&self) -> usize {
@@ -64,10 +73,7 @@ impl<A: AutodiffBackend> Rank<A> {
     /// not in use until full again (main_swav.py's `use_the_queue = False` per epoch).
     pub fn begin_epoch(&mut self, queue: Option<[usize; 3]>) {
         if let (None, Some([assigned, len, dim])) = (&self.queue, queue) {
-            self.queue = Some(DeviceQueue::from_host(
-                &Queue::new(assigned, len, dim),
-                &self.device,
-            ));
+            self.queue = Some(DeviceQueue::zeros(assigned, len, dim, &self.device));
         }
         if let Some(q) = &mut self.queue {
             q.in_use = false;

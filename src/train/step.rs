@@ -220,7 +220,10 @@ pub fn swav_step<A: AutodiffBackend>(
     })
 }
 
-/// A rank's queue on its device: for each assigned crop, `[len, dim]`, newest row first.
+/// main_swav.py's queue, one rank's slice on its device: for each assigned crop, the
+/// embeddings of the last `len` images (`[len, dim]`, newest first), all zeros until filled.
+/// It is used from the first step at which its last row is written (then for the rest of
+/// the epoch).
 #[derive(Debug, Clone)]
 pub struct DeviceQueue<B: Backend> {
     pub rows: Vec<Tensor<B, 2>>,
@@ -233,7 +236,21 @@ pub struct DeviceQueue<B: Backend> {
 }
 
 impl<B: Backend> DeviceQueue<B> {
-    /// The host queue `q` on `device`.
+    /// An empty (all-zero) queue: `len` rows of width `dim` for each of `assigned` crops.
+    pub fn zeros(assigned: usize, len: usize, dim: usize, device: &B::Device) -> Self {
+        DeviceQueue {
+            rows: (0..assigned)
+                .map(|_| Tensor::zeros([len, dim], device))
+                .collect(),
+            len,
+            dim,
+            filled: vec![0; assigned],
+            in_use: false,
+        }
+    }
+
+    /// The host queue `q` on `device` (its filled rows counted: they are the non-zero ones,
+    /// newest first).
     pub fn from_host(q: &Queue, device: &B::Device) -> Self {
         let filled = (0..q.rows.len())
             .map(|i| {
@@ -301,9 +318,9 @@ impl<B: Backend> DeviceQueue<B> {
     }
 }
 
-/// main_swav.py's queue: for each assigned crop, the embeddings of the last `len` images
-/// (newest first), all zeros until filled. It is used from the first step at which its last
-/// row is non-zero (then for the rest of the epoch).
+/// A rank's queue on the host, as checkpoints hold it ([`DeviceQueue`] is the one training
+/// uses): for each assigned crop, the embeddings of the last `len` images (newest first), all
+/// zeros until filled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Queue {
     /// Rows per assigned crop (`queue_length / workers`).
@@ -317,25 +334,8 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// An empty (all-zero) queue.
-    pub fn new(assigned: usize, len: usize, dim: usize) -> Queue {
-        Queue {
-            len,
-            dim,
-            rows: vec![vec![0.0; len * dim]; assigned],
-            in_use: false,
-        }
-    }
-
-    /// Whether the last row of crop `i`'s queue is filled.
-    pub fn is_full(&self, i: usize) -> bool {
-        self.len > 0
-            && self.rows[i][(self.len - 1) * self.dim..]
-                .iter()
-                .any(|&v| v != 0.0)
-    }
-
-    /// Shift crop `i`'s queue by the batch and put `embeddings` (`[B, dim]`) in front.
+    /// Shift crop `i`'s queue by the batch and put `embeddings` (`[B, dim]`) in front (the
+    /// host form of [`DeviceQueue::push`], for reference computations).
     pub fn push(&mut self, i: usize, embeddings: &[f32]) {
         let q = &mut self.rows[i];
         let total = q.len();

@@ -20,7 +20,7 @@ use crate::data::multicrop::MultiCrop;
 use crate::data::synthetic;
 use crate::model::swav::{Swav, SwavConfig};
 use crate::model::{load, record};
-use burn::module::{AutodiffModule, ParamId};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 use std::io::Write;
@@ -130,14 +130,6 @@ pub fn data_root(cfg: &TrainConfig) -> Result<PathBuf, TrainError> {
     Ok(root.join("train"))
 }
 
-fn prototype_ids<A: AutodiffBackend>(model: &Swav<A>) -> Vec<ParamId> {
-    model
-        .prototypes
-        .iter()
-        .flat_map(|p| p.heads.iter().map(|l| l.weight.id))
-        .collect()
-}
-
 struct Metrics {
     file: std::fs::File,
 }
@@ -197,26 +189,28 @@ where
     let settings = StepSettings {
         loss: cfg.swav_loss(),
         groups: cfg.crop_groups(),
-        prototype_ids: prototype_ids(&start.model),
+        prototype_ids: rank::prototype_ids(&start.model),
     };
     let mut queues = start
         .queues
         .map(|q| q.into_iter().map(Some).collect::<Vec<_>>());
+    // Rank 0 keeps the model; every other rank gets a copy that shares nothing with it.
+    let mut models: Vec<Swav<A>> = devices[1..]
+        .iter()
+        .map(|d| rank::replicate(&start.model, &model_cfg, d))
+        .collect();
+    models.insert(0, start.model);
     let starts: Vec<RankStart<A>> = devices
         .iter()
+        .zip(models)
         .enumerate()
-        .map(|(w, d)| RankStart {
+        .map(|(w, (d, model))| RankStart {
             device: d.clone(),
-            model: if w == 0 {
-                start.model.clone()
-            } else {
-                rank::replicate(&start.model, &model_cfg, d)
-            },
+            model,
             optim: start.optim.clone(),
             queue: queues.as_mut().and_then(|q| q[w].take()),
         })
         .collect();
-    drop(start.model);
     let ranks = Ranks::start(starts, settings, opts.fault)?;
     let lr = &cfg.lr_scheduler;
     let mut run = Run {

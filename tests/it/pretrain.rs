@@ -265,16 +265,33 @@ fn lars_matches_larc_by_hand() {
     assert!(got_w.iter().zip(&w0).any(|(a, b)| a != b));
 }
 
-/// The queue shifts by the batch and puts the newest embeddings in front; it is used once its
-/// last row is filled.
+/// The queue training uses (on the device) shifts by the batch and puts the newest embeddings
+/// in front; it is full once its last row is written; a batch larger than the queue keeps its
+/// first rows; a checkpoint's queue comes back with its filled rows counted.
 #[test]
 fn queue_shifts_and_fills() {
-    let mut q = step::Queue::new(1, 3, 2);
+    let device = Default::default();
+    let emb = |v: &[f32]| {
+        Tensor::<CpuBackend, 2>::from_data(
+            burn::tensor::TensorData::new(v.to_vec(), [v.len() / 2, 2]),
+            &device,
+        )
+    };
+    let mut q = step::DeviceQueue::<CpuBackend>::zeros(1, 3, 2, &device);
     assert!(!q.is_full(0));
-    q.push(0, &[1.0, 1.0]);
-    q.push(0, &[2.0, 2.0, 3.0, 3.0]);
-    assert_eq!(q.rows[0], vec![2.0, 2.0, 3.0, 3.0, 1.0, 1.0]);
+    q.push(0, emb(&[1.0, 1.0]));
+    assert!(!q.is_full(0));
+    let host = q.to_host();
+    assert_eq!(host.rows[0], vec![1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    let mut back = step::DeviceQueue::<CpuBackend>::from_host(&host, &device);
+    q.push(0, emb(&[2.0, 2.0, 3.0, 3.0]));
+    assert_eq!(q.to_host().rows[0], vec![2.0, 2.0, 3.0, 3.0, 1.0, 1.0]);
     assert!(q.is_full(0));
+    // Restored with one row filled: two more rows fill it.
+    back.push(0, emb(&[2.0, 2.0, 3.0, 3.0]));
+    assert!(back.is_full(0));
+    q.push(0, emb(&[4.0, 4.0, 5.0, 5.0, 6.0, 6.0, 7.0, 7.0]));
+    assert_eq!(q.to_host().rows[0], vec![4.0, 4.0, 5.0, 5.0, 6.0, 6.0]);
 }
 
 /// A NaN stops the run with the iteration, the tensor and a dump (a learning rate that

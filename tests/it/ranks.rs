@@ -145,11 +145,7 @@ fn setup(world: usize) -> Setup {
     let settings = StepSettings {
         loss: SwavLoss::default(),
         groups: vec![0..2, 2..4],
-        prototype_ids: model
-            .prototypes
-            .iter()
-            .flat_map(|p| p.heads.iter().map(|l| l.weight.id))
-            .collect(),
+        prototype_ids: rank::prototype_ids(&model),
     };
     Setup {
         cfg,
