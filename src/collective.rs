@@ -17,7 +17,9 @@
 //! adds the ranks' tensors in an order that follows the server's hash map, so the last bit of a
 //! sum can differ from run to run.
 
-use burn::tensor::backend::Backend;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use std::sync::{Arc, Condvar, Mutex};
@@ -89,6 +91,46 @@ impl<B: Backend> Communicator<B> {
         let slots =
             Tensor::<B, 1>::zeros([self.world], &value.device()).slice_assign([slot], value);
         Ok(self.all_reduce_sum(slots)?.max())
+    }
+
+    /// The sum over every rank of `module`'s gradients and of `extra` (a loss, counts), times
+    /// `scale`: every gradient is flattened into one buffer with `extra` last, so that the
+    /// exchange is one all-reduce. Every rank passes gradients of the same parameters.
+    pub fn all_reduce_gradients<A, M>(
+        &self,
+        module: &M,
+        mut grads: GradientsParams,
+        extra: Tensor<B, 1>,
+        scale: f64,
+    ) -> Result<(GradientsParams, Tensor<B, 1>), CollectiveError>
+    where
+        A: AutodiffBackend<InnerBackend = B>,
+        M: Module<A>,
+    {
+        let mut flat = Flatten::<B> {
+            grads: &mut grads,
+            parts: Vec::new(),
+            shapes: Vec::new(),
+        };
+        module.visit(&mut flat);
+        let Flatten {
+            mut parts, shapes, ..
+        } = flat;
+        let extra_len = extra.dims()[0];
+        parts.push(extra);
+        let total: usize = parts.iter().map(|p| p.dims()[0]).sum();
+        let summed = self
+            .all_reduce_sum(Tensor::cat(parts, 0))?
+            .mul_scalar(scale);
+        let extra = summed.clone().narrow(0, total - extra_len, extra_len);
+        let mut split = Unflatten {
+            flat: summed,
+            offset: 0,
+            shapes: shapes.into_iter(),
+            out: GradientsParams::new(),
+        };
+        module.visit(&mut split);
+        Ok((split.out, extra))
     }
 
     /// A handle on this rank's group that keeps it alive (see [`GroupHandle::abort`]).
@@ -187,6 +229,54 @@ impl<B: Backend> Drop for LocalGroup<B> {
         *BUSY.lock().unwrap_or_else(|e| e.into_inner()) = false;
         FREED.notify_one();
     }
+}
+
+/// Takes every gradient out of `grads`, flattened, in the module's parameter order.
+struct Flatten<'a, B: Backend> {
+    grads: &'a mut GradientsParams,
+    parts: Vec<Tensor<B, 1>>,
+    /// Per parameter, in order: the gradient's shape, or `None` without a gradient.
+    shapes: Vec<Option<Vec<usize>>>,
+}
+
+impl<A: AutodiffBackend> ModuleVisitor<A> for Flatten<'_, A::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+        let g = self.grads.remove::<A::InnerBackend, D>(param.id);
+        self.shapes.push(g.as_ref().map(|g| g.dims().to_vec()));
+        if let Some(g) = g {
+            let n = g.shape().num_elements();
+            self.parts.push(g.reshape([n]));
+        }
+    }
+}
+
+/// Puts the reduced buffer back into gradients, in the same order.
+struct Unflatten<B: Backend> {
+    flat: Tensor<B, 1>,
+    offset: usize,
+    shapes: std::vec::IntoIter<Option<Vec<usize>>>,
+    out: GradientsParams,
+}
+
+impl<A: AutodiffBackend> ModuleVisitor<A> for Unflatten<A::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+        let Some(Some(dims)) = self.shapes.next() else {
+            return;
+        };
+        let n: usize = dims.iter().product();
+        let dims: [usize; D] = dims.try_into().expect("the parameter's rank");
+        let g = self.flat.clone().narrow(0, self.offset, n).reshape(dims);
+        self.offset += n;
+        self.out.register(param.id, g);
+    }
+}
+
+/// The message of a rank thread's panic, for the line that names the rank.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .map_or_else(|| "panicked".into(), |m| format!("panicked: {m}"))
 }
 
 fn describe(e: &burn_collective::CollectiveError) -> String {

@@ -13,6 +13,7 @@ use swav::backend::Devices;
 use swav::data::dataset::Dataset;
 use swav::eval::lincls::{self, image_folder, LinclsRequest};
 use swav::eval::linear::{self, LinearEvalConfig};
+use swav::eval::Frozen;
 use swav::model::load;
 use swav::model::resnet::ResNetConfig;
 use swav::model::swav::{Swav, SwavConfig};
@@ -25,7 +26,8 @@ use swav::model::swav::{Swav, SwavConfig};
 struct Args {
     #[command(subcommand)]
     command: Command,
-    /// Device: cpu or cuda:N (CUDA needs a build with --features cuda).
+    /// Device, or devices to split the work across: cpu, cuda:N, or a list (cuda:0,cuda:1;
+    /// cpu,cpu for two CPU ranks). CUDA needs a build with --features cuda.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
 }
@@ -149,15 +151,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let result = Devices::parse(&args.device).and_then(|d| {
-        if d.len() != 1 {
-            return Err(format!("--device {}: one device", args.device));
-        }
-        swav::with_backend!(&d, |B, list| run::<B>(
-            args,
-            list.into_iter().next().expect("one device")
-        ))
-    });
+    let result = Devices::parse(&args.device)
+        .and_then(|d| swav::with_backend!(&d, |B, list| run::<B>(args, list)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -167,8 +162,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// The backbone to evaluate: loaded weights, or a random initialisation.
-fn backbone<B: Backend>(c: &Common, device: &B::Device) -> Result<(Swav<B>, SwavConfig), String> {
+/// The backbone to evaluate (loaded weights, or a random initialisation) on the first of
+/// `devices`, to be run on all of them.
+fn backbone<B: Backend>(c: &Common, devices: Vec<B::Device>) -> Result<Frozen<B>, String> {
+    let (model, config) = backbone_on::<B>(c, &devices[0])?;
+    Ok(Frozen::new(model, config, devices))
+}
+
+fn backbone_on<B: Backend>(
+    c: &Common,
+    device: &B::Device,
+) -> Result<(Swav<B>, SwavConfig), String> {
     match (&c.pretrained, c.random_init) {
         (Some(p), _) => {
             let (model, config, report) =
@@ -214,7 +218,7 @@ fn eval_config(c: &Common) -> LinearEvalConfig {
     }
 }
 
-fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
+fn run<B: Backend>(args: Args, devices: Vec<B::Device>) -> Result<(), String> {
     match args.command {
         Command::Features {
             common,
@@ -222,10 +226,12 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
             data,
             output,
         } => {
-            let (model, _) = backbone::<B>(&common, &device)?;
+            let frozen = backbone::<B>(&common, devices)?;
             if let Some(t) = tensors {
-                let images = swav::eval::read_images::<B>(&t, &device)?;
-                let out = swav::eval::forward_batched(&model, images, common.batch_size);
+                let images = swav::eval::read_images(&t)?;
+                let out = frozen
+                    .outputs(&images, common.batch_size)
+                    .map_err(|e| format!("{}: {e}", t.display()))?;
                 swav::eval::write_outputs(&output, &out)?;
                 println!(
                     "wrote features {:?}, embedding {:?}, {} score tensor(s) to {}",
@@ -238,15 +244,13 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
                 let root = data.expect("required by clap");
                 let ds = Arc::new(Dataset::open(&root).map_err(|e| e.to_string())?);
                 let cfg = eval_config(&common);
-                let f = swav::eval::dataset_features(
-                    &model,
+                let f = frozen.dataset_features(
                     ds,
                     cfg.val_transform(),
                     cfg.mean,
                     cfg.std,
                     &lincls::loader_config(&cfg),
-                    &device,
-                );
+                )?;
                 for s in &f.skipped {
                     eprintln!("swav-lincls event=skipped image={s:?}");
                 }
@@ -275,8 +279,8 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
             load: cls,
             evaluate_only,
         } => {
-            let (model, config) = backbone::<B>(&common, &device)?;
-            let feature_dim = config.backbone.feature_dim();
+            let frozen = backbone::<B>(&common, devices)?;
+            let feature_dim = frozen.config.backbone.feature_dim();
             let request = LinclsRequest {
                 config: config_file,
                 overrides,
@@ -290,8 +294,8 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
             };
             let plan = request.resolve(eval_config(&common), feature_dim)?;
             if let (true, Some(cls)) = (evaluate_only, &cls) {
-                let head = linear::load_classifier::<B>(cls, &device)?;
-                let (top1, top5) = linear::evaluate(&model, &head, plan.val, &plan.cfg, &device);
+                let head = linear::load_classifier::<B>(cls, &frozen.devices[0])?;
+                let (top1, top5) = linear::evaluate(&frozen, &head, plan.val, &plan.cfg)?;
                 println!("{}", serde_json::json!({"top1": top1, "top5": top5}));
                 return Ok(());
             }
@@ -307,22 +311,15 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
                 ProgressStyle::with_template("epoch {pos}/{len} [{wide_bar}] {msg} eta {eta}")
                     .expect("valid template"),
             );
-            let summary = lincls::run(
-                &model,
-                feature_dim,
-                plan,
-                cache_features,
-                &device,
-                &mut |m| {
-                    bar.inc(1);
-                    bar.set_message(format!(
-                        "loss {:.4} top-1 {:.2} top-5 {:.2} {:.0} img/s",
-                        m.loss, m.top1, m.top5, m.images_per_second
-                    ));
-                    let line = serde_json::to_string(m).expect("plain numbers serialise");
-                    bar.suspend(|| println!("{line}"));
-                },
-            );
+            let summary = lincls::run(&frozen, feature_dim, plan, cache_features, &mut |m| {
+                bar.inc(1);
+                bar.set_message(format!(
+                    "loss {:.4} top-1 {:.2} top-5 {:.2} {:.0} img/s",
+                    m.loss, m.top1, m.top5, m.images_per_second
+                ));
+                let line = serde_json::to_string(m).expect("plain numbers serialise");
+                bar.suspend(|| println!("{line}"));
+            });
             bar.finish_and_clear();
             let summary = summary?;
             eprintln!(
@@ -338,10 +335,10 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
             data,
             load: cls,
         } => {
-            let (model, _) = backbone::<B>(&common, &device)?;
-            let head = linear::load_classifier::<B>(&cls, &device)?;
+            let frozen = backbone::<B>(&common, devices)?;
+            let head = linear::load_classifier::<B>(&cls, &frozen.devices[0])?;
             let val = image_folder(&data.join("val"))?;
-            let (top1, top5) = linear::evaluate(&model, &head, val, &eval_config(&common), &device);
+            let (top1, top5) = linear::evaluate(&frozen, &head, val, &eval_config(&common))?;
             println!("{}", serde_json::json!({"top1": top1, "top5": top5}));
             Ok(())
         }
@@ -352,15 +349,15 @@ fn run<B: Backend>(args: Args, device: B::Device) -> Result<(), String> {
             temperature,
             json,
         } => {
-            let (model, _) = backbone::<B>(&common, &device)?;
+            let frozen = backbone::<B>(&common, devices)?;
             let (train, val) = lincls::splits(&data)?;
             let cfg = eval_config(&common);
             let (t, lc) = (cfg.val_transform(), lincls::loader_config(&cfg));
-            let features =
-                |set| swav::eval::dataset_features(&model, set, t, cfg.mean, cfg.std, &lc, &device);
-            let (ft, fv) = (features(train.clone()), features(val));
+            let features = |set| frozen.dataset_features(set, t, cfg.mean, cfg.std, &lc);
+            let (ft, fv) = (features(train.clone())?, features(val)?);
+            let classes = train.classes.len();
             let (top1, top5) =
-                swav::eval::knn::<B>(&ft, &fv, train.classes.len(), k, temperature, &device);
+                swav::eval::knn::<B>(&ft, &fv, classes, k, temperature, &frozen.devices)?;
             if json {
                 println!(
                     "{}",

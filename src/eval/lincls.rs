@@ -6,9 +6,9 @@
 
 use super::config::ClasConfig;
 use super::linear::{self, EpochMetrics, LinearEvalConfig};
+use super::Frozen;
 use crate::data::dataset::Dataset;
 use crate::data::loader::LoaderConfig;
-use crate::model::swav::Swav;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use std::io::Write;
@@ -114,15 +114,16 @@ pub fn image_folder(root: &Path) -> Result<Arc<Dataset>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Train the classifier of `plan` on `backbone` (giving `feature_dim` features) and write the
+/// Train the classifier of `plan` on the frozen backbone (giving `feature_dim` features) and write the
 /// run's files; `on_epoch` sees each epoch's numbers after they are written. With
-/// `cache_features` the features are computed once with the evaluation transform.
+/// `cache_features` the features are computed once with the evaluation transform (split across
+/// the devices) and the classifier trains on the first device; without, it trains
+/// data-parallel on every device.
 pub fn run<B: Backend>(
-    backbone: &Swav<B>,
+    frozen: &Frozen<B>,
     feature_dim: usize,
     plan: LinclsPlan,
     cache_features: bool,
-    device: &B::Device,
     on_epoch: &mut dyn FnMut(&EpochMetrics),
 ) -> Result<LinclsSummary, String> {
     let LinclsPlan {
@@ -159,12 +160,12 @@ pub fn run<B: Backend>(
     if cache_features {
         let (transform, lc) = (cfg.val_transform(), loader_config(&cfg));
         let classes = train.classes.len();
-        let ft =
-            super::dataset_features(backbone, train, transform, cfg.mean, cfg.std, &lc, device);
-        let fv = super::dataset_features(backbone, val, transform, cfg.mean, cfg.std, &lc, device);
+        let ft = frozen.dataset_features(train, transform, cfg.mean, cfg.std, &lc)?;
+        let fv = frozen.dataset_features(val, transform, cfg.mean, cfg.std, &lc)?;
+        let device = &frozen.devices[0];
         linear::train_cached::<Autodiff<B>>(&ft, &fv, classes, &cfg, device, &mut record);
     } else {
-        linear::train::<Autodiff<B>>(backbone, feature_dim, train, val, &cfg, device, &mut record);
+        linear::train::<Autodiff<B>>(frozen, feature_dim, train, val, &cfg, &mut record)?;
     }
     if let Some(e) = failure {
         return Err(e);

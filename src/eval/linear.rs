@@ -4,13 +4,19 @@
 //! weight decay 1e-6, learning rate with a per-iteration cosine to 0; top-1/top-5 each epoch.
 //!
 //! The backbone runs on the inference backend (BatchNorm uses its running statistics); only the
-//! classifier lives on the autodiff backend.
+//! classifier lives on the autodiff backend. With several devices, every batch is split across
+//! ranks (one per device, [`super::ranks`]) and the classifier trains data-parallel: the
+//! gradients of the global batch's mean loss are summed through the collective engine
+//! ([`crate::collective`]) and every rank applies the same step.
 
+use super::ranks::{self, Pool};
+use super::{Frozen, Handout};
+use crate::collective::{CollectiveError, Communicator, LocalGroup};
 use crate::data::dataset::Dataset;
-use crate::data::loader::{Loader, LoaderConfig, Pipeline};
+use crate::data::loader::{Batch, Loader, LoaderConfig, Pipeline};
 use crate::data::multicrop::EvalTransform;
 use crate::model::swav::Swav;
-use burn::module::{AutodiffModule, Param};
+use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::optim::momentum::MomentumConfig;
@@ -83,7 +89,9 @@ pub fn cosine_lr(base: f64, iteration: usize, total: usize) -> f64 {
     0.5 * base * (1.0 + (std::f64::consts::PI * iteration as f64 / total.max(1) as f64).cos())
 }
 
-/// `Linear(feat, classes)` with weights N(0, 0.01) and zero bias.
+/// `Linear(feat, classes)` with weights N(0, 0.01) and zero bias, drawn now: Burn draws a
+/// parameter when it is first used, separately in each clone, so a classifier handed to
+/// several ranks before its first use would start different on each.
 pub fn classifier<B: Backend>(feat: usize, classes: usize, device: &B::Device) -> Linear<B> {
     let mut l = LinearConfig::new(feat, classes)
         .with_initializer(Initializer::Normal {
@@ -91,6 +99,7 @@ pub fn classifier<B: Backend>(feat: usize, classes: usize, device: &B::Device) -
             std: 0.01,
         })
         .init(device);
+    l.weight = Param::from_tensor(l.weight.val());
     l.bias = Some(Param::from_tensor(Tensor::zeros([classes], device)));
     l
 }
@@ -147,91 +156,224 @@ pub fn hits<B: Backend>(logits: Tensor<B, 2>, labels: &[i64]) -> (usize, usize) 
     (t1, t5)
 }
 
-fn features<I: Backend>(backbone: &Swav<I>, crops: Tensor<I, 4>) -> Tensor<I, 2> {
-    backbone.backbone.forward(crops)
-}
-
-/// Move a tensor between backends (through host memory).
-fn to_backend<I: Backend, A: Backend, const D: usize>(
-    t: Tensor<I, D>,
-    device: &A::Device,
-) -> Tensor<A, D> {
-    Tensor::from_data(t.into_data(), device)
-}
-
-/// Evaluate `head` on `val` (features of the frozen backbone): top-1, top-5 in %.
-pub fn evaluate<I: Backend>(
-    backbone: &Swav<I>,
-    head: &Linear<I>,
-    val: Arc<Dataset>,
-    cfg: &LinearEvalConfig,
-    device: &I::Device,
-) -> (f64, f64) {
+/// The loader of validation images: evaluation transform, in order.
+fn val_loader(val: Arc<Dataset>, cfg: &LinearEvalConfig) -> Loader {
     let lc = LoaderConfig {
-        batch_size: cfg.batch_size,
-        workers: cfg.workers,
+        batch_size: cfg.batch_size.max(1),
+        workers: cfg.workers.max(1),
         shuffle: false,
         drop_last: false,
         seed: cfg.seed,
         prefetch: 2,
     };
+    let pipeline = Pipeline::Eval {
+        transform: cfg.val_transform(),
+        mean: cfg.mean,
+        std: cfg.std,
+    };
+    Loader::new(val, pipeline, &lc, 0)
+}
+
+/// Top-1 and top-5 (in %) over `val`, each batch split across the ranks of `pool`; `job`
+/// makes a rank's job of its shard, and `hits` reads the rank's answer.
+fn val_accuracy<J, R>(
+    pool: &Pool<J, R>,
+    val: Arc<Dataset>,
+    cfg: &LinearEvalConfig,
+    job: impl Fn(Batch) -> J,
+    hits: impl Fn(R) -> (usize, usize),
+) -> Result<(f64, f64), String> {
     let (mut n, mut t1, mut t5) = (0, 0, 0);
-    for b in Loader::new(
-        val,
-        Pipeline::Eval {
-            transform: cfg.val_transform(),
-            mean: cfg.mean,
-            std: cfg.std,
-        },
-        &lc,
-        0,
-    ) {
+    for b in val_loader(val, cfg) {
         if b.is_empty() {
             continue;
         }
-        let labels: Vec<i64> = b
-            .labels
-            .iter()
-            .map(|l| l.map_or(-1, |v| v as i64))
-            .collect();
-        let d = b.to_device::<I>(device);
-        let logits = head.forward(features(backbone, d.crops[0].clone()));
-        let (a, c) = hits(logits, &labels);
-        t1 += a;
-        t5 += c;
-        n += labels.len();
+        n += b.len();
+        let jobs = b.split(pool.world()).into_iter().map(&job).collect();
+        for r in pool.round(jobs)? {
+            let (a, c) = hits(r);
+            t1 += a;
+            t5 += c;
+        }
     }
     let pct = |x: usize| 100.0 * x as f64 / n.max(1) as f64;
-    (pct(t1), pct(t5))
+    Ok((pct(t1), pct(t5)))
 }
 
-/// Train a linear classifier on the frozen backbone; `on_epoch` gets each epoch's metrics
-/// and the classifier (for saving best and last). Returns the trained classifier.
+/// Labels of a batch (`missing` where an image has none).
+fn batch_labels(b: &Batch, missing: i64) -> Vec<i64> {
+    b.labels
+        .iter()
+        .map(|l| l.map_or(missing, |v| v as i64))
+        .collect()
+}
+
+/// Top-1 and top-5 hits of `head` on the backbone's features of `shard`, on `device`.
+fn shard_hits<I: Backend>(
+    backbone: &Swav<I>,
+    head: &Linear<I>,
+    shard: Batch,
+    device: &I::Device,
+) -> (usize, usize) {
+    if shard.is_empty() {
+        return (0, 0);
+    }
+    let labels = batch_labels(&shard, -1);
+    let d = shard.to_device::<I>(device);
+    hits(
+        head.forward(backbone.backbone.forward(d.crops[0].clone())),
+        &labels,
+    )
+}
+
+/// Evaluate `head` on `val` (features of the frozen backbone, every batch split across its
+/// devices): top-1, top-5 in %.
+pub fn evaluate<I: Backend>(
+    frozen: &Frozen<I>,
+    head: &Linear<I>,
+    val: Arc<Dataset>,
+    cfg: &LinearEvalConfig,
+) -> Result<(f64, f64), String> {
+    let handout = frozen.handout();
+    ranks::with_ranks(
+        &frozen.devices,
+        |w, d| {
+            let head = if w == 0 {
+                head.clone()
+            } else {
+                head.clone().fork(d)
+            };
+            Ok((frozen.replica(&handout, w, d), head, d.clone()))
+        },
+        |(backbone, head, device), shard: Batch| Ok(shard_hits(backbone, head, shard, device)),
+        || {},
+        |pool| val_accuracy(pool, val, cfg, |b| b, |h| h),
+    )
+}
+
+/// One rank of data-parallel classifier training: its copy of the frozen backbone, its
+/// replica of the classifier and its optimizer, and its communicator.
+struct ClassifierRank<A: AutodiffBackend, O> {
+    backbone: Swav<A::InnerBackend>,
+    /// Out only while the optimizer updates it.
+    head: Option<Linear<A>>,
+    optim: O,
+    comm: Communicator<A::InnerBackend>,
+    device: A::Device,
+}
+
+enum Job {
+    /// One SGD step on the rank's shard of a batch of `global` images.
+    Step {
+        shard: Batch,
+        global: usize,
+        lr: f64,
+    },
+    /// Top-1 and top-5 hits on a shard of validation images.
+    Hits(Batch),
+    /// The classifier, for saving.
+    Head,
+}
+
+enum Answer<B: Backend> {
+    /// The sum of the batch's losses over every rank.
+    LossSum(f64),
+    Hits(usize, usize),
+    Head(Box<Linear<B>>),
+}
+
+impl<A: AutodiffBackend, O: Optimizer<Linear<A>, A>> ClassifierRank<A, O> {
+    fn head(&self) -> &Linear<A> {
+        self.head
+            .as_ref()
+            .expect("the classifier is back after each step")
+    }
+
+    /// One step: the cross-entropy of this rank's shard weighted by its share of the global
+    /// batch, so that the gradients summed over the ranks are those of the global batch's mean
+    /// loss (shards may differ in size); one all-reduce of every gradient and the loss sum.
+    fn step(&mut self, shard: Batch, global: usize, lr: f64) -> Result<f64, CollectiveError> {
+        let n = shard.len();
+        let head = self.head();
+        let (grads, loss_sum) = if n == 0 {
+            // An empty shard (a last batch smaller than the world) still takes part, with
+            // zero gradients.
+            let mut grads = GradientsParams::new();
+            grads.register(head.weight.id, head.weight.val().inner().zeros_like());
+            if let Some(b) = &head.bias {
+                grads.register(b.id, b.val().inner().zeros_like());
+            }
+            (grads, Tensor::zeros([1], &self.device))
+        } else {
+            let labels = batch_labels(&shard, 0);
+            let d = shard.to_device::<A::InnerBackend>(&self.device);
+            let f = Tensor::<A, 2>::from_inner(self.backbone.backbone.forward(d.crops[0].clone()));
+            let targets =
+                Tensor::<A, 1, Int>::from_data(TensorData::new(labels, [n]), &self.device);
+            let mean = CrossEntropyLossConfig::new()
+                .init(&self.device)
+                .forward(head.forward(f), targets);
+            let loss = mean.clone().mul_scalar(n as f64 / global as f64);
+            let grads = GradientsParams::from_grads(loss.backward(), head);
+            (grads, mean.mul_scalar(n as f64).inner())
+        };
+        let (grads, loss_sum) = self.comm.all_reduce_gradients(head, grads, loss_sum, 1.0)?;
+        let head = self.head.take().expect("the classifier");
+        self.head = Some(self.optim.step(lr, head, grads));
+        Ok(f64::from(
+            loss_sum
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("scalar loss")[0],
+        ))
+    }
+
+    fn answer(&mut self, job: Job) -> Result<Answer<A::InnerBackend>, String> {
+        Ok(match job {
+            Job::Step { shard, global, lr } => {
+                Answer::LossSum(self.step(shard, global, lr).map_err(|e| e.to_string())?)
+            }
+            Job::Hits(shard) => {
+                let (a, b) = shard_hits(&self.backbone, &self.head().valid(), shard, &self.device);
+                Answer::Hits(a, b)
+            }
+            Job::Head => Answer::Head(Box::new(self.head().valid())),
+        })
+    }
+}
+
+/// Train a linear classifier on the frozen backbone, data-parallel over its devices: each
+/// rank computes the features and the loss of its shard of every batch, the gradients are
+/// summed through the collective engine, and every rank applies the same SGD step.
+/// `on_epoch` gets each epoch's metrics and the classifier (for saving best and last).
+/// Returns the trained classifier.
 pub fn train<A: AutodiffBackend>(
-    backbone: &Swav<A::InnerBackend>,
+    frozen: &Frozen<A::InnerBackend>,
     feature_dim: usize,
     train_set: Arc<Dataset>,
     val_set: Arc<Dataset>,
     cfg: &LinearEvalConfig,
-    device: &A::Device,
     mut on_epoch: impl FnMut(&EpochMetrics, &Linear<A::InnerBackend>),
-) -> Linear<A::InnerBackend> {
-    let inner = device.clone();
-    A::seed(device, cfg.seed);
+) -> Result<Linear<A::InnerBackend>, String> {
+    let devices: Vec<A::Device> = frozen.devices.clone();
+    A::seed(&devices[0], cfg.seed);
     let classes = train_set.classes.len().max(1);
-    let mut head = classifier::<A>(feature_dim, classes, device);
-    let mut optim = sgd::<A>(cfg);
+    let head = classifier::<A>(feature_dim, classes, &devices[0]);
+    let comms = LocalGroup::<A::InnerBackend>::register(&devices).map_err(|e| e.to_string())?;
+    let group = comms[0].handle();
+    let (comms, heads) = (Handout::new(comms), Handout::new(vec![head; devices.len()]));
+    let handout = frozen.handout();
     let lc = LoaderConfig {
-        batch_size: cfg.batch_size,
-        workers: cfg.workers,
+        batch_size: cfg.batch_size.max(1),
+        workers: cfg.workers.max(1),
         shuffle: true,
         drop_last: false,
         seed: cfg.seed,
         prefetch: 2,
     };
-    let per_epoch = train_set.len().div_ceil(cfg.batch_size.max(1));
+    let per_epoch = train_set.len().div_ceil(lc.batch_size);
     let total = per_epoch * cfg.epochs;
-    let mut iteration = 0;
     let pipeline = Pipeline::Eval {
         transform: EvalTransform::Train {
             size: cfg.train_size,
@@ -239,40 +381,67 @@ pub fn train<A: AutodiffBackend>(
         mean: cfg.mean,
         std: cfg.std,
     };
-    for epoch in 0..cfg.epochs {
-        let start = std::time::Instant::now();
-        let (mut loss_sum, mut seen, mut lr) = (0.0, 0usize, cfg.lr);
-        for b in Loader::new(train_set.clone(), pipeline.clone(), &lc, epoch as u64) {
-            if b.is_empty() {
-                continue;
+    ranks::with_ranks(
+        &devices,
+        |w, d| {
+            let head = heads.take(w);
+            Ok(ClassifierRank {
+                backbone: frozen.replica(&handout, w, d),
+                head: Some(if w == 0 { head } else { head.fork(d) }),
+                optim: sgd::<A>(cfg),
+                comm: comms.take(w),
+                device: d.clone(),
+            })
+        },
+        ClassifierRank::answer,
+        || group.abort(),
+        |pool| {
+            let mut iteration = 0;
+            for epoch in 0..cfg.epochs {
+                let start = std::time::Instant::now();
+                let (mut loss_sum, mut seen, mut lr) = (0.0, 0usize, cfg.lr);
+                for b in Loader::new(train_set.clone(), pipeline.clone(), &lc, epoch as u64) {
+                    if b.is_empty() {
+                        continue;
+                    }
+                    let global = b.len();
+                    lr = cosine_lr(cfg.lr, iteration, total);
+                    let jobs = b
+                        .split(pool.world())
+                        .into_iter()
+                        .map(|shard| Job::Step { shard, global, lr })
+                        .collect();
+                    if let Some(Answer::LossSum(l)) = pool.round(jobs)?.first() {
+                        loss_sum += l;
+                    }
+                    seen += global;
+                    iteration += 1;
+                }
+                let ips = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                let (top1, top5) =
+                    val_accuracy(pool, val_set.clone(), cfg, Job::Hits, |a| match a {
+                        Answer::Hits(a, b) => (a, b),
+                        _ => (0, 0),
+                    })?;
+                let Answer::Head(valid) = pool.ask(0, Job::Head)? else {
+                    return Err("rank 0 answered out of turn".into());
+                };
+                let m = EpochMetrics {
+                    epoch,
+                    loss: loss_sum / seen.max(1) as f64,
+                    lr,
+                    top1,
+                    top5,
+                    images_per_second: ips,
+                };
+                on_epoch(&m, &valid);
             }
-            let n = b.len();
-            let labels: Vec<i64> = b.labels.iter().map(|l| l.map_or(0, |v| v as i64)).collect();
-            let d = b.to_device::<A::InnerBackend>(&inner);
-            let f =
-                to_backend::<A::InnerBackend, A, 2>(features(backbone, d.crops[0].clone()), device);
-            let targets = Tensor::<A, 1, Int>::from_data(TensorData::new(labels, [n]), device);
-            lr = cosine_lr(cfg.lr, iteration, total);
-            let l;
-            (head, l) = sgd_step(head, &mut optim, f, targets, lr);
-            loss_sum += l * n as f64;
-            seen += n;
-            iteration += 1;
-        }
-        let ips = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        let valid = head.valid();
-        let (top1, top5) = evaluate(backbone, &valid, val_set.clone(), cfg, &inner);
-        let m = EpochMetrics {
-            epoch,
-            loss: loss_sum / seen.max(1) as f64,
-            lr,
-            top1,
-            top5,
-            images_per_second: ips,
-        };
-        on_epoch(&m, &valid);
-    }
-    head.valid()
+            match pool.ask(0, Job::Head)? {
+                Answer::Head(valid) => Ok(*valid),
+                _ => Err("rank 0 answered out of turn".into()),
+            }
+        },
+    )
 }
 
 /// Save a classifier as safetensors in the Burn layout (`linear.weight` `[feat, classes]`,

@@ -5,41 +5,209 @@
 pub mod config;
 pub mod lincls;
 pub mod linear;
+pub mod ranks;
 
 use crate::data::dataset::Dataset;
-use crate::data::loader::{Loader, LoaderConfig, Pipeline};
+use crate::data::loader::{Batch, Loader, LoaderConfig, Pipeline};
 use crate::data::multicrop::EvalTransform;
-use crate::model::swav::{l2_normalize, Swav, SwavOutput};
+use crate::model::swav::{l2_normalize, Swav, SwavConfig, SwavOutput};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-/// Run `model` over images `[N, 3, H, W]` in chunks of `batch`, concatenating the outputs.
-pub fn forward_batched<B: Backend>(
-    model: &Swav<B>,
-    images: Tensor<B, 4>,
-    batch: usize,
-) -> SwavOutput<B> {
-    let n = images.dims()[0];
-    let mut outs = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let end = (start + batch.max(1)).min(n);
-        outs.push(model.forward(images.clone().narrow(0, start, end - start)));
-        start = end;
+/// The frozen model of an evaluation and the devices it runs on: one rank per device
+/// ([`ranks`]), each with its own copy of the model, and every batch split across them.
+pub struct Frozen<B: Backend> {
+    /// The model, on `devices[0]`.
+    pub model: Swav<B>,
+    pub config: SwavConfig,
+    pub devices: Vec<B::Device>,
+}
+
+impl<B: Backend> Frozen<B> {
+    /// Evaluation of `model` (on `devices[0]`) on `devices`.
+    pub fn new(model: Swav<B>, config: SwavConfig, devices: Vec<B::Device>) -> Self {
+        assert!(!devices.is_empty(), "at least one device");
+        Frozen {
+            model,
+            config,
+            devices,
+        }
     }
-    let heads = outs.first().map_or(0, |o| o.scores.len());
-    SwavOutput {
-        features: Tensor::cat(outs.iter().map(|o| o.features.clone()).collect(), 0),
-        embedding: Tensor::cat(outs.iter().map(|o| o.embedding.clone()).collect(), 0),
-        scores: (0..heads)
-            .map(|h| Tensor::cat(outs.iter().map(|o| o.scores[h].clone()).collect(), 0))
-            .collect(),
+
+    /// Each rank's copy of the model, taken by the rank on its thread with
+    /// [`Frozen::replica`].
+    pub(crate) fn handout(&self) -> Handout<Swav<B>> {
+        Handout::new(self.devices.iter().map(|_| self.model.clone()).collect())
+    }
+
+    /// Rank `w`'s copy from `handout`, on `device`: rank 0 uses the model itself (inference
+    /// does not touch its running statistics), the others a replica sharing nothing with it.
+    pub(crate) fn replica(
+        &self,
+        handout: &Handout<Swav<B>>,
+        w: usize,
+        device: &B::Device,
+    ) -> Swav<B> {
+        let model = handout.take(w);
+        if w == 0 {
+            model
+        } else {
+            model.replicate(&self.config, device)
+        }
+    }
+
+    /// Features, embedding and scores of preprocessed images (`[N, 3, H, W]`, on the host), in
+    /// chunks of `batch` images spread over the ranks; the outputs on the first device.
+    pub fn outputs(&self, images: &TensorData, batch: usize) -> Result<SwavOutput<B>, String> {
+        let [n, c, h, w] = images.shape[..] else {
+            return Err(format!(
+                "images have shape {:?}, expected [N, 3, H, W]",
+                images.shape
+            ));
+        };
+        let values: &[f32] = images
+            .as_slice()
+            .map_err(|e| format!("images are not f32: {e:?}"))?;
+        let px = c * h * w;
+        let batch = batch.max(1);
+        let handout = self.handout();
+        // Each chunk's outputs, on the host: features, embedding, every head's scores.
+        type Chunk = Vec<(Vec<f32>, [usize; 2])>;
+        let chunks: Vec<Chunk> = ranks::with_ranks(
+            &self.devices,
+            |w, d| Ok((self.replica(&handout, w, d), d.clone())),
+            |(model, device), rows: std::ops::Range<usize>| -> Result<Chunk, String> {
+                if rows.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let x = Tensor::<B, 4>::from_data(
+                    TensorData::new(
+                        values[rows.start * px..rows.end * px].to_vec(),
+                        [rows.len(), c, h, w],
+                    ),
+                    &*device,
+                );
+                let out = model.forward(x);
+                Ok(std::iter::once(out.features)
+                    .chain(std::iter::once(out.embedding))
+                    .chain(out.scores)
+                    .map(|t| (host_f32(&t), t.dims()))
+                    .collect())
+            },
+            || {},
+            |pool| {
+                let starts: Vec<usize> = (0..n).step_by(batch).collect();
+                let mut chunks = Vec::new();
+                for round in starts.chunks(pool.world()) {
+                    let jobs = (0..pool.world())
+                        .map(|r| round.get(r).map_or(0..0, |&s| s..(s + batch).min(n)))
+                        .collect();
+                    chunks.extend(pool.round(jobs)?.into_iter().filter(|c| !c.is_empty()));
+                }
+                Ok(chunks)
+            },
+        )?;
+        let device = &self.devices[0];
+        let parts = chunks.first().map_or(0, Vec::len);
+        let mut cat = (0..parts).map(|i| {
+            let rows: usize = chunks.iter().map(|c| c[i].1[0]).sum();
+            let cols = chunks[0][i].1[1];
+            let values: Vec<f32> = chunks.iter().flat_map(|c| c[i].0.iter().copied()).collect();
+            Tensor::<B, 2>::from_data(TensorData::new(values, [rows, cols]), device)
+        });
+        let empty = || Tensor::<B, 2>::zeros([0, 0], device);
+        Ok(SwavOutput {
+            features: cat.next().unwrap_or_else(empty),
+            embedding: cat.next().unwrap_or_else(empty),
+            scores: cat.collect(),
+        })
+    }
+
+    /// Backbone features of every image of `dataset` through `transform` (no augmentation),
+    /// with labels; unreadable images are left out (and returned by path). Each batch of the
+    /// loader is split across the ranks.
+    pub fn dataset_features(
+        &self,
+        dataset: Arc<Dataset>,
+        transform: EvalTransform,
+        mean: [f32; 3],
+        std: [f32; 3],
+        cfg: &LoaderConfig,
+    ) -> Result<Features, String> {
+        let cfg = LoaderConfig {
+            shuffle: false,
+            drop_last: false,
+            ..cfg.clone()
+        };
+        let pipeline = Pipeline::Eval {
+            transform,
+            mean,
+            std,
+        };
+        let mut loader = Loader::new(dataset, pipeline, &cfg, 0);
+        let handout = self.handout();
+        let (features, labels) = ranks::with_ranks(
+            &self.devices,
+            |w, d| Ok((self.replica(&handout, w, d), d.clone())),
+            |(model, device), shard: Batch| -> Result<Vec<f32>, String> {
+                if shard.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let d = shard.to_device::<B>(device);
+                Ok(host_f32(&model.backbone.forward(d.crops[0].clone())))
+            },
+            || {},
+            |pool| {
+                let (mut features, mut labels) = (Vec::new(), Vec::new());
+                for batch in loader.by_ref() {
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    labels.extend(batch.labels.iter().map(|l| l.map_or(-1, |v| v as i64)));
+                    features.extend(pool.round(batch.split(pool.world()))?.concat());
+                }
+                Ok((features, labels))
+            },
+        )?;
+        let skipped = loader
+            .take_new_skips()
+            .into_iter()
+            .map(|(p, e)| format!("{p}: {e}"))
+            .collect();
+        Ok(Features {
+            dim: features.len() / labels.len().max(1),
+            features,
+            labels,
+            skipped,
+        })
     }
 }
 
-/// Backbone features of every image of a dataset (evaluation transform, no augmentation),
-/// with labels; unreadable images are left out (and returned by path).
+/// Values handed out to ranks, one each, taken on the rank's thread (so that they need only
+/// be `Send`).
+pub(crate) struct Handout<T>(Mutex<Vec<Option<T>>>);
+
+impl<T> Handout<T> {
+    pub(crate) fn new(values: Vec<T>) -> Self {
+        Handout(Mutex::new(values.into_iter().map(Some).collect()))
+    }
+
+    /// Rank `w`'s value (once).
+    pub(crate) fn take(&self, w: usize) -> T {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())[w]
+            .take()
+            .expect("each rank takes its value once")
+    }
+}
+
+/// A tensor's values as f32 on the host.
+fn host_f32<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
+    t.to_data().convert::<f32>().to_vec().expect("f32 values")
+}
+
+/// Backbone features of a dataset (evaluation transform, no augmentation), with labels;
+/// unreadable images are left out (and returned by path).
 pub struct Features {
     /// `[N, C]` row-major.
     pub features: Vec<f32>,
@@ -48,111 +216,83 @@ pub struct Features {
     pub skipped: Vec<String>,
 }
 
-/// Features of `dataset` through `transform`.
-pub fn dataset_features<B: Backend>(
-    model: &Swav<B>,
-    dataset: Arc<Dataset>,
-    transform: EvalTransform,
-    mean: [f32; 3],
-    std: [f32; 3],
-    cfg: &LoaderConfig,
-    device: &B::Device,
-) -> Features {
-    let cfg = LoaderConfig {
-        shuffle: false,
-        drop_last: false,
-        ..cfg.clone()
-    };
-    let mut loader = Loader::new(
-        dataset,
-        Pipeline::Eval {
-            transform,
-            mean,
-            std,
-        },
-        &cfg,
-        0,
-    );
-    let mut features = Vec::new();
-    let mut labels = Vec::new();
-    let mut dim = 0;
-    for batch in loader.by_ref() {
-        if batch.is_empty() {
-            continue;
-        }
-        labels.extend(batch.labels.iter().map(|l| l.map_or(-1, |v| v as i64)));
-        let d = batch.to_device::<B>(device);
-        let f = model.backbone.forward(d.crops[0].clone());
-        dim = f.dims()[1];
-        features.extend(f.to_data().to_vec::<f32>().expect("f32 features"));
-    }
-    let skipped = loader
-        .take_new_skips()
-        .into_iter()
-        .map(|(p, e)| format!("{p}: {e}"))
-        .collect();
-    Features {
-        features,
-        dim,
-        labels,
-        skipped,
-    }
-}
+/// Validation rows per similarity matrix of [`knn`].
+const KNN_CHUNK: usize = 256;
 
-/// Top-1 and top-5 accuracy (in %) of the weighted k-NN classifier.
+/// Top-1 and top-5 accuracy (in %) of the weighted k-NN classifier. Every rank holds the
+/// training features and classifies its share of the validation rows.
 pub fn knn<B: Backend>(
     train: &Features,
     val: &Features,
     classes: usize,
     k: usize,
     temperature: f32,
-    device: &B::Device,
-) -> (f64, f64) {
+    devices: &[B::Device],
+) -> Result<(f64, f64), String> {
     let (nt, nv) = (train.labels.len(), val.labels.len());
     if nt == 0 || nv == 0 {
-        return (0.0, 0.0);
+        return Ok((0.0, 0.0));
     }
-    let tf = l2_normalize(Tensor::<B, 2>::from_data(
-        TensorData::new(train.features.clone(), [nt, train.dim]),
-        device,
-    ));
     let k = k.min(nt);
-    let (mut top1, mut top5) = (0usize, 0usize);
-    // Chunks of validation rows keep the similarity matrix small.
-    for start in (0..nv).step_by(256) {
-        let end = (start + 256).min(nv);
-        let rows = val.features[start * val.dim..end * val.dim].to_vec();
-        let vf = l2_normalize(Tensor::<B, 2>::from_data(
-            TensorData::new(rows, [end - start, val.dim]),
-            device,
-        ));
-        let sim: Vec<f32> = vf
-            .matmul(tf.clone().transpose())
-            .to_data()
-            .to_vec()
-            .expect("f32 similarities");
-        for (r, row) in sim.chunks_exact(nt).enumerate() {
-            let mut idx: Vec<usize> = (0..nt).collect();
-            idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
-            let mut votes = vec![0f64; classes.max(1)];
-            for &i in &idx[..k] {
-                if let Ok(c) = usize::try_from(train.labels[i]) {
-                    if c < votes.len() {
-                        votes[c] += ((row[i] / temperature) as f64).exp();
+    let (top1, top5) = ranks::with_ranks(
+        devices,
+        |_, device| {
+            let tf = l2_normalize(Tensor::<B, 2>::from_data(
+                TensorData::new(train.features.clone(), [nt, train.dim]),
+                device,
+            ));
+            Ok((tf, device.clone()))
+        },
+        |(tf, device), rows: std::ops::Range<usize>| -> Result<(usize, usize), String> {
+            if rows.is_empty() {
+                return Ok((0, 0));
+            }
+            let part = val.features[rows.start * val.dim..rows.end * val.dim].to_vec();
+            let vf = l2_normalize(Tensor::<B, 2>::from_data(
+                TensorData::new(part, [rows.len(), val.dim]),
+                &*device,
+            ));
+            let sim = host_f32(&vf.matmul(tf.clone().transpose()));
+            let (mut top1, mut top5) = (0, 0);
+            for (r, row) in sim.chunks_exact(nt).enumerate() {
+                let mut idx: Vec<usize> = (0..nt).collect();
+                idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+                let mut votes = vec![0f64; classes.max(1)];
+                for &i in &idx[..k] {
+                    if let Ok(c) = usize::try_from(train.labels[i]) {
+                        if c < votes.len() {
+                            votes[c] += ((row[i] / temperature) as f64).exp();
+                        }
                     }
                 }
+                let mut order: Vec<usize> = (0..votes.len()).collect();
+                order.sort_by(|&a, &b| votes[b].total_cmp(&votes[a]));
+                let truth = val.labels[rows.start + r];
+                top1 += usize::from(order.first().map(|&c| c as i64) == Some(truth));
+                top5 += usize::from(order.iter().take(5).any(|&c| c as i64 == truth));
             }
-            let mut order: Vec<usize> = (0..votes.len()).collect();
-            order.sort_by(|&a, &b| votes[b].total_cmp(&votes[a]));
-            let truth = val.labels[start + r];
-            top1 += usize::from(order.first().map(|&c| c as i64) == Some(truth));
-            top5 += usize::from(order.iter().take(5).any(|&c| c as i64 == truth));
-        }
-    }
-    (
+            Ok((top1, top5))
+        },
+        || {},
+        |pool| {
+            let starts: Vec<usize> = (0..nv).step_by(KNN_CHUNK).collect();
+            let (mut top1, mut top5) = (0, 0);
+            for round in starts.chunks(pool.world()) {
+                let jobs = (0..pool.world())
+                    .map(|r| round.get(r).map_or(0..0, |&s| s..(s + KNN_CHUNK).min(nv)))
+                    .collect();
+                for (a, b) in pool.round(jobs)? {
+                    top1 += a;
+                    top5 += b;
+                }
+            }
+            Ok((top1, top5))
+        },
+    )?;
+    Ok((
         100.0 * top1 as f64 / nv as f64,
         100.0 * top5 as f64 / nv as f64,
-    )
+    ))
 }
 
 /// A named f32 tensor for a safetensors output.
@@ -219,11 +359,8 @@ pub(crate) fn write_tensors(
     .map_err(|e: crate::checkpoint::FormatError| format!("{}: {e}", path.display()))
 }
 
-/// Preprocessed images (`images`, NCHW f32) from a safetensors file.
-pub fn read_images<B: Backend>(
-    path: &std::path::Path,
-    device: &B::Device,
-) -> Result<Tensor<B, 4>, String> {
+/// Preprocessed images (`images`, NCHW f32) from a safetensors file, on the host.
+pub fn read_images(path: &std::path::Path) -> Result<TensorData, String> {
     let ck = crate::checkpoint::Checkpoint::open(path).map_err(|e| e.to_string())?;
     let t = ck
         .get("images")
@@ -242,8 +379,5 @@ pub fn read_images<B: Backend>(
         ));
     }
     let values = t.to_f32().map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(Tensor::from_data(
-        TensorData::new(values, [n, c, h, w]),
-        device,
-    ))
+    Ok(TensorData::new(values, [n, c, h, w]))
 }

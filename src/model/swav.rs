@@ -184,6 +184,15 @@ impl SwavConfig {
 }
 
 impl<B: Backend> Swav<B> {
+    /// A copy on `device` that shares nothing with this model: Burn's clones share BatchNorm's
+    /// running statistics (one `Arc`, which `fork` moves), so the copy is a fresh module of
+    /// `config` loaded with this model's record.
+    pub fn replicate(&self, config: &SwavConfig, device: &B::Device) -> Swav<B> {
+        config
+            .init::<B>(device)
+            .load_record(self.clone().into_record())
+    }
+
     /// Features, L2-normalised embedding and prototype scores of images `[N, 3, H, W]`.
     pub fn forward(&self, images: Tensor<B, 4>) -> SwavOutput<B> {
         let features = self.backbone.forward(images);

@@ -10,7 +10,7 @@
 
 use super::rank::{Rank, StepSettings, SwavOptimizer};
 use super::step::DeviceQueue;
-use crate::collective::{GroupHandle, LocalGroup};
+use crate::collective::{panic_message, GroupHandle, LocalGroup};
 use crate::data::device::DeviceLoader;
 use crate::data::loader::Batch;
 use crate::model::swav::Swav;
@@ -41,7 +41,7 @@ pub struct Fault {
 pub struct RankStart<A: AutodiffBackend> {
     pub device: A::Device,
     /// The rank's replica, on its device, sharing nothing with the others
-    /// ([`super::rank::replicate`]).
+    /// ([`Swav::replicate`]).
     pub model: Swav<A>,
     pub optim: SwavOptimizer<A>,
     /// Its slice of the queue, when resuming a run that had one.
@@ -385,11 +385,4 @@ where
         }
     }
     Ok(())
-}
-
-fn panic_message(p: &(dyn Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .map_or_else(|| "panicked".into(), |m| format!("panicked: {m}"))
 }

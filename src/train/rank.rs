@@ -12,8 +12,8 @@
 use super::lars::Lars;
 use super::step::{self, DeviceQueue, SwavLoss};
 use crate::collective::{CollectiveError, Communicator};
-use crate::model::swav::{Swav, SwavConfig};
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use crate::model::swav::Swav;
+use burn::module::ParamId;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -40,18 +40,6 @@ pub struct Rank<A: AutodiffBackend> {
     pub optim: SwavOptimizer<A>,
     pub queue: Option<DeviceQueue<A::InnerBackend>>,
     pub comm: Communicator<A::InnerBackend>,
-}
-
-/// A copy of `model` on `device` that shares nothing with it: Burn's clones share BatchNorm's
-/// running statistics (one `Arc`), so the copy is a fresh module loaded with the record.
-pub fn replicate<A: AutodiffBackend>(
-    model: &Swav<A>,
-    config: &SwavConfig,
-    device: &A::Device,
-) -> Swav<A> {
-    config
-        .init::<A>(device)
-        .load_record(model.clone().into_record())
 }
 
 /// The prototypes' parameters (frozen during the first iterations).
@@ -133,76 +121,16 @@ impl<A: AutodiffBackend> Rank<A> {
     fn average(
         &self,
         model: &Swav<A>,
-        mut grads: GradientsParams,
+        grads: GradientsParams,
         loss: Tensor<A, 1>,
     ) -> Result<(GradientsParams, f64), CollectiveError> {
         let world = self.comm.world();
         if world == 1 {
             return Ok((grads, step::scalar(loss)));
         }
-        let mut flat = Flatten::<A::InnerBackend> {
-            grads: &mut grads,
-            parts: Vec::new(),
-            shapes: Vec::new(),
-        };
-        model.visit(&mut flat);
-        let Flatten {
-            mut parts, shapes, ..
-        } = flat;
-        parts.push(loss.inner().reshape([1]));
-        let total: usize = parts.iter().map(|p| p.dims()[0]).sum();
-        let mean = self
-            .comm
-            .all_reduce_sum(Tensor::cat(parts, 0))?
-            .mul_scalar(1.0 / world as f64);
-        let loss = step::scalar(mean.clone().narrow(0, total - 1, 1));
-        let mut split = Unflatten {
-            flat: mean,
-            offset: 0,
-            shapes: shapes.into_iter(),
-            out: GradientsParams::new(),
-        };
-        model.visit(&mut split);
-        Ok((split.out, loss))
-    }
-}
-
-/// Takes every gradient out of `grads`, flattened, in the model's parameter order.
-struct Flatten<'a, B: Backend> {
-    grads: &'a mut GradientsParams,
-    parts: Vec<Tensor<B, 1>>,
-    /// Per parameter, in order: the gradient's shape, or `None` without a gradient.
-    shapes: Vec<Option<Vec<usize>>>,
-}
-
-impl<A: AutodiffBackend> ModuleVisitor<A> for Flatten<'_, A::InnerBackend> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
-        let g = self.grads.remove::<A::InnerBackend, D>(param.id);
-        self.shapes.push(g.as_ref().map(|g| g.dims().to_vec()));
-        if let Some(g) = g {
-            let n = g.shape().num_elements();
-            self.parts.push(g.reshape([n]));
-        }
-    }
-}
-
-/// Puts the averaged buffer back into gradients, in the same order.
-struct Unflatten<B: Backend> {
-    flat: Tensor<B, 1>,
-    offset: usize,
-    shapes: std::vec::IntoIter<Option<Vec<usize>>>,
-    out: GradientsParams,
-}
-
-impl<A: AutodiffBackend> ModuleVisitor<A> for Unflatten<A::InnerBackend> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
-        let Some(Some(dims)) = self.shapes.next() else {
-            return;
-        };
-        let n: usize = dims.iter().product();
-        let dims: [usize; D] = dims.try_into().expect("the parameter's rank");
-        let g = self.flat.clone().narrow(0, self.offset, n).reshape(dims);
-        self.offset += n;
-        self.out.register(param.id, g);
+        let (grads, loss) =
+            self.comm
+                .all_reduce_gradients(model, grads, loss.inner(), 1.0 / world as f64)?;
+        Ok((grads, step::scalar(loss)))
     }
 }

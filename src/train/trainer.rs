@@ -197,7 +197,7 @@ where
     // Rank 0 keeps the model; every other rank gets a copy that shares nothing with it.
     let mut models: Vec<Swav<A>> = devices[1..]
         .iter()
-        .map(|d| rank::replicate(&start.model, &model_cfg, d))
+        .map(|d| start.model.replicate(&model_cfg, d))
         .collect();
     models.insert(0, start.model);
     let starts: Vec<RankStart<A>> = devices

@@ -191,31 +191,43 @@ fn burn_records_round_trip_exactly() {
     assert_eq!(a, b, "a record reads back exactly");
 }
 
+/// On one device and split across three CPU ranks (chunks of one image: the last round leaves
+/// ranks without a chunk).
 #[test]
 fn lincls_features_cli_reproduces_the_references() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.safetensors");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_swav-lincls"))
-        .args(["features", "--pretrained"])
-        .arg(fixture("fair_swav_tiny.pth.tar"))
-        .arg("--tensors")
-        .arg(fixture("reference_tiny.safetensors"))
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ours = Checkpoint::open(&out).unwrap();
     let r = reference("reference_tiny.safetensors");
-    for name in ["features", "embedding", "scores"] {
-        let a = ours.get(name).unwrap().to_f32().unwrap();
-        let b = r.get(name).unwrap().to_f32().unwrap();
-        let d = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max);
-        assert!(d < 1e-4, "{name}: {d}");
+    for device in ["cpu", "cpu,cpu,cpu"] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_swav-lincls"))
+            .args([
+                "features",
+                "--batch-size",
+                "1",
+                "--device",
+                device,
+                "--pretrained",
+            ])
+            .arg(fixture("fair_swav_tiny.pth.tar"))
+            .arg("--tensors")
+            .arg(fixture("reference_tiny.safetensors"))
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let ours = Checkpoint::open(&out).unwrap();
+        for name in ["features", "embedding", "scores"] {
+            let a = ours.get(name).unwrap().to_f32().unwrap();
+            let b = r.get(name).unwrap().to_f32().unwrap();
+            assert_eq!(a.len(), b.len(), "{device}: {name}");
+            let d = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(d < 1e-4, "{device}: {name}: {d}");
+        }
     }
 }
 

@@ -11,6 +11,9 @@ use burn::tensor::{Distribution, Tensor, TensorData};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use swav::collective::{Communicator, LocalGroup};
+use swav::eval::linear::{self, LinearEvalConfig};
+use swav::eval::{lincls, Frozen};
+use swav::model::resnet::ResNetConfig;
 use swav::model::swav::{Swav, SwavConfig};
 use swav::model::CpuBackend;
 use swav::train::parallel::Fault;
@@ -167,7 +170,7 @@ fn ranks(s: &Setup, world: usize) -> Vec<RankRun> {
         .into_iter()
         .enumerate()
         .map(|(w, comm)| {
-            let mut model = rank::replicate(&s.model, &s.cfg, &device);
+            let mut model = s.model.replicate(&s.cfg, &device);
             let shards: Vec<Vec<Tensor<D, 4>>> = s.shards.iter().map(|st| st[w].clone()).collect();
             let mut r = Rank::<D> {
                 device,
@@ -187,7 +190,7 @@ fn ranks(s: &Setup, world: usize) -> Vec<RankRun> {
                     if i == 0 {
                         // The first step's gradients, on a copy of the model (its BatchNorm
                         // statistics apart) and of the queue; the step below starts afresh.
-                        let m = step::normalize_prototypes(rank::replicate(&model, &cfg, &device));
+                        let m = step::normalize_prototypes(model.replicate(&cfg, &device));
                         let saved = r.queue.clone();
                         let (g, _) = r.gradients(&m, crops, true, &settings).unwrap();
                         out.first_gradients = gradient_list(&m, &g);
@@ -212,7 +215,7 @@ fn ranks(s: &Setup, world: usize) -> Vec<RankRun> {
 /// codes by the f64 host oracle over every shard's rows, the gradient of the mean loss.
 fn reference(s: &Setup, world: usize) -> RankRun {
     let device = Default::default();
-    let mut model = rank::replicate(&s.model, &s.cfg, &device);
+    let mut model = s.model.replicate(&s.cfg, &device);
     let mut optim = swav::train::lars::LarsConfig::default().init::<D, Swav<D>>();
     let mut queues = s.queues.clone();
     let loss = &s.settings.loss;
@@ -346,7 +349,7 @@ fn cpu_ranks_match_one_rank_holding_every_shard() {
                 );
             }
             // Rank w's running statistics: a fresh copy of the model run on shard w alone.
-            let fresh = rank::replicate(&s.model, &s.cfg, &Default::default());
+            let fresh = s.model.replicate(&s.cfg, &Default::default());
             let fresh = step::normalize_prototypes(fresh);
             let _ = step::forward(&fresh, &s.shards[0][w], &s.settings.groups);
             let r = rel(&run.running_mean, &running_mean(&fresh), 1e-6);
@@ -446,4 +449,94 @@ fn a_failing_rank_ends_the_run_naming_it() {
     let two = [Default::default(), Default::default()];
     let s = trainer::train::<Autodiff<CpuBackend>>(&ok, &two, &opts, &mut |_| {}).unwrap();
     assert_eq!(s.history.len(), 1);
+}
+
+/// A frozen random ResNet-18 of width 4 (no head) on `world` CPU ranks of the f64 backend.
+fn frozen(world: usize) -> Frozen<F> {
+    let mut backbone = ResNetConfig::depth(18, 1).unwrap();
+    backbone.base_width = 4;
+    let config = SwavConfig {
+        backbone,
+        head: None,
+        prototypes: Vec::new(),
+    };
+    F::seed(&Default::default(), 5);
+    let model = config.init_now::<F>(&Default::default());
+    Frozen::new(model, config, vec![Default::default(); world])
+}
+
+/// swav-lincls on two and three CPU ranks against one: the features of an image folder, the
+/// k-NN accuracy, and the classifier trained data-parallel (batches of 13 over 40 images: the
+/// last batch of one image leaves two of three ranks an empty shard) equal within 1e-9 in f64.
+#[test]
+fn lincls_on_cpu_ranks_matches_one_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = swav::data::synthetic::write(
+        &dir.path().join("syn"),
+        &swav::data::synthetic::SyntheticConfig {
+            size: 32,
+            train_per_class: 4,
+            val_per_class: 2,
+            seed: 3,
+            quality: 90,
+        },
+    )
+    .unwrap();
+    let (train, val) = lincls::splits(&root).unwrap();
+    let cfg = LinearEvalConfig {
+        epochs: 2,
+        batch_size: 13,
+        lr: 0.5,
+        train_size: 24,
+        val_resize: 28,
+        val_size: 24,
+        workers: 1,
+        ..Default::default()
+    };
+    let run = |world: usize| {
+        let f = frozen(world);
+        let lc = lincls::loader_config(&cfg);
+        let t = cfg.val_transform();
+        let ft = f
+            .dataset_features(train.clone(), t, cfg.mean, cfg.std, &lc)
+            .unwrap();
+        let fv = f
+            .dataset_features(val.clone(), t, cfg.mean, cfg.std, &lc)
+            .unwrap();
+        let knn = swav::eval::knn::<F>(&ft, &fv, 10, 5, 0.07, &f.devices).unwrap();
+        let mut losses = Vec::new();
+        let head = linear::train::<D>(&f, ft.dim, train.clone(), val.clone(), &cfg, |m, _| {
+            losses.push((m.loss, m.top1, m.top5))
+        })
+        .unwrap();
+        let eval = linear::evaluate(&f, &head, val.clone(), &cfg).unwrap();
+        let weights = values(head.weight.val());
+        (ft.features, ft.labels, knn, losses, weights, eval)
+    };
+    let one = run(1);
+    assert_eq!(one.0.len(), 40 * 32, "40 images, 32 features (width 4)");
+    for world in [2, 3] {
+        let many = run(world);
+        let d = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        assert!(d(&one.0, &many.0) < 1e-6, "{world} ranks: features differ");
+        assert_eq!(one.1, many.1, "{world} ranks: labels in dataset order");
+        assert_eq!(one.2, many.2, "{world} ranks: k-NN accuracy");
+        for ((l1, a1, b1), (l2, a2, b2)) in one.3.iter().zip(&many.3) {
+            assert!(
+                (l1 - l2).abs() < 1e-9 * l1.abs().max(1.0),
+                "{world} ranks: loss {l1} vs {l2}"
+            );
+            assert_eq!((a1, b1), (a2, b2), "{world} ranks: accuracy");
+        }
+        assert!(
+            rel(&one.4, &many.4, 1e-3) < 1e-9,
+            "{world} ranks: classifier weights"
+        );
+        assert_eq!(one.5, many.5, "{world} ranks: evaluation");
+    }
 }
