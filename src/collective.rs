@@ -17,6 +17,11 @@
 //! adds the ranks' tensors in an order that follows the server's hash map, so the last bit of a
 //! sum can differ from run to run.
 
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -35,11 +40,27 @@ pub enum CollectiveError {
     AllReduce { rank: usize, detail: String },
 }
 
-/// One rank's handle on its group.
+/// One rank's handle on its group (clones are the same rank's handle).
 pub struct Communicator<B: Backend> {
     rank: usize,
     world: usize,
     group: Option<Arc<LocalGroup<B>>>,
+}
+
+impl<B: Backend> Clone for Communicator<B> {
+    fn clone(&self) -> Self {
+        Communicator {
+            rank: self.rank,
+            world: self.world,
+            group: self.group.clone(),
+        }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for Communicator<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Communicator(rank {} of {})", self.rank, self.world)
+    }
 }
 
 impl<B: Backend> Communicator<B> {
@@ -228,6 +249,66 @@ impl<B: Backend> Drop for LocalGroup<B> {
         burn_collective::reset_collective::<B>();
         *BUSY.lock().unwrap_or_else(|e| e.into_inner()) = false;
         FREED.notify_one();
+    }
+}
+
+/// Autodiff backends on which a sum over the ranks can take part in a backward pass: the sum of
+/// every rank's tensor, whose backward pass is the same sum of every rank's gradient (each
+/// rank's loss depends on every rank's input through it) — what synchronised BatchNorm's
+/// statistics need. Implemented for Burn's `Autodiff` over any backend.
+pub trait DifferentiableCollective: AutodiffBackend {
+    /// `comm.all_reduce_sum(t)`, differentiable. An all-reduce that fails in the backward
+    /// pass panics (the rank's thread reports it; every rank's backward pass stops).
+    fn all_reduce_sum_differentiable(
+        t: Tensor<Self, 1>,
+        comm: &Communicator<Self::InnerBackend>,
+    ) -> Result<Tensor<Self, 1>, CollectiveError>;
+}
+
+impl<B: Backend, C: CheckpointStrategy> DifferentiableCollective for Autodiff<B, C> {
+    fn all_reduce_sum_differentiable(
+        t: Tensor<Self, 1>,
+        comm: &Communicator<B>,
+    ) -> Result<Tensor<Self, 1>, CollectiveError> {
+        #[derive(Debug)]
+        struct AllReduceSum;
+
+        impl<B: Backend> Backward<B, 1> for AllReduceSum {
+            type State = Communicator<B>;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let comm = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    let grad = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(grad));
+                    comm.all_reduce_sum(grad)
+                        .unwrap_or_else(|e| panic!("in the backward pass: {e}"))
+                        .into_primitive()
+                        .tensor()
+                });
+            }
+        }
+
+        let input = t.into_primitive().tensor();
+        let sum = comm
+            .all_reduce_sum(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(
+                input.primitive,
+            )))?
+            .into_primitive()
+            .tensor();
+        let out = match AllReduceSum
+            .prepare::<C>([input.node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(comm.clone(), sum),
+            OpsKind::UnTracked(prep) => prep.finish(sum),
+        };
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
     }
 }
 

@@ -13,9 +13,60 @@
 //! variance) and updates the running ones as PyTorch does: momentum 0.1, running variance from
 //! the *unbiased* batch variance (Burn's BatchNorm uses the biased one). Otherwise it uses the
 //! running statistics, folded into one scale and shift per channel as PyTorch's CPU kernel does.
+//!
+//! **Synchronised BatchNorm** (PyTorch's `SyncBatchNorm`, which facebookresearch/swav turns on
+//! with `--sync_bn pytorch`): inside [`synchronised`], the batch statistics are those of the
+//! global batch — every rank's count, mean and sum of squared deviations, gathered by one
+//! differentiable sum over the ranks ([`RankSum`]) and combined exactly (Chan et al.'s pairwise
+//! update), so that the backward pass also sums over the ranks what each rank's loss owes to
+//! every rank's input. The running statistics follow the global batch, the same on every rank.
 
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::{backend::Backend, Tensor};
+use std::any::Any;
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// The ranks that share a batch, as synchronised BatchNorm needs them: the element-wise sum
+/// over every rank of a tensor of the same shape, differentiable (its backward pass is the
+/// same sum of the gradients).
+pub trait RankSum<B: Backend>: Send + Sync {
+    /// This rank's index, from 0.
+    fn rank(&self) -> usize;
+    /// Number of ranks.
+    fn world(&self) -> usize;
+    /// The sum over the ranks of every rank's `t`.
+    fn sum(&self, t: Tensor<B, 1>) -> Tensor<B, 1>;
+}
+
+thread_local! {
+    /// The ranks of [`synchronised`] on this thread: an `Arc<dyn RankSum<B>>`.
+    static SYNC: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+/// Run `f` with synchronised BatchNorm: every BatchNorm that normalises with batch statistics
+/// on this thread while `f` runs uses those of the global batch of `ranks`.
+pub fn synchronised<B: Backend, T>(ranks: Arc<dyn RankSum<B>>, f: impl FnOnce() -> T) -> T {
+    /// Puts back what was there before, also when `f` panics.
+    struct Restore(Option<Box<dyn Any>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let before = self.0.take();
+            SYNC.with(|s| *s.borrow_mut() = before);
+        }
+    }
+    let _restore = Restore(SYNC.with(|s| s.borrow_mut().replace(Box::new(ranks))));
+    f()
+}
+
+/// The ranks of the enclosing [`synchronised`] for backend `B`, if any.
+fn synchronised_ranks<B: Backend>() -> Option<Arc<dyn RankSum<B>>> {
+    SYNC.with(|s| {
+        s.borrow()
+            .as_ref()
+            .and_then(|b| b.downcast_ref::<Arc<dyn RankSum<B>>>().cloned())
+    })
+}
 
 /// Batch normalisation of dimension 1 of a `[N, C, ...]` input.
 #[derive(Module, Debug)]
@@ -59,9 +110,25 @@ impl<B: Backend> BatchNorm<B> {
                 |t: Tensor<B, 2>| t.reshape([n * c, hw]).sum_dim(1).reshape([n, c]).sum_dim(0);
             // `mul_scalar`, not `div_scalar`: Burn 0.21's `div_scalar` backward rounds 1/count to f32.
             let mean = channel_sum(x.clone()).mul_scalar(1.0 / count);
-            let centered = x - row(mean.clone(), hw);
-            let var = channel_sum(centered.clone().square()).mul_scalar(1.0 / count);
-            self.update_running(mean, var.clone(), count);
+            let centered = x.clone() - row(mean.clone(), hw);
+            let m2 = channel_sum(centered.clone().square());
+            let (centered, var) = match synchronised_ranks::<B>() {
+                Some(ranks) if ranks.world() > 1 => {
+                    let (mean, var, unbiased) = global_statistics(&*ranks, mean, m2, count);
+                    self.update_running(mean.clone(), unbiased);
+                    (x - row(mean, hw), var)
+                }
+                _ => {
+                    let var = m2.mul_scalar(1.0 / count);
+                    let bessel = if count > 1.0 {
+                        count / (count - 1.0)
+                    } else {
+                        1.0
+                    };
+                    self.update_running(mean, var.clone().mul_scalar(bessel));
+                    (centered, var)
+                }
+            };
             let scale = gamma * var.add_scalar(self.epsilon).sqrt().recip();
             centered * row(scale, hw) + row(beta, hw)
         } else {
@@ -75,13 +142,8 @@ impl<B: Backend> BatchNorm<B> {
         y.reshape(dims)
     }
 
-    /// `running ← (1 − momentum)·running + momentum·batch`, the variance unbiased.
-    fn update_running(&self, mean: Tensor<B, 2>, var: Tensor<B, 2>, count: f64) {
-        let unbiased = if count > 1.0 {
-            count / (count - 1.0)
-        } else {
-            1.0
-        };
+    /// `running ← (1 − momentum)·running + momentum·batch`, with the unbiased variance.
+    fn update_running(&self, mean: Tensor<B, 2>, unbiased_var: Tensor<B, 2>) {
         let blend = |running: &RunningState<Tensor<B, 1>>, batch: Tensor<B, 2>| {
             let old = running.value_sync().to_device(&batch.device());
             let batch = batch.detach().reshape([old.dims()[0]]);
@@ -92,8 +154,42 @@ impl<B: Backend> BatchNorm<B> {
             );
         };
         blend(&self.running_mean, mean);
-        blend(&self.running_var, var.mul_scalar(unbiased));
+        blend(&self.running_var, unbiased_var);
     }
+}
+
+/// The global batch's mean, biased variance and unbiased variance (each `[1, C]`) from this
+/// rank's `mean`, sum of squared deviations `m2` and `count`: every rank's three go into its
+/// own row of a `[world, 2C + 1]` table, the tables are summed over the ranks (one
+/// differentiable all-reduce; rows hold one rank's values and zeros, so the sum is exact), and
+/// the rows are combined as `mean = Σ nᵣ·meanᵣ / N`, `M2 = Σ M2ᵣ + nᵣ·(meanᵣ − mean)²`.
+fn global_statistics<B: Backend>(
+    ranks: &dyn RankSum<B>,
+    mean: Tensor<B, 2>,
+    m2: Tensor<B, 2>,
+    count: f64,
+) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    let (world, c) = (ranks.world(), mean.dims()[1]);
+    let width = 2 * c + 1;
+    let device = mean.device();
+    let counts = Tensor::<B, 2>::ones([1, 1], &device).mul_scalar(count);
+    let mine = Tensor::cat(vec![mean, m2, counts], 1);
+    let r = ranks.rank();
+    let table =
+        Tensor::<B, 2>::zeros([world, width], &device).slice_assign([r..r + 1, 0..width], mine);
+    let table = ranks
+        .sum(table.reshape([world * width]))
+        .reshape([world, width]);
+    let means = table.clone().slice([0..world, 0..c]);
+    let m2s = table.clone().slice([0..world, c..2 * c]);
+    let counts = table.slice([0..world, 2 * c..width]);
+    let total = counts.clone().sum_dim(0);
+    let mean = (means.clone() * counts.clone()).sum_dim(0) / total.clone();
+    let deviation = means - mean.clone();
+    let m2 = (m2s + counts * deviation.square()).sum_dim(0);
+    let var = m2.clone() / total.clone();
+    let unbiased = m2 / total.sub_scalar(1.0).clamp_min(1.0);
+    (mean, var, unbiased)
 }
 
 /// Per-channel values `[1, C]` laid out as the row `[1, C·hw]`, each repeated `hw` times.

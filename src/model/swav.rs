@@ -186,11 +186,14 @@ impl SwavConfig {
 impl<B: Backend> Swav<B> {
     /// A copy on `device` that shares nothing with this model: Burn's clones share BatchNorm's
     /// running statistics (one `Arc`, which `fork` moves), so the copy is a fresh module of
-    /// `config` loaded with this model's record.
+    /// `config` loaded with this model's record; and loading keeps the record's autodiff
+    /// nodes, which would tie every replica's graph to one lock (one rank's backward pass
+    /// would wait for another's forward), so `fork` gives the parameters nodes of their own.
     pub fn replicate(&self, config: &SwavConfig, device: &B::Device) -> Swav<B> {
         config
             .init::<B>(device)
             .load_record(self.clone().into_record())
+            .fork(device)
     }
 
     /// Features, L2-normalised embedding and prototype scores of images `[N, 3, H, W]`.

@@ -7,9 +7,9 @@ use super::rank::{Rank, StepSettings};
 use super::sinkhorn;
 use super::step::{self, SwavLoss};
 use crate::checkpoint::Checkpoint;
-use crate::collective::Communicator;
+use crate::collective::{Communicator, DifferentiableCollective};
 use crate::model::load;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use serde::Serialize;
 use std::path::Path;
@@ -31,7 +31,7 @@ pub struct StepBench {
 /// Run `steps` training steps (after one warm-up step) of `cfg`'s model on random crops of
 /// its shapes, one device, `batch_size` images per step. `on_step(i, seconds)` hears of each
 /// step as it ends (step 0 is the warm-up), so a slow first step shows while it runs long.
-pub fn steps<A: AutodiffBackend>(
+pub fn steps<A: DifferentiableCollective>(
     cfg: &TrainConfig,
     device: &A::Device,
     steps: usize,
@@ -61,6 +61,7 @@ pub fn steps<A: AutodiffBackend>(
         loss: cfg.swav_loss(),
         groups: cfg.crop_groups(),
         prototype_ids: Vec::new(),
+        sync_bn: false,
     };
     let mut start = Instant::now();
     let mut warmup_seconds = 0.0;
@@ -109,7 +110,7 @@ pub struct StepCheck {
 /// The step of `weights` on `reference`'s crops (`crops.0`, `crops.1`, ... with the first
 /// two at the larger resolution, as `tests/fixtures/swav_step_tiny.safetensors`), compared
 /// with its `loss`, `q0` and `q1`.
-pub fn check<A: AutodiffBackend>(
+pub fn check<A: DifferentiableCollective>(
     weights: &Path,
     reference: &Path,
     device: &A::Device,

@@ -85,6 +85,10 @@ pub struct BackboneSection {
     pub depth: usize,
     /// Stem width: 64, or 64 × widen (128/256/320 for RN50-w2/w4/w5), smaller for tiny models.
     pub width: usize,
+    /// Synchronised BatchNorm over the ranks (swav-rs): every BatchNorm of the model (backbone
+    /// and projection head, as PyTorch's `convert_sync_batchnorm`) normalises with the
+    /// statistics of the global batch. facebookresearch's recipes run `--sync_bn pytorch`.
+    pub sync_bn: bool,
 }
 
 impl Default for BackboneSection {
@@ -93,6 +97,7 @@ impl Default for BackboneSection {
             name: "ResNetswav".into(),
             depth: 50,
             width: 64,
+            sync_bn: false,
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use super::rank::{Rank, StepSettings, SwavOptimizer};
 use super::step::DeviceQueue;
-use crate::collective::{panic_message, GroupHandle, LocalGroup};
+use crate::collective::{panic_message, DifferentiableCollective, GroupHandle, LocalGroup};
 use crate::data::device::DeviceLoader;
 use crate::data::loader::Batch;
 use crate::model::swav::Swav;
@@ -88,7 +88,7 @@ pub struct Ranks<A: AutodiffBackend> {
     outstanding: std::cell::Cell<usize>,
 }
 
-impl<A: AutodiffBackend> Ranks<A>
+impl<A: DifferentiableCollective> Ranks<A>
 where
     A::Device: Send + 'static,
 {
@@ -335,7 +335,7 @@ impl<A: AutodiffBackend> Drop for Ranks<A> {
 }
 
 /// A rank's thread: orders until the coordinator hangs up.
-fn serve<A: AutodiffBackend>(
+fn serve<A: DifferentiableCollective>(
     mut rank: Rank<A>,
     mut model: Swav<A>,
     commands: mpsc::Receiver<Command<A>>,

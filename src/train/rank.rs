@@ -11,13 +11,15 @@
 
 use super::lars::Lars;
 use super::step::{self, DeviceQueue, SwavLoss};
-use crate::collective::{CollectiveError, Communicator};
+use crate::collective::{CollectiveError, Communicator, DifferentiableCollective};
+use crate::model::batchnorm::{self, RankSum};
 use crate::model::swav::Swav;
 use burn::module::ParamId;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
+use std::sync::Arc;
 
 /// The optimizer: LARS over every parameter of the model.
 pub type SwavOptimizer<A> =
@@ -31,6 +33,8 @@ pub struct StepSettings {
     pub groups: Vec<std::ops::Range<usize>>,
     /// The prototypes' parameters, whose gradients are dropped while they are frozen.
     pub prototype_ids: Vec<ParamId>,
+    /// Synchronised BatchNorm: statistics of the global batch (`model.backbone.sync_bn`).
+    pub sync_bn: bool,
 }
 
 /// One rank's state (the model itself is passed through [`Rank::step`] by value, so that the
@@ -51,7 +55,7 @@ pub fn prototype_ids<B: Backend>(model: &Swav<B>) -> Vec<ParamId> {
         .collect()
 }
 
-impl<A: AutodiffBackend> Rank<A> {
+impl<A: DifferentiableCollective> Rank<A> {
     /// The rank number.
     pub fn rank(&self) -> usize {
         self.comm.rank()
@@ -97,14 +101,15 @@ impl<A: AutodiffBackend> Rank<A> {
         frozen: bool,
         s: &StepSettings,
     ) -> Result<(GradientsParams, f64), CollectiveError> {
-        let out = step::swav_step(
-            model,
-            crops,
-            &s.groups,
-            &s.loss,
-            self.queue.as_mut(),
-            &self.comm,
-        )?;
+        let comm = self.comm.clone();
+        let queue = self.queue.as_mut();
+        let forward = || step::swav_step(model, crops, &s.groups, &s.loss, queue, &comm);
+        let out = if s.sync_bn && comm.world() > 1 {
+            let ranks: Arc<dyn RankSum<A>> = Arc::new(GlobalBatch(comm.clone()));
+            batchnorm::synchronised(ranks, forward)?
+        } else {
+            forward()?
+        };
         // The backward pass is queued before the loss is read, so that reading it does not
         // make an asynchronous device (CUDA) finish the forward pass first.
         let mut grads = GradientsParams::from_grads(out.loss.clone().backward(), model);
@@ -132,5 +137,24 @@ impl<A: AutodiffBackend> Rank<A> {
             self.comm
                 .all_reduce_gradients(model, grads, loss.inner(), 1.0 / world as f64)?;
         Ok((grads, step::scalar(loss)))
+    }
+}
+
+/// The ranks of a communicator as synchronised BatchNorm sees them.
+struct GlobalBatch<B: Backend>(Communicator<B>);
+
+impl<A: DifferentiableCollective> RankSum<A> for GlobalBatch<A::InnerBackend> {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+
+    fn world(&self) -> usize {
+        self.0.world()
+    }
+
+    fn sum(&self, t: Tensor<A, 1>) -> Tensor<A, 1> {
+        // A failure panics: the rank's thread reports it as the rank's failure.
+        A::all_reduce_sum_differentiable(t, &self.0)
+            .unwrap_or_else(|e| panic!("synchronised BatchNorm: {e}"))
     }
 }

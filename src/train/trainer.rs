@@ -14,6 +14,7 @@ use super::rank::{self, StepSettings, SwavOptimizer};
 use super::schedule::LrSchedule;
 use super::state::{self, EpochRecord, TrainState};
 use super::step::Queue;
+use crate::collective::DifferentiableCollective;
 use crate::data::dataset::Dataset;
 use crate::data::loader::{Loader, LoaderConfig, Pipeline};
 use crate::data::multicrop::MultiCrop;
@@ -74,6 +75,8 @@ pub enum Event {
     Start {
         images: usize,
         devices: usize,
+        /// Whether BatchNorm statistics are those of the global batch.
+        sync_bn: bool,
         global_batch: usize,
         iterations_per_epoch: usize,
         start_epoch: usize,
@@ -154,7 +157,7 @@ impl Metrics {
 
 /// Train as `cfg` says on `devices`, one rank per device (rank 0 on the first; it alone
 /// writes checkpoints).
-pub fn train<A: AutodiffBackend>(
+pub fn train<A: DifferentiableCollective>(
     cfg: &TrainConfig,
     devices: &[A::Device],
     opts: &TrainOptions,
@@ -190,6 +193,7 @@ where
         loss: cfg.swav_loss(),
         groups: cfg.crop_groups(),
         prototype_ids: rank::prototype_ids(&start.model),
+        sync_bn: cfg.model.backbone.sync_bn,
     };
     let mut queues = start
         .queues
@@ -235,6 +239,7 @@ where
     run.emit(Event::Start {
         images: run.data.set.len(),
         devices: world,
+        sync_bn: cfg.model.backbone.sync_bn && world > 1,
         global_batch: run.data.loader.batch_size,
         iterations_per_epoch: run.data.iterations,
         start_epoch: run.st.epoch,
@@ -489,7 +494,7 @@ struct Pending {
     images: Vec<usize>,
 }
 
-impl<A: AutodiffBackend> Run<'_, A>
+impl<A: DifferentiableCollective> Run<'_, A>
 where
     A::Device: Send + 'static,
 {

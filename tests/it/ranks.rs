@@ -102,7 +102,7 @@ struct Setup {
     settings: StepSettings,
 }
 
-fn setup(world: usize) -> Setup {
+fn setup(world: usize, sync_bn: bool) -> Setup {
     let device = Default::default();
     let dir = Path::new("/unused");
     let cfg = tiny(dir, dir).model_config().unwrap();
@@ -149,6 +149,7 @@ fn setup(world: usize) -> Setup {
         loss: SwavLoss::default(),
         groups: vec![0..2, 2..4],
         prototype_ids: rank::prototype_ids(&model),
+        sync_bn,
     };
     Setup {
         cfg,
@@ -211,8 +212,37 @@ fn ranks(s: &Setup, world: usize) -> Vec<RankRun> {
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
-/// One rank holding every shard: the backbone per shard (BatchNorm statistics per shard), the
-/// codes by the f64 host oracle over every shard's rows, the gradient of the mean loss.
+/// The forward pass of the concatenated shards as each shard's (rows of every crop).
+fn split_forward(f: &step::Forward<D>, world: usize) -> Vec<step::Forward<D>> {
+    let rows = |t: &Tensor<D, 2>, w: usize| {
+        Tensor::cat(
+            (0..f.crops)
+                .map(|v| t.clone().narrow(0, v * f.batch + w * PER, PER))
+                .collect(),
+            0,
+        )
+    };
+    (0..world)
+        .map(|w| step::Forward {
+            scores: rows(&f.scores, w),
+            embedding: rows(&f.embedding, w),
+            batch: PER,
+            crops: f.crops,
+        })
+        .collect()
+}
+
+/// Every crop of every shard of a step, concatenated shard after shard.
+fn concatenated(shards: &[Vec<Tensor<D, 4>>]) -> Vec<Tensor<D, 4>> {
+    (0..shards[0].len())
+        .map(|v| Tensor::cat(shards.iter().map(|c| c[v].clone()).collect(), 0))
+        .collect()
+}
+
+/// One rank holding every shard: the backbone per shard (BatchNorm statistics per shard) or,
+/// with `s.settings.sync_bn`, once over the concatenated shards (statistics of the global
+/// batch); the codes by the f64 host oracle over every shard's rows; the gradient of the mean
+/// loss.
 fn reference(s: &Setup, world: usize) -> RankRun {
     let device = Default::default();
     let mut model = s.model.replicate(&s.cfg, &device);
@@ -227,10 +257,15 @@ fn reference(s: &Setup, world: usize) -> RankRun {
     };
     for (i, shards) in s.shards.iter().enumerate() {
         model = step::normalize_prototypes(model);
-        let fwds: Vec<step::Forward<D>> = shards
-            .iter()
-            .map(|c| step::forward(&model, c, &s.settings.groups))
-            .collect();
+        let fwds: Vec<step::Forward<D>> = if s.settings.sync_bn {
+            let all = step::forward(&model, &concatenated(shards), &s.settings.groups);
+            split_forward(&all, world)
+        } else {
+            shards
+                .iter()
+                .map(|c| step::forward(&model, c, &s.settings.groups))
+                .collect()
+        };
         let k = fwds[0].scores.dims()[1];
         let w_proto = model.prototypes.as_ref().unwrap().heads[0]
             .weight
@@ -310,54 +345,75 @@ fn reference(s: &Setup, world: usize) -> RankRun {
 #[test]
 fn cpu_ranks_match_one_rank_holding_every_shard() {
     for world in [2, 3] {
-        let s = setup(world);
-        let runs = ranks(&s, world);
-        let want = reference(&s, world);
-        for (w, run) in runs.iter().enumerate() {
-            for (i, (a, b)) in run.losses.iter().zip(&want.losses).enumerate() {
-                assert!(
-                    (a - b).abs() < 1e-6 * b.abs(),
-                    "{world} ranks, rank {w}, step {i}: loss {a} vs {b}"
-                );
-            }
-            let mut compared = 0;
-            for (p, (a, b)) in run
-                .first_gradients
-                .iter()
-                .zip(&want.first_gradients)
-                .enumerate()
-            {
-                match (a, b) {
-                    (Some(a), Some(b)) => {
-                        let r = rel(a, b, 1e-6);
-                        assert!(
-                            r < 1e-6,
-                            "{world} ranks, rank {w}: gradient {p} differs by {r:e}"
-                        );
-                        compared += 1;
-                    }
-                    (None, None) => {}
-                    _ => panic!("{world} ranks, rank {w}: gradient {p} on one side only"),
-                }
-            }
-            assert!(compared > 60, "{compared} gradients compared");
-            for (p, (a, b)) in run.weights.iter().zip(&want.weights).enumerate() {
-                let r = rel(a, b, 1e-3);
-                assert!(
-                    r < 1e-6,
-                    "{world} ranks, rank {w}: weight {p} differs by {r:e} after {STEPS} steps"
-                );
-            }
-            // Rank w's running statistics: a fresh copy of the model run on shard w alone.
-            let fresh = s.model.replicate(&s.cfg, &Default::default());
-            let fresh = step::normalize_prototypes(fresh);
-            let _ = step::forward(&fresh, &s.shards[0][w], &s.settings.groups);
-            let r = rel(&run.running_mean, &running_mean(&fresh), 1e-6);
+        let s = setup(world, false);
+        compare(&s, world);
+    }
+}
+
+/// With synchronised BatchNorm, 2 and 3 CPU ranks give the step of one rank running the
+/// concatenated shards (BatchNorm over the global batch), within the same bounds; every rank's
+/// running statistics are the global batch's.
+#[test]
+fn sync_bn_ranks_match_one_rank_on_the_global_batch() {
+    for world in [2, 3] {
+        let s = setup(world, true);
+        compare(&s, world);
+    }
+}
+
+fn compare(s: &Setup, world: usize) {
+    let runs = ranks(s, world);
+    let want = reference(s, world);
+    for (w, run) in runs.iter().enumerate() {
+        for (i, (a, b)) in run.losses.iter().zip(&want.losses).enumerate() {
             assert!(
-                r < 1e-9,
-                "{world} ranks, rank {w}: running mean differs by {r:e}"
+                (a - b).abs() < 1e-6 * b.abs(),
+                "{world} ranks, rank {w}, step {i}: loss {a} vs {b}"
             );
         }
+        let mut compared = 0;
+        for (p, (a, b)) in run
+            .first_gradients
+            .iter()
+            .zip(&want.first_gradients)
+            .enumerate()
+        {
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    let r = rel(a, b, 1e-6);
+                    assert!(
+                        r < 1e-6,
+                        "{world} ranks, rank {w}: gradient {p} differs by {r:e}"
+                    );
+                    compared += 1;
+                }
+                (None, None) => {}
+                _ => panic!("{world} ranks, rank {w}: gradient {p} on one side only"),
+            }
+        }
+        assert!(compared > 60, "{compared} gradients compared");
+        for (p, (a, b)) in run.weights.iter().zip(&want.weights).enumerate() {
+            let r = rel(a, b, 1e-3);
+            assert!(
+                r < 1e-6,
+                "{world} ranks, rank {w}: weight {p} differs by {r:e} after {STEPS} steps"
+            );
+        }
+        // Rank w's running statistics: a fresh copy of the model run on shard w alone, or on
+        // every shard with synchronised BatchNorm.
+        let fresh = s.model.replicate(&s.cfg, &Default::default());
+        let fresh = step::normalize_prototypes(fresh);
+        let crops = if s.settings.sync_bn {
+            concatenated(&s.shards[0])
+        } else {
+            s.shards[0][w].clone()
+        };
+        let _ = step::forward(&fresh, &crops, &s.settings.groups);
+        let r = rel(&run.running_mean, &running_mean(&fresh), 1e-6);
+        assert!(
+            r < 1e-9,
+            "{world} ranks, rank {w}: running mean differs by {r:e}"
+        );
     }
 }
 
