@@ -1,17 +1,26 @@
 //! The collective engine that data-parallel ranks talk through: sums of tensors over every rank
-//! (gradients, Sinkhorn-Knopp's sums, a maximum), never written here.
+//! (gradients, Sinkhorn-Knopp's sums, BatchNorm statistics, a maximum), never written here.
 //!
-//! Ranks in one process go through **burn-collective 0.21**'s local level: each rank is a peer
-//! registered with the process's collective server for its backend, and
-//! [`Communicator::all_reduce_sum`] is `burn_collective::all_reduce(.., Sum)`. The server reduces
-//! on the devices themselves (`float_to_device` + `float_add`, a tree of arity 2), for the CPU
-//! backend and the CUDA backend alike. A communicator of a one-rank world never calls it.
+//! Two engines, chosen per group ([`Engine`]):
+//!
+//! - **NCCL**, for CUDA ranks: Burn 0.21's own `DistributedBackend::all_reduce` (burn-cubecl runs
+//!   `ncclAllReduce` through cudarc on a stream of its own; the communicator is made on the first
+//!   call, every rank of the process joining it). What every peer uses on GPUs (PyTorch DDP,
+//!   Paddle). [`Engine::Auto`] takes it for CUDA ranks when the NCCL library loads.
+//! - **burn-collective 0.21**'s local level, for every backend (the CPU one, and CUDA ranks
+//!   without NCCL): each rank is a peer registered with the process's collective server for its
+//!   backend, and an all-reduce is `burn_collective::all_reduce(.., Sum)`. The server reduces on
+//!   the devices themselves (`float_to_device` + `float_add`, a tree of arity 2).
+//!
+//! A communicator of a one-rank world never calls either.
 //!
 //! burn-collective keeps one server per backend type and process, so one group at a time can
 //! exist per process: [`LocalGroup::register`] waits for the previous group to end (runs in one
 //! process — tests — take turns). Ending a group, normally or because a rank failed, resets the
 //! server: every rank still waiting in an all-reduce gets an error instead of waiting for a
-//! peer that will never come ([`GroupHandle::abort`]).
+//! peer that will never come ([`GroupHandle::abort`]). NCCL offers no such release through
+//! Burn: ranks waiting in an NCCL all-reduce for a failed rank stay blocked, and the run ends
+//! without waiting for them (the failing rank's line is reported, the process exits).
 //!
 //! Order of summation: with two ranks a sum is exact in any order. With three or more the tree
 //! adds the ranks' tensors in an order that follows the server's hash map, so the last bit of a
@@ -24,7 +33,7 @@ use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::{AutodiffBackend, Backend, DeviceId};
 use burn::tensor::{Tensor, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use std::sync::{Arc, Condvar, Mutex};
@@ -40,11 +49,50 @@ pub enum CollectiveError {
     AllReduce { rank: usize, detail: String },
 }
 
+/// The engine a group of ranks talks through (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// NCCL for CUDA ranks when its library loads, burn-collective otherwise.
+    #[default]
+    Auto,
+    /// NCCL (CUDA ranks only; an error elsewhere, or without the library).
+    Nccl,
+    /// burn-collective's local level, for every backend.
+    BurnCollective,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Engine::Auto),
+            "nccl" => Ok(Engine::Nccl),
+            "burn-collective" | "burn" => Ok(Engine::BurnCollective),
+            other => Err(format!(
+                "collective engine '{other}': expected auto, nccl or burn-collective"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Auto => "auto",
+            Engine::Nccl => "nccl",
+            Engine::BurnCollective => "burn-collective",
+        })
+    }
+}
+
 /// One rank's handle on its group (clones are the same rank's handle).
 pub struct Communicator<B: Backend> {
     rank: usize,
     world: usize,
     group: Option<Arc<LocalGroup<B>>>,
+    /// The devices of every rank, when the group talks through NCCL.
+    nccl: Option<Arc<[DeviceId]>>,
 }
 
 impl<B: Backend> Clone for Communicator<B> {
@@ -53,6 +101,7 @@ impl<B: Backend> Clone for Communicator<B> {
             rank: self.rank,
             world: self.world,
             group: self.group.clone(),
+            nccl: self.nccl.clone(),
         }
     }
 }
@@ -70,6 +119,16 @@ impl<B: Backend> Communicator<B> {
             rank: 0,
             world: 1,
             group: None,
+            nccl: None,
+        }
+    }
+
+    /// The engine this rank's group talks through (`None` for a world of one without NCCL).
+    pub fn engine(&self) -> Option<Engine> {
+        match (self.world, &self.nccl) {
+            (_, Some(_)) => Some(Engine::Nccl),
+            (1, None) => None,
+            (_, None) => Some(Engine::BurnCollective),
         }
     }
 
@@ -89,6 +148,17 @@ impl<B: Backend> Communicator<B> {
         &self,
         t: Tensor<B, D>,
     ) -> Result<Tensor<B, D>, CollectiveError> {
+        #[cfg(feature = "cuda-backend")]
+        if let Some(devices) = &self.nccl {
+            let shape = t.shape();
+            let n = shape.num_elements();
+            return nccl::all_reduce_sum(t.reshape([n]), devices)
+                .map(|sum| sum.reshape(shape))
+                .map_err(|detail| CollectiveError::AllReduce {
+                    rank: self.rank,
+                    detail,
+                });
+        }
         if self.world == 1 {
             return Ok(t);
         }
@@ -105,7 +175,7 @@ impl<B: Backend> Communicator<B> {
     /// its own slot of a zero vector and the vectors are summed (exact: every slot holds one
     /// value and zeros).
     pub fn all_reduce_max(&self, value: Tensor<B, 1>) -> Result<Tensor<B, 1>, CollectiveError> {
-        if self.world == 1 {
+        if self.world == 1 && self.nccl.is_none() {
             return Ok(value);
         }
         let slot = self.rank..self.rank + 1;
@@ -190,13 +260,25 @@ static BUSY: Mutex<bool> = Mutex::new(false);
 static FREED: Condvar = Condvar::new();
 
 impl<B: Backend> LocalGroup<B> {
-    /// Register one rank per device (rank `w` on `devices[w]`) and return their communicators,
-    /// in rank order. Waits while another group of this process exists.
+    /// [`LocalGroup::register_with`] the engine [`Engine::Auto`] chooses.
     pub fn register(devices: &[B::Device]) -> Result<Vec<Communicator<B>>, CollectiveError> {
+        Self::register_with(devices, Engine::Auto)
+    }
+
+    /// Register one rank per device (rank `w` on `devices[w]`) with `engine` and return their
+    /// communicators, in rank order. Waits while another group of this process exists.
+    pub fn register_with(
+        devices: &[B::Device],
+        engine: Engine,
+    ) -> Result<Vec<Communicator<B>>, CollectiveError> {
         let world = devices.len();
-        if world <= 1 {
+        // One rank needs no engine, unless NCCL is asked for: a group of one then runs every
+        // collective through NCCL (a check of the NCCL path on a single GPU).
+        if world <= 1 && engine != Engine::Nccl {
             return Ok(vec![Communicator::solo()]);
         }
+        let nccl = Self::nccl_devices(devices, engine)
+            .map_err(|detail| CollectiveError::Register { world, detail })?;
         {
             let mut busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
             while *busy {
@@ -208,6 +290,17 @@ impl<B: Backend> LocalGroup<B> {
         let group = Arc::new(LocalGroup {
             _backend: std::marker::PhantomData,
         });
+        if let Some(ids) = nccl {
+            // NCCL makes its communicator on the first all-reduce, every rank joining it.
+            return Ok((0..world)
+                .map(|rank| Communicator {
+                    rank,
+                    world,
+                    group: Some(group.clone()),
+                    nccl: Some(ids.clone()),
+                })
+                .collect());
+        }
         burn_collective::reset_collective::<B>();
         let config = CollectiveConfig::default().with_num_devices(world);
         // `register` returns once every peer has registered: one thread per rank.
@@ -239,8 +332,109 @@ impl<B: Backend> LocalGroup<B> {
                 rank,
                 world,
                 group: Some(group.clone()),
+                nccl: None,
             })
             .collect())
+    }
+
+    /// Whether ranks on `devices` can talk through `engine` (a check before any work starts;
+    /// [`LocalGroup::register_with`] makes the same one).
+    pub fn check(devices: &[B::Device], engine: Engine) -> Result<(), String> {
+        Self::nccl_devices(devices, engine).map(|_| ())
+    }
+
+    /// The devices of an NCCL group, when `engine` means NCCL for these devices; an error
+    /// when NCCL is asked for and cannot be used.
+    fn nccl_devices(
+        devices: &[B::Device],
+        engine: Engine,
+    ) -> Result<Option<Arc<[DeviceId]>>, String> {
+        #[cfg(feature = "cuda-backend")]
+        {
+            use burn::tensor::backend::DeviceOps;
+            let ids = || Some(devices.iter().map(DeviceOps::id).collect());
+            match (engine, nccl::is_cuda::<B>(), nccl::check_library()) {
+                (Engine::BurnCollective, _, _) => Ok(None),
+                (_, true, Ok(())) => Ok(ids()),
+                (Engine::Auto, _, _) => Ok(None),
+                (Engine::Nccl, false, _) => {
+                    Err("NCCL needs CUDA devices (use --collective burn-collective)".into())
+                }
+                (Engine::Nccl, true, Err(e)) => Err(e),
+            }
+        }
+        #[cfg(not(feature = "cuda-backend"))]
+        {
+            let _ = devices;
+            match engine {
+                Engine::Nccl => {
+                    Err("NCCL needs CUDA devices and a build with --features cuda".into())
+                }
+                _ => Ok(None),
+            }
+        }
+    }
+}
+
+/// NCCL through Burn's `DistributedBackend` (burn-cuda's `distributed` feature), for the CUDA
+/// backend of [`crate::backend::Cuda`].
+#[cfg(feature = "cuda-backend")]
+mod nccl {
+    use burn::tensor::backend::distributed::{DistributedBackend, ReduceOperation};
+    use burn::tensor::backend::{Backend, DeviceId};
+    use burn::tensor::{Tensor, TensorPrimitive};
+    use std::any::{Any, TypeId};
+
+    type Cuda = crate::backend::Cuda;
+
+    /// Names under which cudarc 0.19 looks for NCCL (`get_lib_name_candidates("nccl")` on
+    /// Linux: no `libnccl.so.2`, the soname of NVIDIA's packages and of pip's
+    /// `nvidia-nccl-cu12`; cudarc panics in a server thread when none loads).
+    const NCCL: &[&str] = &[
+        "libnccl.so",
+        "libnccl.so.13",
+        "libnccl.so.12",
+        "libnccl.so.1",
+    ];
+
+    /// Whether `B` is the CUDA backend.
+    pub(super) fn is_cuda<B: Backend>() -> bool {
+        TypeId::of::<B>() == TypeId::of::<Cuda>()
+    }
+
+    /// NCCL loads under a name cudarc tries.
+    pub(super) fn check_library() -> Result<(), String> {
+        // SAFETY: loading runs NCCL's initialisers; it is the library cudarc loads by the same
+        // name moments later.
+        let found = NCCL
+            .iter()
+            .any(|n| unsafe { libloading::Library::new(*n) }.is_ok());
+        if found {
+            return Ok(());
+        }
+        Err(format!(
+            "NCCL is not found under the names Burn's CUDA backend loads ({}); with only \
+             libnccl.so.2 installed, link it as libnccl.so in a folder of LD_LIBRARY_PATH, or \
+             use --collective burn-collective",
+            NCCL.join(", ")
+        ))
+    }
+
+    /// The sum over the ranks on `devices` of every rank's `t` (`B` is the CUDA backend).
+    pub(super) fn all_reduce_sum<B: Backend>(
+        t: Tensor<B, 1>,
+        devices: &[DeviceId],
+    ) -> Result<Tensor<B, 1>, String> {
+        let prim: Box<dyn Any> = Box::new(t.into_primitive().tensor());
+        let prim = prim
+            .downcast::<<Cuda as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive>()
+            .map_err(|_| "NCCL: the ranks are not on the CUDA backend".to_string())?;
+        let sum = Cuda::all_reduce(*prim, ReduceOperation::Sum, devices.to_vec()).resolve();
+        let sum: Box<dyn Any> = Box::new(sum);
+        let sum = sum
+            .downcast::<B::FloatTensorPrimitive>()
+            .map_err(|_| "NCCL: the ranks are not on the CUDA backend".to_string())?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(*sum)))
     }
 }
 

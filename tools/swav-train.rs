@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use swav::backend::Devices;
+use swav::collective::Engine;
 use swav::data::{bench, dataset::Dataset, loader, multicrop::MultiCrop, synthetic};
 use swav::train::config::TrainConfig;
 use swav::train::trainer::{self, Event, TrainOptions};
@@ -45,6 +46,10 @@ struct TrainArgs {
     /// Loader threads [default: the config's num_workers, 0 = all cores].
     #[arg(long)]
     workers: Option<usize>,
+    /// Collective engine of several devices: auto (NCCL for CUDA devices when its library
+    /// loads, burn-collective otherwise), nccl, or burn-collective.
+    #[arg(long, default_value = "auto", value_parser = parse_engine)]
+    collective: Engine,
     /// Stop after this many epochs of this run (a checkpoint is written; --resume continues).
     #[arg(long)]
     max_epochs: Option<usize>,
@@ -187,6 +192,10 @@ fn logfmt(e: &Event) -> String {
     line
 }
 
+fn parse_engine(s: &str) -> Result<Engine, String> {
+    s.parse()
+}
+
 fn pretrain(a: TrainArgs) -> Result<(), String> {
     let path = a
         .config
@@ -204,6 +213,7 @@ fn pretrain(a: TrainArgs) -> Result<(), String> {
         workers: a.workers,
         max_epochs: a.max_epochs,
         pretrained: a.pretrained,
+        collective: a.collective,
         ..Default::default()
     };
     let bar = if a.quiet || !std::io::stderr().is_terminal() {

@@ -11,7 +11,7 @@
 
 use super::ranks::{self, Pool};
 use super::{Frozen, Handout};
-use crate::collective::{CollectiveError, Communicator, LocalGroup};
+use crate::collective::{CollectiveError, Communicator, Engine, LocalGroup};
 use crate::data::dataset::Dataset;
 use crate::data::loader::{Batch, Loader, LoaderConfig, Pipeline};
 use crate::data::multicrop::EvalTransform;
@@ -360,7 +360,10 @@ pub fn train<A: AutodiffBackend>(
     A::seed(&devices[0], cfg.seed);
     let classes = train_set.classes.len().max(1);
     let head = classifier::<A>(feature_dim, classes, &devices[0]);
-    let comms = LocalGroup::<A::InnerBackend>::register(&devices).map_err(|e| e.to_string())?;
+    // burn-collective, also for CUDA ranks: the classifier's gradients are small, and a rank
+    // that fails releases the others (a failed NCCL peer would leave them waiting).
+    let comms = LocalGroup::<A::InnerBackend>::register_with(&devices, Engine::BurnCollective)
+        .map_err(|e| e.to_string())?;
     let group = comms[0].handle();
     let (comms, heads) = (Handout::new(comms), Handout::new(vec![head; devices.len()]));
     let handout = frozen.handout();

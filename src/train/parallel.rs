@@ -10,7 +10,7 @@
 
 use super::rank::{Rank, StepSettings, SwavOptimizer};
 use super::step::DeviceQueue;
-use crate::collective::{panic_message, DifferentiableCollective, GroupHandle, LocalGroup};
+use crate::collective::{panic_message, DifferentiableCollective, Engine, GroupHandle, LocalGroup};
 use crate::data::device::DeviceLoader;
 use crate::data::loader::Batch;
 use crate::model::swav::Swav;
@@ -84,6 +84,8 @@ pub struct Ranks<A: AutodiffBackend> {
     handles: Vec<thread::JoinHandle<()>>,
     /// Keeps the ranks' group alive until the ranks are dropped, and ends it on failure.
     group: GroupHandle<A::InnerBackend>,
+    /// The engine the ranks talk through (`None` for one rank).
+    engine: Option<Engine>,
     /// Steps handed out whose loss was not read yet.
     outstanding: std::cell::Cell<usize>,
 }
@@ -92,19 +94,25 @@ impl<A: DifferentiableCollective> Ranks<A>
 where
     A::Device: Send + 'static,
 {
-    /// Start one rank per entry of `starts` (rank `w` on `starts[w].device`).
+    /// Start one rank per entry of `starts` (rank `w` on `starts[w].device`), talking through
+    /// `engine`.
     pub fn start(
         starts: Vec<RankStart<A>>,
         settings: StepSettings,
+        engine: Engine,
         fault: Option<Fault>,
     ) -> Result<Self, RankFailure> {
         let devices: Vec<A::Device> = starts.iter().map(|s| s.device.clone()).collect();
-        let comms = LocalGroup::<A::InnerBackend>::register(&devices).map_err(|e| RankFailure {
-            rank: 0,
-            device: format!("{:?}", devices[0]),
-            cause: e.to_string(),
-        })?;
+        let comms =
+            LocalGroup::<A::InnerBackend>::register_with(&devices, engine).map_err(|e| {
+                RankFailure {
+                    rank: 0,
+                    device: format!("{:?}", devices[0]),
+                    cause: e.to_string(),
+                }
+            })?;
         let group = comms[0].handle();
+        let engine = comms[0].engine();
         let failure = Arc::new(Mutex::new(None));
         let (reply_tx, replies) = mpsc::channel();
         let (mut commands, mut shards, mut handles) = (Vec::new(), Vec::new(), Vec::new());
@@ -181,6 +189,7 @@ where
             failure,
             handles,
             group,
+            engine,
             outstanding: std::cell::Cell::new(0),
         })
     }
@@ -188,6 +197,11 @@ where
     /// Number of ranks.
     pub fn world(&self) -> usize {
         self.commands.len()
+    }
+
+    /// The engine the ranks talk through (`None` for one rank).
+    pub fn engine(&self) -> Option<Engine> {
+        self.engine
     }
 
     /// Tell every rank that an epoch starts (with the queue's shape once it is on).

@@ -14,7 +14,7 @@ use super::rank::{self, StepSettings, SwavOptimizer};
 use super::schedule::LrSchedule;
 use super::state::{self, EpochRecord, TrainState};
 use super::step::Queue;
-use crate::collective::DifferentiableCollective;
+use crate::collective::{DifferentiableCollective, Engine, LocalGroup};
 use crate::data::dataset::Dataset;
 use crate::data::loader::{Loader, LoaderConfig, Pipeline};
 use crate::data::multicrop::MultiCrop;
@@ -63,6 +63,8 @@ pub struct TrainOptions {
     /// Start from these weights (any checkpoint format; a backbone alone leaves the head at
     /// its initialisation) instead of a random initialisation.
     pub pretrained: Option<PathBuf>,
+    /// The collective engine of several devices.
+    pub collective: Engine,
     /// A rank that panics at an iteration (tests of failure handling).
     #[doc(hidden)]
     pub fault: Option<Fault>,
@@ -75,6 +77,8 @@ pub enum Event {
     Start {
         images: usize,
         devices: usize,
+        /// The collective engine of the ranks (`none` for one device).
+        collective: String,
         /// Whether BatchNorm statistics are those of the global batch.
         sync_bn: bool,
         global_batch: usize,
@@ -171,6 +175,8 @@ where
         return Err(ConfigError::Invalid("no device to train on".into()).into());
     }
     let world = devices.len();
+    LocalGroup::<A::InnerBackend>::check(devices, opts.collective)
+        .map_err(|e| ConfigError::Invalid(format!("--collective {}: {e}", opts.collective)))?;
     let output = PathBuf::from(&cfg.output_dir);
     std::fs::create_dir_all(&output)
         .map_err(|e| TrainError::Data(format!("{}: {e}", output.display())))?;
@@ -215,7 +221,7 @@ where
             queue: queues.as_mut().and_then(|q| q[w].take()),
         })
         .collect();
-    let ranks = Ranks::start(starts, settings, opts.fault)?;
+    let ranks = Ranks::start(starts, settings, opts.collective, opts.fault)?;
     let lr = &cfg.lr_scheduler;
     let mut run = Run {
         schedule: LrSchedule::new(
@@ -239,6 +245,10 @@ where
     run.emit(Event::Start {
         images: run.data.set.len(),
         devices: world,
+        collective: run
+            .ranks
+            .engine()
+            .map_or_else(|| "none".to_string(), |e| e.to_string()),
         sync_bn: cfg.model.backbone.sync_bn && world > 1,
         global_batch: run.data.loader.batch_size,
         iterations_per_epoch: run.data.iterations,

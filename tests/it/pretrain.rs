@@ -365,6 +365,18 @@ fn train_extract_and_knn_through_the_binaries() {
         ],
     );
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    // NCCL for CPU ranks: one line, exit 2, nothing written.
+    let mut nccl = refs.clone();
+    nccl.extend(["--device", "cpu,cpu", "--collective", "nccl"]);
+    let o = cli(TRAIN, &nccl);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--collective nccl: NCCL needs CUDA devices")
+            && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    assert!(!Path::new(&d("run")).exists(), "nothing written");
     let o = cli(TRAIN, &refs);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ckpt = d("run/checkpoints/epoch_0001");

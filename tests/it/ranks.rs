@@ -596,3 +596,29 @@ fn lincls_on_cpu_ranks_matches_one_rank() {
         assert_eq!(one.5, many.5, "{world} ranks: evaluation");
     }
 }
+
+/// NCCL is for CUDA ranks: asked for CPU ranks, registering fails with a line saying so; the
+/// engine names parse.
+#[test]
+fn nccl_for_cpu_ranks_is_an_error() {
+    use swav::collective::Engine;
+    let device = Default::default();
+    for world in [1, 2] {
+        let e = LocalGroup::<F>::register_with(&vec![device; world], Engine::Nccl)
+            .expect_err("NCCL on the CPU backend");
+        let e = e.to_string();
+        assert!(e.contains("NCCL needs CUDA devices"), "{e}");
+    }
+    assert_eq!("nccl".parse::<Engine>(), Ok(Engine::Nccl));
+    assert_eq!(
+        "burn-collective".parse::<Engine>(),
+        Ok(Engine::BurnCollective)
+    );
+    assert!("mpi".parse::<Engine>().unwrap_err().contains("mpi"));
+    // Auto on the CPU backend is burn-collective; one rank needs no engine.
+    let comms = LocalGroup::<F>::register(&[device, device]).unwrap();
+    assert_eq!(comms[1].engine(), Some(Engine::BurnCollective));
+    drop(comms);
+    let solo = LocalGroup::<F>::register(&[device]).unwrap();
+    assert_eq!(solo[0].engine(), None);
+}
