@@ -12,7 +12,8 @@
 //!   backend, and an all-reduce is `burn_collective::all_reduce(.., Sum)`. The server reduces on
 //!   the devices themselves (`float_to_device` + `float_add`, a tree of arity 2).
 //!
-//! A communicator of a one-rank world never calls either.
+//! A communicator of a one-rank world calls neither, unless NCCL is asked for: a group of one
+//! on NCCL runs every collective through it (a check of the NCCL path on one GPU).
 //!
 //! burn-collective keeps one server per backend type and process, so one group at a time can
 //! exist per process: [`LocalGroup::register`] waits for the previous group to end (runs in one
@@ -120,6 +121,15 @@ impl<B: Backend> Communicator<B> {
             world: 1,
             group: None,
             nccl: None,
+        }
+    }
+
+    /// This rank's handle without the group's keep-alive: collectives still work while the
+    /// group exists.
+    fn detached(&self) -> Self {
+        Communicator {
+            group: None,
+            ..self.clone()
         }
     }
 
@@ -353,14 +363,14 @@ impl<B: Backend> LocalGroup<B> {
         {
             use burn::tensor::backend::DeviceOps;
             let ids = || Some(devices.iter().map(DeviceOps::id).collect());
-            match (engine, nccl::is_cuda::<B>(), nccl::check_library()) {
-                (Engine::BurnCollective, _, _) => Ok(None),
-                (_, true, Ok(())) => Ok(ids()),
-                (Engine::Auto, _, _) => Ok(None),
-                (Engine::Nccl, false, _) => {
+            // The library is loaded only when NCCL could be used.
+            match (engine, nccl::is_cuda::<B>()) {
+                (Engine::BurnCollective, _) | (Engine::Auto, false) => Ok(None),
+                (Engine::Nccl, false) => {
                     Err("NCCL needs CUDA devices (use --collective burn-collective)".into())
                 }
-                (Engine::Nccl, true, Err(e)) => Err(e),
+                (Engine::Auto, true) => Ok(nccl::check_library().ok().and_then(|()| ids())),
+                (Engine::Nccl, true) => nccl::check_library().map(|()| ids()),
             }
         }
         #[cfg(not(feature = "cuda-backend"))]
@@ -387,13 +397,18 @@ mod nccl {
 
     type Cuda = crate::backend::Cuda;
 
-    /// Names under which cudarc 0.19 looks for NCCL (`get_lib_name_candidates("nccl")` on
-    /// Linux: no `libnccl.so.2`, the soname of NVIDIA's packages and of pip's
-    /// `nvidia-nccl-cu12`; cudarc panics in a server thread when none loads).
+    /// Names under which cudarc 0.19 looks for NCCL on Linux (`get_lib_name_candidates("nccl")`
+    /// with CUDA 13, the version cudarc assumes when built without a toolkit, as here; it also
+    /// tries `libnccl64_*` names, which Linux installs lack). Not `libnccl.so.2`, the soname of
+    /// NVIDIA's packages and of pip's `nvidia-nccl-cu12`. cudarc panics in Burn's device thread
+    /// when none loads, hence this check.
     const NCCL: &[&str] = &[
         "libnccl.so",
         "libnccl.so.13",
         "libnccl.so.12",
+        "libnccl.so.11",
+        "libnccl.so.10",
+        "libnccl.so.9",
         "libnccl.so.1",
     ];
 
@@ -420,7 +435,9 @@ mod nccl {
         ))
     }
 
-    /// The sum over the ranks on `devices` of every rank's `t` (`B` is the CUDA backend).
+    /// The sum over the ranks on `devices` of every rank's `t` (`B` is the CUDA backend). NCCL
+    /// failures panic in Burn's device thread (cubecl unwraps them), so the error case here is
+    /// only a backend mismatch.
     pub(super) fn all_reduce_sum<B: Backend>(
         t: Tensor<B, 1>,
         devices: &[DeviceId],
@@ -433,7 +450,7 @@ mod nccl {
         let sum: Box<dyn Any> = Box::new(sum);
         let sum = sum
             .downcast::<B::FloatTensorPrimitive>()
-            .map_err(|_| "NCCL: the ranks are not on the CUDA backend".to_string())?;
+            .expect("B is the CUDA backend: its input was");
         Ok(Tensor::from_primitive(TensorPrimitive::Float(*sum)))
     }
 }
@@ -452,7 +469,8 @@ impl<B: Backend> Drop for LocalGroup<B> {
 /// statistics need. Implemented for Burn's `Autodiff` over any backend.
 pub trait DifferentiableCollective: AutodiffBackend {
     /// `comm.all_reduce_sum(t)`, differentiable. An all-reduce that fails in the backward
-    /// pass panics (the rank's thread reports it; every rank's backward pass stops).
+    /// pass panics (the rank's thread reports it and ends the group: burn-collective releases
+    /// the other ranks; ranks waiting in NCCL stay blocked, see the module's documentation).
     fn all_reduce_sum_differentiable(
         t: Tensor<Self, 1>,
         comm: &Communicator<Self::InnerBackend>,
@@ -499,7 +517,9 @@ impl<B: Backend, C: CheckpointStrategy> DifferentiableCollective for Autodiff<B,
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish(comm.clone(), sum),
+            // The graph keeps a copy without the group: a graph never run backward (a rank that
+            // failed mid-step) must not keep the group, and the process's engine, taken.
+            OpsKind::Tracked(prep) => prep.finish(comm.detached(), sum),
             OpsKind::UnTracked(prep) => prep.finish(sum),
         };
         Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
@@ -546,12 +566,18 @@ impl<A: AutodiffBackend> ModuleVisitor<A> for Unflatten<A::InnerBackend> {
     }
 }
 
-/// The message of a rank thread's panic, for the line that names the rank.
+/// The message of a rank thread's panic, on one line, for the line that names the rank.
 pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
-        .map_or_else(|| "panicked".into(), |m| format!("panicked: {m}"))
+        .map_or_else(
+            || "panicked".into(),
+            |m| {
+                let lines: Vec<&str> = m.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                format!("panicked: {}", lines.join("; "))
+            },
+        )
 }
 
 fn describe(e: &burn_collective::CollectiveError) -> String {

@@ -44,7 +44,7 @@ struct Common {
     /// Width of --random-init: channels of the stem (64 for the standard networks).
     #[arg(long, default_value_t = 64)]
     width: usize,
-    /// Images per forward pass.
+    /// Images per forward pass on each device.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Load even when the model lacks weights in the file (they keep their initial values).

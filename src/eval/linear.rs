@@ -30,6 +30,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Serialize)]
 pub struct LinearEvalConfig {
     pub epochs: usize,
+    /// Images per device (PASSL's `batch_size`): a batch of the loader holds this many times
+    /// the number of devices.
     pub batch_size: usize,
     pub lr: f64,
     pub momentum: f64,
@@ -156,10 +158,10 @@ pub fn hits<B: Backend>(logits: Tensor<B, 2>, labels: &[i64]) -> (usize, usize) 
     (t1, t5)
 }
 
-/// The loader of validation images: evaluation transform, in order.
-fn val_loader(val: Arc<Dataset>, cfg: &LinearEvalConfig) -> Loader {
+/// The loader of validation images for `world` devices: evaluation transform, in order.
+fn val_loader(val: Arc<Dataset>, cfg: &LinearEvalConfig, world: usize) -> Loader {
     let lc = LoaderConfig {
-        batch_size: cfg.batch_size.max(1),
+        batch_size: cfg.batch_size.max(1) * world,
         workers: cfg.workers.max(1),
         shuffle: false,
         drop_last: false,
@@ -184,7 +186,7 @@ fn val_accuracy<J, R>(
     hits: impl Fn(R) -> (usize, usize),
 ) -> Result<(f64, f64), String> {
     let (mut n, mut t1, mut t5) = (0, 0, 0);
-    for b in val_loader(val, cfg) {
+    for b in val_loader(val, cfg, pool.world()) {
         if b.is_empty() {
             continue;
         }
@@ -368,7 +370,7 @@ pub fn train<A: AutodiffBackend>(
     let (comms, heads) = (Handout::new(comms), Handout::new(vec![head; devices.len()]));
     let handout = frozen.handout();
     let lc = LoaderConfig {
-        batch_size: cfg.batch_size.max(1),
+        batch_size: cfg.batch_size.max(1) * devices.len(),
         workers: cfg.workers.max(1),
         shuffle: true,
         drop_last: false,

@@ -97,12 +97,8 @@ impl<B: Backend> Frozen<B> {
             },
             || {},
             |pool| {
-                let starts: Vec<usize> = (0..n).step_by(batch).collect();
                 let mut chunks = Vec::new();
-                for round in starts.chunks(pool.world()) {
-                    let jobs = (0..pool.world())
-                        .map(|r| round.get(r).map_or(0..0, |&s| s..(s + batch).min(n)))
-                        .collect();
+                for jobs in ranges_by_round(n, batch, pool.world()) {
                     chunks.extend(pool.round(jobs)?.into_iter().filter(|c| !c.is_empty()));
                 }
                 Ok(chunks)
@@ -125,8 +121,8 @@ impl<B: Backend> Frozen<B> {
     }
 
     /// Backbone features of every image of `dataset` through `transform` (no augmentation),
-    /// with labels; unreadable images are left out (and returned by path). Each batch of the
-    /// loader is split across the ranks.
+    /// with labels; unreadable images are left out (and returned by path). `cfg.batch_size`
+    /// images per rank: each batch of the loader (that many per rank) is split across them.
     pub fn dataset_features(
         &self,
         dataset: Arc<Dataset>,
@@ -136,6 +132,7 @@ impl<B: Backend> Frozen<B> {
         cfg: &LoaderConfig,
     ) -> Result<Features, String> {
         let cfg = LoaderConfig {
+            batch_size: cfg.batch_size.max(1) * self.devices.len(),
             shuffle: false,
             drop_last: false,
             ..cfg.clone()
@@ -201,6 +198,20 @@ impl<T> Handout<T> {
     }
 }
 
+/// Rows `0..n` in chunks of `chunk`, dealt to `world` ranks a round at a time: each round is
+/// one range per rank (empty where the rows ran out).
+fn ranges_by_round(n: usize, chunk: usize, world: usize) -> Vec<Vec<std::ops::Range<usize>>> {
+    let starts: Vec<usize> = (0..n).step_by(chunk.max(1)).collect();
+    starts
+        .chunks(world.max(1))
+        .map(|round| {
+            (0..world)
+                .map(|r| round.get(r).map_or(0..0, |&s| s..(s + chunk).min(n)))
+                .collect()
+        })
+        .collect()
+}
+
 /// A tensor's values as f32 on the host.
 fn host_f32<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
     t.to_data().convert::<f32>().to_vec().expect("f32 values")
@@ -229,14 +240,21 @@ pub fn knn<B: Backend>(
     temperature: f32,
     devices: &[B::Device],
 ) -> Result<(f64, f64), String> {
+    if k == 0 {
+        return Err("k-NN: k must be at least 1".into());
+    }
     let (nt, nv) = (train.labels.len(), val.labels.len());
     if nt == 0 || nv == 0 {
         return Ok((0.0, 0.0));
     }
     let k = k.min(nt);
+    // One rank at a time makes its copy of the training features: a host copy per rank at
+    // once would take ranks × the features' size.
+    let uploading = Mutex::new(());
     let (top1, top5) = ranks::with_ranks(
         devices,
         |_, device| {
+            let _one_at_a_time = uploading.lock().unwrap_or_else(|e| e.into_inner());
             let tf = l2_normalize(Tensor::<B, 2>::from_data(
                 TensorData::new(train.features.clone(), [nt, train.dim]),
                 device,
@@ -275,12 +293,8 @@ pub fn knn<B: Backend>(
         },
         || {},
         |pool| {
-            let starts: Vec<usize> = (0..nv).step_by(KNN_CHUNK).collect();
             let (mut top1, mut top5) = (0, 0);
-            for round in starts.chunks(pool.world()) {
-                let jobs = (0..pool.world())
-                    .map(|r| round.get(r).map_or(0..0, |&s| s..(s + KNN_CHUNK).min(nv)))
-                    .collect();
+            for jobs in ranges_by_round(nv, KNN_CHUNK, pool.world()) {
                 for (a, b) in pool.round(jobs)? {
                     top1 += a;
                     top5 += b;

@@ -105,8 +105,10 @@ where
                         Ok(Err(e)) => e,
                         Err(p) => crate::collective::panic_message(p.as_ref()),
                     };
-                    abort();
+                    // Reported before the group ends, so that the coordinator hears of this rank
+                    // before the ranks the abort releases.
                     let _ = result_tx.send((w, Err(cause)));
+                    abort();
                 })
                 .map_err(|e| format!("rank {w} ({device:?}): cannot start its thread: {e}"))?;
             jobs.push(job_tx);

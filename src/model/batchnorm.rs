@@ -172,6 +172,12 @@ fn global_statistics<B: Backend>(
     let (world, c) = (ranks.world(), mean.dims()[1]);
     let width = 2 * c + 1;
     let device = mean.device();
+    // An empty shard adds nothing (its mean would be 0/0).
+    let (mean, m2) = if count > 0.0 {
+        (mean, m2)
+    } else {
+        (mean.zeros_like(), m2.zeros_like())
+    };
     let counts = Tensor::<B, 2>::ones([1, 1], &device).mul_scalar(count);
     let mine = Tensor::cat(vec![mean, m2, counts], 1);
     let r = ranks.rank();

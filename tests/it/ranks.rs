@@ -521,9 +521,10 @@ fn frozen(world: usize) -> Frozen<F> {
     Frozen::new(model, config, vec![Default::default(); world])
 }
 
-/// swav-lincls on two and three CPU ranks against one: the features of an image folder, the
-/// k-NN accuracy, and the classifier trained data-parallel (batches of 13 over 40 images: the
-/// last batch of one image leaves two of three ranks an empty shard) equal within 1e-9 in f64.
+/// swav-lincls on two and three CPU ranks against one rank with the same global batch: the
+/// features of an image folder, the k-NN accuracy, and the classifier trained data-parallel
+/// (3 ranks × 13 images over 40: the last batch of one image leaves two ranks an empty shard;
+/// 2 × 19) equal within 1e-9 in f64.
 #[test]
 fn lincls_on_cpu_ranks_matches_one_rank() {
     let dir = tempfile::tempdir().unwrap();
@@ -539,9 +540,8 @@ fn lincls_on_cpu_ranks_matches_one_rank() {
     )
     .unwrap();
     let (train, val) = lincls::splits(&root).unwrap();
-    let cfg = LinearEvalConfig {
+    let base = LinearEvalConfig {
         epochs: 2,
-        batch_size: 13,
         lr: 0.5,
         train_size: 24,
         val_resize: 28,
@@ -549,7 +549,11 @@ fn lincls_on_cpu_ranks_matches_one_rank() {
         workers: 1,
         ..Default::default()
     };
-    let run = |world: usize| {
+    let run = |world: usize, per_rank: usize| {
+        let cfg = LinearEvalConfig {
+            batch_size: per_rank,
+            ..base.clone()
+        };
         let f = frozen(world);
         let lc = lincls::loader_config(&cfg);
         let t = cfg.val_transform();
@@ -569,10 +573,10 @@ fn lincls_on_cpu_ranks_matches_one_rank() {
         let weights = values(head.weight.val());
         (ft.features, ft.labels, knn, losses, weights, eval)
     };
-    let one = run(1);
-    assert_eq!(one.0.len(), 40 * 32, "40 images, 32 features (width 4)");
-    for world in [2, 3] {
-        let many = run(world);
+    for (world, per_rank) in [(3, 13), (2, 19)] {
+        let one = run(1, world * per_rank);
+        assert_eq!(one.0.len(), 40 * 32, "40 images, 32 features (width 4)");
+        let many = run(world, per_rank);
         let d = |a: &[f32], b: &[f32]| {
             a.iter()
                 .zip(b)
