@@ -173,7 +173,8 @@ pub fn select(ck: &Checkpoint, sel: &Selection) -> Result<Selected, ConvertError
         stripped.push(p);
     }
     // The names decide; a layout recorded in safetensors metadata (ours) settles names that
-    // every layout shares (a bare `linear.weight`).
+    // every layout shares (a bare `linear.weight`), and a lone classifier's `linear`/`fc` in a
+    // file torch.save wrote are torch's.
     let recorded = ck
         .values
         .iter()
@@ -184,19 +185,20 @@ pub fn select(ck: &Checkpoint, sel: &Selection) -> Result<Selected, ConvertError
             Some("burn") => Some(Layout::Burn),
             _ => None,
         });
-    let layout = match (
-        sel.from_layout,
-        layout::detect(tensors.iter().map(|t| t.name.as_str())),
-        recorded,
-    ) {
+    let torch_file = matches!(
+        ck.format,
+        Format::TorchZip | Format::TorchLegacy | Format::TorchTar
+    );
+    let names = || tensors.iter().map(|t| t.name.as_str());
+    let layout = match (sel.from_layout, layout::detect(names()), recorded) {
         (Some(l), _, _) => l,
         (None, Ok(l), _) => l,
         (None, Err(_), Some(l)) => l,
         (None, Err(source), None) => {
-            return Err(ConvertError::Layout {
+            layout::lone_classifier(names(), torch_file).ok_or(ConvertError::Layout {
                 path: ck.path.clone(),
                 source,
-            })
+            })?
         }
     };
     Ok(Selected {

@@ -357,6 +357,39 @@ pub fn detect<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Layout, La
     Ok([Layout::Torch, Layout::Paddle, Layout::Burn][best])
 }
 
+/// The layout of a lone classifier — a Linear's `weight` and `bias` and nothing else, as
+/// facebookresearch's `eval_linear.py` (`linear.*`), torchvision (`fc.*`) and PASSL
+/// (`head.fc_cls.*`) save one — which [`detect`] cannot tell from `linear`/`fc` alone: those
+/// are torch's names in a file `torch.save` wrote (`torch_file`), and this project's otherwise
+/// (whose files record their layout). `None` when the names are not a lone classifier.
+pub fn lone_classifier<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    torch_file: bool,
+) -> Option<Layout> {
+    let mut paddle = None;
+    let mut any = false;
+    for n in names {
+        let (module, leaf) = n.rsplit_once('.')?;
+        if !matches!(leaf, "weight" | "bias") {
+            return None;
+        }
+        let is_paddle = match module {
+            "head.fc_cls" => true,
+            "linear" | "fc" => false,
+            _ => return None,
+        };
+        if *paddle.get_or_insert(is_paddle) != is_paddle {
+            return None;
+        }
+        any = true;
+    }
+    match (any, paddle) {
+        (true, Some(true)) => Some(Layout::Paddle),
+        (true, Some(false)) if torch_file => Some(Layout::Torch),
+        _ => None,
+    }
+}
+
 /// What a mapping did besides renaming.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct MapReport {
@@ -499,6 +532,36 @@ pub fn is_backbone(name: &str, layout: Layout) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lone_classifier_is_told_by_its_file() {
+        let fair = ["linear.weight", "linear.bias"];
+        assert_eq!(lone_classifier(fair, true), Some(Layout::Torch));
+        assert_eq!(lone_classifier(fair, false), None);
+        assert_eq!(
+            lone_classifier(["fc.weight", "fc.bias"], true),
+            Some(Layout::Torch)
+        );
+        let passl = ["head.fc_cls.weight", "head.fc_cls.bias"];
+        assert_eq!(lone_classifier(passl, false), Some(Layout::Paddle));
+        assert_eq!(
+            lone_classifier(["linear.weight", "conv1.weight"], true),
+            None
+        );
+        assert_eq!(
+            lone_classifier(["linear.weight", "head.fc_cls.bias"], true),
+            None
+        );
+        assert_eq!(lone_classifier(std::iter::empty(), true), None);
+        // Mapped like any other tensor: transposed between torch's [out, in] and [in, out].
+        let t = Tensor::from_vec("linear.weight", DType::F32, vec![3, 2], vec![0; 24]);
+        let (out, r) = map(vec![t], Layout::Torch, Layout::Paddle).unwrap();
+        assert_eq!(
+            (out[0].name.as_str(), out[0].shape.as_slice()),
+            ("head.fc_cls.weight", &[2usize, 3][..])
+        );
+        assert_eq!(r.transposed, 1);
+    }
 
     fn t(name: &str, shape: &[usize]) -> Tensor {
         let n: usize = shape.iter().product();

@@ -75,6 +75,11 @@ fn run(args: Args) -> Result<(), convert::ConvertError> {
         args.input.expect("required"),
         args.output.expect("required"),
     );
+    // A registry name reads the verified cached file (fetched first unless offline).
+    let input = swav::fetch::resolve_weights(&input).map_err(|e| convert::ConvertError::Input {
+        path: input.clone(),
+        message: e.to_string(),
+    })?;
     let opts = ConvertOptions {
         selection: Selection {
             key: args.key,

@@ -48,7 +48,15 @@ fn main() -> ExitCode {
         dtype: a.dtype,
         key: a.key,
     };
-    match convert::extract(&a.checkpoint, &a.output, &opts) {
+    // A registry name reads the verified cached file (fetched first unless offline).
+    let checkpoint = match swav::fetch::resolve_weights(&a.checkpoint) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("swav-extract: error: {}: {e}", a.checkpoint.display());
+            return ExitCode::from(2);
+        }
+    };
+    match convert::extract(&checkpoint, &a.output, &opts) {
         Ok(s) if a.json => {
             println!("{}", serde_json::to_string(&s).expect("serializable"));
             ExitCode::SUCCESS

@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use swav::backend::Devices;
@@ -34,8 +34,10 @@ struct Args {
 
 #[derive(clap::Args)]
 struct Common {
-    /// Weights: any checkpoint swav-convert reads, or a Burn record (.mpk).
-    #[arg(long, required_unless_present = "random_init")]
+    /// Weights: any checkpoint swav-convert reads, a Burn record (.mpk), or a registry name
+    /// (`swav-fetch list`: fetched into the cache first unless offline). Optional when --load
+    /// holds the backbone too.
+    #[arg(long)]
     pretrained: Option<PathBuf>,
     /// No weights: a randomly initialised backbone of this depth (18, 34, 50, 101, 152), the
     /// baseline self-supervised features must beat.
@@ -115,20 +117,28 @@ enum Command {
         /// val), and train the classifier on them: much faster, slightly different from PASSL.
         #[arg(long)]
         cache_features: bool,
-        /// A trained classifier (best.safetensors), with --evaluate-only (PASSL's flags).
+        /// A trained classifier, with --evaluate-only (PASSL's flags): ours (best.safetensors),
+        /// facebookresearch's eval_linear checkpoint, torchvision's fc, or PASSL's classification
+        /// model, whose backbone is used when --pretrained is not given; or a registry name.
         #[arg(long, requires = "evaluate_only")]
         load: Option<PathBuf>,
         /// Only evaluate --load on the validation set (as `evaluate`, with the config's transforms).
         #[arg(long, requires = "load")]
         evaluate_only: bool,
     },
-    /// Evaluate a trained classifier (best.safetensors) on DATA/val.
+    /// Evaluate a trained classifier on DATA/val, or on preprocessed tensors with labels.
     Evaluate {
         #[command(flatten)]
         common: Common,
+        /// Folder with a val/ ImageFolder.
+        #[arg(long, conflicts_with = "tensors", required_unless_present = "tensors")]
+        data: Option<PathBuf>,
+        /// safetensors file with `images` [N, 3, H, W] (already normalised) and `labels` [N].
         #[arg(long)]
-        data: PathBuf,
-        /// The classifier (linear.weight [feat, classes], linear.bias).
+        tensors: Option<PathBuf>,
+        /// The classifier: ours (best.safetensors), facebookresearch's eval_linear checkpoint,
+        /// torchvision's fc, or PASSL's classification model, whose backbone is used when
+        /// --pretrained is not given; or a registry name.
         #[arg(long)]
         load: PathBuf,
     },
@@ -163,20 +173,36 @@ fn main() -> ExitCode {
 }
 
 /// The backbone to evaluate (loaded weights, or a random initialisation) on the first of
-/// `devices`, to be run on all of them.
-fn backbone<B: Backend>(c: &Common, devices: Vec<B::Device>) -> Result<Frozen<B>, String> {
-    let (model, config) = backbone_on::<B>(c, &devices[0])?;
+/// `devices`, to be run on all of them. Without --pretrained, the classifier file `load`
+/// (already resolved) may hold the backbone (PASSL's classification model).
+fn backbone<B: Backend>(
+    c: &Common,
+    load: Option<&Path>,
+    devices: Vec<B::Device>,
+) -> Result<Frozen<B>, String> {
+    let (model, config) = backbone_on::<B>(c, load, &devices[0])?;
     Ok(Frozen::new(model, config, devices))
+}
+
+/// A weights argument as a file: itself, or a registry artifact from the cache.
+fn weights(arg: &Path) -> Result<PathBuf, String> {
+    swav::fetch::resolve_weights(arg).map_err(|e| format!("{}: {e}", arg.display()))
 }
 
 fn backbone_on<B: Backend>(
     c: &Common,
+    load: Option<&Path>,
     device: &B::Device,
 ) -> Result<(Swav<B>, SwavConfig), String> {
-    match (&c.pretrained, c.random_init) {
+    let pretrained = match (&c.pretrained, c.random_init, load) {
+        (Some(p), _, _) => Some(weights(p)?),
+        (None, None, Some(l)) => Some(l.to_path_buf()),
+        _ => None,
+    };
+    match (pretrained, c.random_init) {
         (Some(p), _) => {
             let (model, config, report) =
-                load::load::<B>(p, device, c.partial).map_err(|e| e.to_string())?;
+                load::load::<B>(&p, device, c.partial).map_err(|e| e.to_string())?;
             eprintln!(
                 "swav-lincls event=loaded weights={} {}",
                 p.display(),
@@ -201,7 +227,10 @@ fn backbone_on<B: Backend>(
             );
             Ok((config.init_now::<B>(device), config))
         }
-        (None, None) => Err("give --pretrained WEIGHTS or --random-init DEPTH".into()),
+        (None, None) => Err(
+            "give --pretrained WEIGHTS, --random-init DEPTH, or --load with a file that holds the backbone"
+                .into(),
+        ),
     }
 }
 
@@ -226,7 +255,7 @@ fn run<B: Backend>(args: Args, devices: Vec<B::Device>) -> Result<(), String> {
             data,
             output,
         } => {
-            let frozen = backbone::<B>(&common, devices)?;
+            let frozen = backbone::<B>(&common, None, devices)?;
             if let Some(t) = tensors {
                 let images = swav::eval::read_images(&t)?;
                 let out = frozen
@@ -279,7 +308,8 @@ fn run<B: Backend>(args: Args, devices: Vec<B::Device>) -> Result<(), String> {
             load: cls,
             evaluate_only,
         } => {
-            let frozen = backbone::<B>(&common, devices)?;
+            let cls = cls.as_deref().map(weights).transpose()?;
+            let frozen = backbone::<B>(&common, cls.as_deref(), devices)?;
             let feature_dim = frozen.config.backbone.feature_dim();
             let request = LinclsRequest {
                 config: config_file,
@@ -294,7 +324,9 @@ fn run<B: Backend>(args: Args, devices: Vec<B::Device>) -> Result<(), String> {
             };
             let plan = request.resolve(eval_config(&common), feature_dim)?;
             if let (true, Some(cls)) = (evaluate_only, &cls) {
-                let head = linear::load_classifier::<B>(cls, &frozen.devices[0])?;
+                let classes = plan.val.classes.len();
+                let head =
+                    linear::load_classifier::<B>(cls, feature_dim, classes, &frozen.devices[0])?;
                 let (top1, top5) = linear::evaluate(&frozen, &head, plan.val, &plan.cfg)?;
                 println!("{}", serde_json::json!({"top1": top1, "top5": top5}));
                 return Ok(());
@@ -333,12 +365,30 @@ fn run<B: Backend>(args: Args, devices: Vec<B::Device>) -> Result<(), String> {
         Command::Evaluate {
             common,
             data,
+            tensors,
             load: cls,
         } => {
-            let frozen = backbone::<B>(&common, devices)?;
-            let head = linear::load_classifier::<B>(&cls, &frozen.devices[0])?;
-            let val = image_folder(&data.join("val"))?;
-            let (top1, top5) = linear::evaluate(&frozen, &head, val, &eval_config(&common))?;
+            let cls = weights(&cls)?;
+            let frozen = backbone::<B>(&common, Some(&cls), devices)?;
+            let feature_dim = frozen.config.backbone.feature_dim();
+            let device = &frozen.devices[0];
+            let (top1, top5) = match (data, tensors) {
+                (Some(data), _) => {
+                    let val = image_folder(&data.join("val"))?;
+                    let classes = val.classes.len();
+                    let head = linear::load_classifier::<B>(&cls, feature_dim, classes, device)?;
+                    linear::evaluate(&frozen, &head, val, &eval_config(&common))?
+                }
+                (None, Some(t)) => {
+                    let images = swav::eval::read_images(&t)?;
+                    let labels = swav::eval::read_labels(&t)?;
+                    let classes = labels.iter().map(|&l| l + 1).max().unwrap_or(0).max(0) as usize;
+                    let head = linear::load_classifier::<B>(&cls, feature_dim, classes, device)?;
+                    linear::evaluate_tensors(&frozen, &head, &images, &labels, common.batch_size)
+                        .map_err(|e| format!("{}: {e}", t.display()))?
+                }
+                (None, None) => unreachable!("clap requires --data or --tensors"),
+            };
             println!("{}", serde_json::json!({"top1": top1, "top5": top5}));
             Ok(())
         }
@@ -349,7 +399,7 @@ fn run<B: Backend>(args: Args, devices: Vec<B::Device>) -> Result<(), String> {
             temperature,
             json,
         } => {
-            let frozen = backbone::<B>(&common, devices)?;
+            let frozen = backbone::<B>(&common, None, devices)?;
             let (train, val) = lincls::splits(&data)?;
             let cfg = eval_config(&common);
             let (t, lc) = (cfg.val_transform(), lincls::loader_config(&cfg));

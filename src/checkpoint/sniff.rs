@@ -67,11 +67,14 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, FormatError> {
     if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
         return Ok(Format::TorchTar);
     }
-    if bytes[0] == 0x80 && bytes.len() > 1 && (2..=5).contains(&bytes[1]) {
-        return Ok(Format::Pickle);
-    }
+    // Before the pickle check: a safetensors header of 0x280 to 0x5ff bytes starts with the
+    // bytes of a pickle protocol mark (`80 02` .. `ff 05`); a pickle never passes this check
+    // (its first eight bytes are no length within the file).
     if is_safetensors(bytes) {
         return Ok(Format::Safetensors);
+    }
+    if bytes[0] == 0x80 && bytes.len() > 1 && (2..=5).contains(&bytes[1]) {
+        return Ok(Format::Pickle);
     }
     let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
     Err(FormatError::Unknown(head.join(" ")))
@@ -127,6 +130,13 @@ mod tests {
         ));
         let mut st = 2u64.to_le_bytes().to_vec();
         st.extend_from_slice(b"{}");
+        assert_eq!(sniff(&st).unwrap(), Format::Safetensors);
+        // A header of 0x280 bytes: its length reads `80 02`, a pickle's protocol-2 mark.
+        let mut st = 0x280u64.to_le_bytes().to_vec();
+        st.push(b'{');
+        st.extend(std::iter::repeat_n(b' ', 0x27e));
+        st.push(b'}');
+        assert_eq!(&st[..2], b"\x80\x02");
         assert_eq!(sniff(&st).unwrap(), Format::Safetensors);
     }
 }

@@ -462,38 +462,93 @@ pub fn save_classifier<B: Backend>(path: &std::path::Path, head: &Linear<B>) -> 
     super::write_tensors(path, &tensors, md)
 }
 
-/// Load a classifier saved by [`save_classifier`] (or converted to the Burn layout).
+/// Load a classifier from any checkpoint that holds one, in any layout the table knows: ours
+/// ([`save_classifier`]), facebookresearch's `eval_linear.py` checkpoint (`module.linear.*` under
+/// `state_dict`, `[out, in]`), torchvision's `fc.*`, PASSL's `head.fc_cls.*` (`[in, out]`; in a
+/// classification model beside `backbone.*`, in a trainer checkpoint, or alone) — detected and
+/// transposed as needed. `feature_dim` is the backbone's and `classes` the data's: a classifier
+/// that takes other features, or has fewer outputs than classes, is an error naming both.
 pub fn load_classifier<B: Backend>(
     path: &std::path::Path,
+    feature_dim: usize,
+    classes: usize,
     device: &B::Device,
 ) -> Result<Linear<B>, String> {
-    let ck = crate::checkpoint::Checkpoint::open(path).map_err(|e| e.to_string())?;
-    let get = |n: &str| {
-        ck.get(n)
-            .ok_or_else(|| format!("{}: no tensor {n}", path.display()))
-    };
-    let w = get("linear.weight")?;
-    let [feat, classes] = w.shape[..] else {
-        return Err(format!(
-            "{}: linear.weight has shape {:?}, expected [feat, classes]",
-            path.display(),
+    let at = |m: String| format!("{}: {m}", path.display());
+    let found = crate::model::load::burn_tensors(path).map_err(|e| e.to_string())?;
+    let mut weight = None;
+    let mut bias = None;
+    for t in found.tensors {
+        match t.name.as_str() {
+            "linear.weight" => weight = Some(t),
+            "linear.bias" => bias = Some(t),
+            _ => {}
+        }
+    }
+    let w = weight.ok_or_else(|| {
+        at(format!(
+            "no classifier in the file ({} layout): expected linear.* (ours, facebookresearch's \
+             module.linear.*), fc.* (torchvision) or head.fc_cls.* (PASSL)",
+            found.layout
+        ))
+    })?;
+    let [feat, outputs] = w.shape[..] else {
+        return Err(at(format!(
+            "the classifier's weight has shape {:?}, expected a matrix",
             w.shape
-        ));
+        )));
     };
-    let mut head = classifier::<B>(feat, classes, device);
-    let values = w.to_f32().map_err(|e| e.to_string())?;
+    if feat != feature_dim {
+        return Err(at(format!(
+            "the classifier takes {feat} features (weight [{feat}, {outputs}] in Burn's [in, out]) \
+             but the backbone gives {feature_dim}"
+        )));
+    }
+    if outputs < classes {
+        return Err(at(format!(
+            "the classifier has {outputs} outputs but the data has {classes} classes"
+        )));
+    }
+    let mut head = classifier::<B>(feat, outputs, device);
+    let values = w.to_f32().map_err(|e| at(e.to_string()))?;
     head.weight = Param::from_tensor(Tensor::from_data(
-        TensorData::new(values, [feat, classes]),
+        TensorData::new(values, [feat, outputs]),
         device,
     ));
-    if let Ok(b) = get("linear.bias") {
-        let values = b.to_f32().map_err(|e| e.to_string())?;
+    if let Some(b) = bias {
+        if b.shape != [outputs] {
+            return Err(at(format!(
+                "the classifier's bias has shape {:?}, expected [{outputs}]",
+                b.shape
+            )));
+        }
+        let values = b.to_f32().map_err(|e| at(e.to_string()))?;
         head.bias = Some(Param::from_tensor(Tensor::from_data(
-            TensorData::new(values, [classes]),
+            TensorData::new(values, [outputs]),
             device,
         )));
     }
     Ok(head)
+}
+
+/// Top-1 and top-5 (in %) of `head` on the backbone's features of preprocessed `images`
+/// (`[N, 3, H, W]` on the host) against `labels`, in chunks of `batch` images per rank.
+pub fn evaluate_tensors<I: Backend>(
+    frozen: &Frozen<I>,
+    head: &Linear<I>,
+    images: &TensorData,
+    labels: &[i64],
+    batch: usize,
+) -> Result<(f64, f64), String> {
+    let n = images.shape.first().copied().unwrap_or(0);
+    if labels.len() != n {
+        return Err(format!("{} labels for {n} images", labels.len()));
+    }
+    let out = frozen.outputs(images, batch)?;
+    let logits = head.forward(out.features);
+    let (t1, t5) = hits(logits, labels);
+    let pct = |x: usize| 100.0 * x as f64 / n.max(1) as f64;
+    Ok((pct(t1), pct(t5)))
 }
 
 /// Linear evaluation on cached features (`--cache-features`): train and validation images

@@ -373,6 +373,46 @@ pub(crate) fn write_tensors(
     .map_err(|e: crate::checkpoint::FormatError| format!("{}: {e}", path.display()))
 }
 
+/// Labels (`labels` `[N]`, integers ≥ 0) from a safetensors file.
+pub fn read_labels(path: &std::path::Path) -> Result<Vec<i64>, String> {
+    let ck = crate::checkpoint::Checkpoint::open(path).map_err(|e| e.to_string())?;
+    let t = ck
+        .get("labels")
+        .ok_or_else(|| format!("{}: no tensor named `labels`", path.display()))?;
+    if t.shape.len() != 1 {
+        return Err(format!(
+            "{}: `labels` has shape {:?}, expected [N]",
+            path.display(),
+            t.shape
+        ));
+    }
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let values: Vec<f64> = match t.dtype {
+        crate::tensor::DType::I64 => t
+            .bytes()
+            .map_err(|e| at(&e))?
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f64)
+            .collect(),
+        _ => t
+            .to_f32()
+            .map_err(|e| at(&e))?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+    };
+    values
+        .into_iter()
+        .map(|v| {
+            if v >= 0.0 && v.fract() == 0.0 && v < 1e7 {
+                Ok(v as i64)
+            } else {
+                Err(at(&format!("label {v} is not a class index")))
+            }
+        })
+        .collect()
+}
+
 /// Preprocessed images (`images`, NCHW f32) from a safetensors file, on the host.
 pub fn read_images(path: &std::path::Path) -> Result<TensorData, String> {
     let ck = crate::checkpoint::Checkpoint::open(path).map_err(|e| e.to_string())?;

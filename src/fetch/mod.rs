@@ -701,3 +701,29 @@ pub fn copy_out(from: &Path, to: &Path) -> Result<(), FetchError> {
     })
     .map_err(|e| io_err(to, e))
 }
+
+/// A weights argument as a file to read: `arg` itself when it names a file (or anything on
+/// disk), else the registry artifact of that name — the registry of `$SWAV_REGISTRY`, else the
+/// built-in one — from the verified cache, fetched first unless offline (`SWAV_OFFLINE=1`),
+/// into `$SWAV_HOME` or the default cache. One command from a published name to a result.
+/// Errors do not repeat `arg`: the caller names it.
+pub fn resolve_weights(arg: &Path) -> Result<PathBuf, FetchError> {
+    if arg.exists() {
+        return Ok(arg.to_path_buf());
+    }
+    let name = arg.to_str().unwrap_or_default();
+    let registry = match std::env::var_os("SWAV_REGISTRY").filter(|v| !v.is_empty()) {
+        Some(p) => Registry::load(Path::new(&p)).map_err(FetchError::Other)?,
+        None => Registry::builtin(),
+    };
+    match registry.get(name) {
+        Some(a) => fetch(&registry, a, &FetchOptions::default()).map(|f| f.path),
+        // A path (the reader then says what is wrong with it).
+        None if name.contains(std::path::MAIN_SEPARATOR) || name.contains('.') => {
+            Ok(arg.to_path_buf())
+        }
+        None => Err(FetchError::Other(
+            "no such file, and no artifact of that name in the registry (swav-fetch list)".into(),
+        )),
+    }
+}

@@ -1,5 +1,6 @@
 //! Integration tests: one binary (linking Burn-sized crates is slow, so tests share it).
 
+mod classifier;
 mod cli;
 mod convert;
 mod corpus;
