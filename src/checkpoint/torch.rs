@@ -16,8 +16,8 @@ use std::path::Path;
 
 /// Read a PyTorch checkpoint into `ck`.
 pub fn read(path: &Path, ck: &mut Checkpoint) -> Result<(), FormatError> {
-    let reader =
-        pytorch_reader::PytorchReader::new(path).map_err(|e| FormatError::Torch(e.to_string()))?;
+    let reader = pytorch_reader::PytorchReader::new(path)
+        .map_err(|e| FormatError::Torch(explain(e.to_string())))?;
     let mut tensors: Vec<Tensor> = reader
         .into_tensors()
         .into_iter()
@@ -217,4 +217,19 @@ pub fn write<W: Write + Seek>(out: W, root: &str, tensors: &[Tensor]) -> Result<
         false,
     )?;
     zw.finish().map_err(zerr)
+}
+
+/// A reader error, with what to do where the cause is known: zip 9.8 (under pytorch-reader)
+/// rejects a valid `torch.save` zip whose first central-directory record is exactly as long as
+/// the zip64 end records (76 bytes: a root folder of 21 characters, which `torch.save` takes
+/// from the file name it saved to), taking the wrong record for the directory's start.
+fn explain(message: String) -> String {
+    if message.contains("Invalid Central Directory header") {
+        format!(
+            "{message} (if PyTorch reads this file, it may be the zip crate's misreading of archives \
+             whose root folder name has 21 characters: save it again under a name of another length)"
+        )
+    } else {
+        message
+    }
 }

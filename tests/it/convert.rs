@@ -303,3 +303,19 @@ fn non_model_files_convert_with_names_kept_unless_a_layout_is_asked() {
     let e = convert::convert(&fixture("vectors/numpy_p4.pkl"), &out, &opts).unwrap_err();
     assert!(e.to_string().contains("cannot tell the layout"), "{e}");
 }
+
+/// A valid `torch.save` file (1 tensor) whose root folder name has 21 characters, which the zip
+/// crate under pytorch-reader (9.8.2) misreads: a one-line error that says why and what to do,
+/// exit 2. When the crate reads it, this test fails: make it a read test then.
+#[test]
+fn the_zip_crates_21_character_root_folder_bug_is_explained() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_swav-convert"))
+        .arg("--inspect")
+        .arg(crate::fixture("zip9_rootname_21chars.pth"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("root folder name has 21 characters"), "{err}");
+}
