@@ -91,17 +91,30 @@ pub fn cosine_lr(base: f64, iteration: usize, total: usize) -> f64 {
     0.5 * base * (1.0 + (std::f64::consts::PI * iteration as f64 / total.max(1) as f64).cos())
 }
 
-/// `Linear(feat, classes)` with weights N(0, 0.01) and zero bias, drawn now: Burn draws a
-/// parameter when it is first used, separately in each clone, so a classifier handed to
-/// several ranks before its first use would start different on each.
-pub fn classifier<B: Backend>(feat: usize, classes: usize, device: &B::Device) -> Linear<B> {
-    let mut l = LinearConfig::new(feat, classes)
-        .with_initializer(Initializer::Normal {
-            mean: 0.0,
-            std: 0.01,
+/// `Linear(feat, classes)` with weights N(0, 0.01) drawn from `seed` (the project's own
+/// generator, Box–Muller: the same classifier whatever else draws from the backend's global
+/// one) and zero bias.
+pub fn classifier<B: Backend>(
+    feat: usize,
+    classes: usize,
+    seed: u64,
+    device: &B::Device,
+) -> Linear<B> {
+    let mut rng = crate::data::rng::Rng::new(seed);
+    let weights: Vec<f32> = (0..feat * classes)
+        .map(|_| {
+            let u = 1.0 - rng.unit(); // (0, 1]: its logarithm is finite
+            let v = rng.unit();
+            (0.01 * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
         })
+        .collect();
+    let mut l = LinearConfig::new(feat, classes)
+        .with_initializer(Initializer::Zeros)
         .init(device);
-    l.weight = Param::from_tensor(l.weight.val());
+    l.weight = Param::from_tensor(Tensor::from_data(
+        TensorData::new(weights, [feat, classes]),
+        device,
+    ));
     l.bias = Some(Param::from_tensor(Tensor::zeros([classes], device)));
     l
 }
@@ -359,9 +372,8 @@ pub fn train<A: AutodiffBackend>(
     mut on_epoch: impl FnMut(&EpochMetrics, &Linear<A::InnerBackend>),
 ) -> Result<Linear<A::InnerBackend>, String> {
     let devices: Vec<A::Device> = frozen.devices.clone();
-    A::seed(&devices[0], cfg.seed);
     let classes = train_set.classes.len().max(1);
-    let head = classifier::<A>(feature_dim, classes, &devices[0]);
+    let head = classifier::<A>(feature_dim, classes, cfg.seed, &devices[0]);
     // burn-collective, also for CUDA ranks: the classifier's gradients are small, and a rank
     // that fails releases the others (a failed NCCL peer would leave them waiting).
     let comms = LocalGroup::<A::InnerBackend>::register_with(&devices, Engine::BurnCollective)
@@ -509,7 +521,7 @@ pub fn load_classifier<B: Backend>(
             "the classifier has {outputs} outputs but the data has {classes} classes"
         )));
     }
-    let mut head = classifier::<B>(feat, outputs, device);
+    let mut head = classifier::<B>(feat, outputs, 0, device);
     let values = w.to_f32().map_err(|e| at(e.to_string()))?;
     head.weight = Param::from_tensor(Tensor::from_data(
         TensorData::new(values, [feat, outputs]),
@@ -562,9 +574,8 @@ pub fn train_cached<A: AutodiffBackend>(
     device: &A::Device,
     mut on_epoch: impl FnMut(&EpochMetrics, &Linear<A::InnerBackend>),
 ) -> Linear<A::InnerBackend> {
-    A::seed(device, cfg.seed);
     let dim = train.dim;
-    let mut head = classifier::<A>(dim, classes.max(1), device);
+    let mut head = classifier::<A>(dim, classes.max(1), cfg.seed, device);
     let mut optim = sgd::<A>(cfg);
     let n = train.labels.len();
     let bs = cfg.batch_size.max(1);

@@ -507,8 +507,9 @@ fn a_failing_rank_ends_the_run_naming_it() {
     assert_eq!(s.history.len(), 1);
 }
 
-/// A frozen random ResNet-18 of width 4 (no head) on `world` CPU ranks of the f64 backend.
-fn frozen(world: usize) -> Frozen<F> {
+/// A random ResNet-18 of width 4 (no head) on the f64 backend, drawn once: other tests draw
+/// from the same global generator meanwhile, so each run gets a copy, not a new draw.
+fn random_resnet18() -> (Swav<F>, SwavConfig) {
     let mut backbone = ResNetConfig::depth(18, 1).unwrap();
     backbone.base_width = 4;
     let config = SwavConfig {
@@ -516,9 +517,8 @@ fn frozen(world: usize) -> Frozen<F> {
         head: None,
         prototypes: Vec::new(),
     };
-    F::seed(&Default::default(), 5);
     let model = config.init_now::<F>(&Default::default());
-    Frozen::new(model, config, vec![Default::default(); world])
+    (model, config)
 }
 
 /// swav-lincls on two and three CPU ranks against one rank with the same global batch: the
@@ -549,12 +549,17 @@ fn lincls_on_cpu_ranks_matches_one_rank() {
         workers: 1,
         ..Default::default()
     };
+    let (model, config) = random_resnet18();
     let run = |world: usize, per_rank: usize| {
         let cfg = LinearEvalConfig {
             batch_size: per_rank,
             ..base.clone()
         };
-        let f = frozen(world);
+        let f = Frozen::new(
+            model.clone(),
+            config.clone(),
+            vec![Default::default(); world],
+        );
         let lc = lincls::loader_config(&cfg);
         let t = cfg.val_transform();
         let ft = f
