@@ -106,6 +106,7 @@ impl Checkpoint {
         match format {
             Format::Pickle => paddle::read(&buf, &mut ck).map_err(err)?,
             Format::TorchZip | Format::TorchLegacy | Format::TorchTar => {
+                torch::scan(bytes, format).map_err(err)?;
                 torch::read(path, &mut ck).map_err(err)?
             }
             Format::Safetensors => safetensors::read(buf, &mut ck).map_err(err)?,

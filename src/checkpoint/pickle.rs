@@ -12,6 +12,13 @@
 //! the arena is capped at [`MAX_NODES`].
 //!
 //! Opcodes follow CPython's `Lib/pickle.py` (protocols 0 to 5).
+//!
+//! Two dialects ([`Dialect`]): Paddle's and numpy's pickles (the data-only meanings above), and
+//! the pickles inside PyTorch containers, which are scanned before pytorch-reader reads them —
+//! the allowlist of `torch.load(weights_only=True)` (`torch/_weights_only_unpickler.py`): the
+//! `torch._utils._rebuild_*` functions, `torch.Size`, `torch.device`, the layout getter, storage
+//! persistent ids, `collections.OrderedDict`, the builtin containers, numpy arrays. Whatever
+//! else a file calls is refused, as in a Paddle file.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -24,6 +31,15 @@ pub const MAX_MARKS: usize = 10_000;
 /// Strings longer than this stay in the input rather than being copied (protocol 2 writes
 /// array data as latin1 text).
 pub const LONG_STRING: usize = 4096;
+
+/// Which files' pickles, and so which globals may be called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Paddle and numpy checkpoints.
+    Paddle,
+    /// The pickles of PyTorch containers (`data.pkl`, legacy streams): scanned, not read.
+    Torch,
+}
 
 /// Index of a value in the [`Pickle`] arena.
 pub type Id = u32;
@@ -170,12 +186,47 @@ pub enum Global {
     Eval,
     /// `paddle.framework.io_utils._reconstruct_dense_tensor_data`
     PaddleDenseTensor,
+    /// A function of torch's weights-only allowlist (`torch._utils._rebuild_tensor_v2`, ...):
+    /// its call gives an opaque value (pytorch-reader reads the tensors).
+    Torch(String),
     /// Any other global: inert unless called, which is refused.
     Other(String),
 }
 
+/// The torch functions `torch.load(weights_only=True)` calls (torch 2.x
+/// `_weights_only_unpickler._get_allowed_globals`, the tensor forms).
+const TORCH_CALLS: &[&str] = &[
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor_v3",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+    "torch._utils._rebuild_sparse_tensor",
+    "torch._utils._rebuild_meta_tensor_no_storage",
+    "torch._utils._rebuild_nested_tensor",
+    "torch._utils._rebuild_qtensor",
+    "torch._utils._rebuild_device_tensor_from_numpy",
+    "torch._tensor._rebuild_from_type_v2",
+    "torch.serialization._get_layout",
+    "torch.Size",
+    "torch.device",
+];
+
 impl Global {
-    fn resolve(module: &str, name: &str) -> Global {
+    fn resolve(module: &str, name: &str, dialect: Dialect) -> Global {
+        if dialect == Dialect::Torch {
+            let full = format!("{module}.{name}");
+            if TORCH_CALLS.contains(&full.as_str()) {
+                return Global::Torch(full);
+            }
+            let builtins = matches!(module, "builtins" | "__builtin__");
+            if (builtins && name == "eval")
+                || module == "paddle.framework.io_utils"
+                || (module == "_codecs" && name != "encode")
+            {
+                return Global::Other(full);
+            }
+        }
         let numpy_core = matches!(
             module,
             "numpy.core.multiarray"
@@ -258,6 +309,8 @@ pub enum Node {
     Dtype(NpDtype),
     /// A numpy scalar: dtype and raw bytes.
     Scalar(NpDtype, Bytes),
+    /// What a torch allowlisted call or a storage's persistent id stands for (not read here).
+    Opaque,
 }
 
 /// A parsed pickle: the arena and its root value.
@@ -300,6 +353,13 @@ pub fn parse(input: &[u8]) -> Result<Pickle, PickleError> {
     parse_with(input, &|_| {})
 }
 
+/// Parse one pickle of `dialect` (nothing is given back to a mapping as it is scanned).
+pub fn parse_dialect(input: &[u8], dialect: Dialect) -> Result<Pickle, PickleError> {
+    let mut m = Machine::new(input);
+    m.dialect = dialect;
+    m.run()
+}
+
 /// Parse one pickle, calling `release` with each range of a long string once it has been
 /// scanned (a memory-mapped input gives those pages back).
 pub fn parse_with(input: &[u8], release: &dyn Fn(Range<usize>)) -> Result<Pickle, PickleError> {
@@ -312,6 +372,7 @@ pub fn parse_with(input: &[u8], release: &dyn Fn(Range<usize>)) -> Result<Pickle
 const SCAN_CHUNK: usize = 16 << 20;
 
 struct Machine<'a> {
+    dialect: Dialect,
     release: &'a dyn Fn(Range<usize>),
     input: &'a [u8],
     pos: usize,
@@ -324,6 +385,7 @@ struct Machine<'a> {
 impl<'a> Machine<'a> {
     fn new(input: &'a [u8]) -> Self {
         Machine {
+            dialect: Dialect::Paddle,
             release: &|_| {},
             input,
             pos: 0,
@@ -674,7 +736,7 @@ impl<'a> Machine<'a> {
                 b'c' => {
                     let module = self.text_line()?.to_string();
                     let name = self.text_line()?.to_string();
-                    self.push(Node::Global(Global::resolve(&module, &name)))?;
+                    self.push(Node::Global(Global::resolve(&module, &name, self.dialect)))?;
                 }
                 0x93 => {
                     let name = self.pop()?;
@@ -682,7 +744,7 @@ impl<'a> Machine<'a> {
                     let (Node::Str(m), Node::Str(n)) = (self.node(module), self.node(name)) else {
                         return Err(self.malformed("STACK_GLOBAL needs two strings"));
                     };
-                    let g = Global::resolve(m, n);
+                    let g = Global::resolve(m, n, self.dialect);
                     self.push(Node::Global(g))?;
                 }
                 b'R' => {
@@ -738,6 +800,15 @@ impl<'a> Machine<'a> {
                 b'j' => {
                     let k = self.u32()?;
                     self.memo_get(k)?;
+                }
+                // A storage of a PyTorch container: `('storage', torch.<T>Storage, key, ...)`.
+                b'P' if self.dialect == Dialect::Torch => {
+                    self.text_line()?;
+                    self.push(Node::Opaque)?;
+                }
+                b'Q' if self.dialect == Dialect::Torch => {
+                    self.pop()?;
+                    self.push(Node::Opaque)?;
                 }
                 b'P' | b'Q' => return Err(PickleError::Forbidden { name: "PERSID", at }),
                 0x82..=0x84 => return Err(PickleError::Forbidden { name: "EXT", at }),
@@ -848,6 +919,7 @@ impl<'a> Machine<'a> {
         };
         let node = match g {
             Global::Other(name) => return Err(PickleError::RefusedGlobal(name)),
+            Global::Torch(_) => Node::Opaque,
             Global::Dict => match args.as_slice() {
                 [] => Node::Dict(Vec::new()),
                 [pairs] => {
@@ -1080,6 +1152,8 @@ impl<'a> Machine<'a> {
             }
             // OrderedDict/dict state (e.g. `__dict__`): nothing a checkpoint needs.
             Node::Dict(_) => Ok(()),
+            // A rebuilt parameter's or tensor's state (torch: `requires_grad`, hooks).
+            Node::Opaque if self.dialect == Dialect::Torch => Ok(()),
             other => Err(self.malformed(format!("BUILD on {}", kind(other)))),
         }
     }
@@ -1160,6 +1234,7 @@ fn kind(n: &Node) -> &'static str {
         Node::PendingArray | Node::Array(_) => "an ndarray",
         Node::Dtype(_) => "a dtype",
         Node::Scalar(..) => "a numpy scalar",
+        Node::Opaque => "a torch object",
     }
 }
 

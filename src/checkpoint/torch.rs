@@ -11,8 +11,115 @@
 use super::pickle::emit;
 use super::{Checkpoint, FormatError};
 use crate::tensor::{DType, Storage, Tensor};
-use std::io::{Seek, Write};
+use std::io::{Read as _, Seek, Write};
 use std::path::Path;
+
+/// Largest `data.pkl` scanned (a state dict's pickle is kilobytes to a few megabytes; the
+/// tensors' data are other records).
+const MAX_DATA_PKL: u64 = 64 << 20;
+/// Pickles at the start of a legacy stream: magic number, protocol version, system info, the
+/// object, the storage keys (then raw storages).
+const LEGACY_PICKLES: usize = 5;
+
+/// Scan the pickles of a PyTorch container with the restricted machine in its torch dialect
+/// before pytorch-reader reads it: whatever `torch.load(weights_only=True)` would refuse to call
+/// is refused here, and so is data after the object pickle's `STOP` (a second pickle appended
+/// to the first). Zip: `data.pkl`; legacy: the five pickles before the storages; tar: the
+/// `sys_info` and `pickle` members.
+pub fn scan(bytes: &[u8], format: super::Format) -> Result<(), FormatError> {
+    use super::pickle::{parse_dialect, Dialect};
+    let whole = |data: &[u8], what: &str| -> Result<(), FormatError> {
+        let p = parse_dialect(data, Dialect::Torch)?;
+        if p.end != data.len() {
+            return Err(FormatError::Structure(format!(
+                "{what}: {} bytes after the pickle's STOP (a second pickle appended?)",
+                data.len() - p.end
+            )));
+        }
+        Ok(())
+    };
+    match format {
+        super::Format::TorchZip => {
+            let zerr = |e: zip::result::ZipError| FormatError::Torch(explain(e.to_string()));
+            let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(zerr)?;
+            let names: Vec<String> = archive
+                .file_names()
+                .map(|n| n.map(|n| n.to_string()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(zerr)?
+                .into_iter()
+                .filter(|n| n == "data.pkl" || n.ends_with("/data.pkl"))
+                .collect();
+            let [name] = names.as_slice() else {
+                return Err(FormatError::Torch(format!(
+                    "{} data.pkl records in the zip (expected one)",
+                    names.len()
+                )));
+            };
+            let mut entry = archive.by_name(name).map_err(zerr)?;
+            if entry.size() > MAX_DATA_PKL {
+                return Err(FormatError::Torch(format!(
+                    "{name} is {} bytes (the limit is {MAX_DATA_PKL})",
+                    entry.size()
+                )));
+            }
+            let mut data = Vec::new();
+            (&mut entry).take(MAX_DATA_PKL + 1).read_to_end(&mut data)?;
+            if data.len() as u64 > MAX_DATA_PKL {
+                return Err(FormatError::Torch(format!(
+                    "{name} inflates past {MAX_DATA_PKL} bytes (a zip bomb?)"
+                )));
+            }
+            whole(&data, name)
+        }
+        super::Format::TorchLegacy => {
+            let mut at = 0;
+            for _ in 0..LEGACY_PICKLES {
+                at += parse_dialect(&bytes[at..], Dialect::Torch)?.end;
+            }
+            Ok(())
+        }
+        super::Format::TorchTar => {
+            for (name, data) in tar_members(bytes)? {
+                if matches!(name.as_str(), "pickle" | "sys_info") {
+                    whole(data, &name)?;
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The regular members of a (ustar) tar archive: name and contents.
+fn tar_members(bytes: &[u8]) -> Result<Vec<(String, &[u8])>, FormatError> {
+    let bad = |what: &str| FormatError::Torch(format!("tar container: {what}"));
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 512 <= bytes.len() {
+        let header = &bytes[at..at + 512];
+        if header.iter().all(|&b| b == 0) {
+            break;
+        }
+        let name_end = header[..100].iter().position(|&b| b == 0).unwrap_or(100);
+        let name = String::from_utf8_lossy(&header[..name_end]).to_string();
+        let size_field = std::str::from_utf8(&header[124..136])
+            .map_err(|_| bad("a member size is not octal"))?
+            .trim_matches(|c: char| c == '\0' || c == ' ');
+        let size =
+            usize::from_str_radix(size_field, 8).map_err(|_| bad("a member size is not octal"))?;
+        let start = at + 512;
+        let end = start
+            .checked_add(size)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| bad("a member runs past the end of the file"))?;
+        if matches!(header[156], b'0' | 0) {
+            out.push((name, &bytes[start..end]));
+        }
+        at = start + size.div_ceil(512) * 512;
+    }
+    Ok(out)
+}
 
 /// Read a PyTorch checkpoint into `ck`.
 pub fn read(path: &Path, ck: &mut Checkpoint) -> Result<(), FormatError> {

@@ -238,6 +238,75 @@ pub fn cases() -> Vec<Case> {
             expect: "decompression bomb",
         },
     ];
+    // PyTorch containers whose pickles call what torch.load(weights_only=True) refuses, or hold
+    // a second pickle after the first: the real fixture's data.pkl, altered.
+    let data_pkl = {
+        let mut z = zip::ZipArchive::new(std::io::Cursor::new(&torch)).unwrap();
+        let name = z
+            .file_names()
+            .find(|n| n.as_ref().is_ok_and(|n| n.ends_with("/data.pkl")))
+            .unwrap()
+            .unwrap()
+            .to_string();
+        let mut d = Vec::new();
+        std::io::Read::read_to_end(&mut z.by_name(&name).unwrap(), &mut d).unwrap();
+        d
+    };
+    // `posix.system('id')`, its result popped, then the genuine state dict.
+    let system = b"\x80\x02cposix\nsystem\nX\x02\x00\x00\x00id\x85R0";
+    let mut called = system.to_vec();
+    called.extend_from_slice(&data_pkl[2..]);
+    let mut appended = data_pkl.clone();
+    appended.extend_from_slice(b"\x80\x02K\x01.");
+    let evaluated =
+        b"\x80\x02}X\x01\x00\x00\x00acbuiltins\neval\nX\x03\x00\x00\x001+1\x85Rs.".to_vec();
+    for (name, pickle, expect) in [
+        (
+            "torch_posix_system.pth",
+            called,
+            "refused pickle global posix.system",
+        ),
+        (
+            "torch_eval_values.pth",
+            evaluated,
+            "refused pickle global builtins.eval",
+        ),
+        (
+            "torch_second_pickle.pth",
+            appended,
+            "after the pickle's STOP",
+        ),
+    ] {
+        c.push(Case {
+            name,
+            bytes: zip_with(&[
+                ("archive/data.pkl", &pickle, false),
+                ("archive/version", b"3\n", false),
+            ]),
+            expect,
+        });
+    }
+    // The legacy stream with the same call before its system-information pickle.
+    let first_two = {
+        let one = swav::checkpoint::pickle::parse(&legacy).unwrap().end;
+        one + swav::checkpoint::pickle::parse(&legacy[one..]).unwrap().end
+    };
+    let mut legacy_called = legacy[..first_two].to_vec();
+    legacy_called.extend_from_slice(system);
+    legacy_called.extend_from_slice(&legacy[first_two..]);
+    c.push(Case {
+        name: "legacy_posix_system.pth",
+        bytes: legacy_called,
+        expect: "refused pickle global posix.system",
+    });
+    // A second pickle after a Paddle file's.
+    let mut paddle_appended = real.clone();
+    paddle_appended.extend_from_slice(b"\x80\x02K\x01.");
+    c.push(Case {
+        name: "paddle_second_pickle.pdparams",
+        bytes: paddle_appended,
+        expect: "after the pickle's STOP",
+    });
     // A memo bomb: each level lists the previous one twice (2^40 elements if copied).
     let mut bomb = vec![0x80, 4, b']', 0x94];
     for i in 0..40u32 {
