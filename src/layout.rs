@@ -486,12 +486,15 @@ pub fn map(
             with.push(t);
             if let Some(m) = bn {
                 if !bns_with_tracked.contains(&m) {
-                    with.push(Tensor::from_vec(
-                        format!("{m}.num_batches_tracked"),
-                        DType::I64,
-                        vec![],
-                        vec![0; 8],
-                    ));
+                    with.push(
+                        Tensor::from_vec(
+                            format!("{m}.num_batches_tracked"),
+                            DType::I64,
+                            vec![],
+                            vec![0; 8],
+                        )
+                        .expect("one i64 is 8 bytes"),
+                    );
                     report.added += 1;
                 }
             }
@@ -554,7 +557,7 @@ mod tests {
         );
         assert_eq!(lone_classifier(std::iter::empty(), true), None);
         // Mapped like any other tensor: transposed between torch's [out, in] and [in, out].
-        let t = Tensor::from_vec("linear.weight", DType::F32, vec![3, 2], vec![0; 24]);
+        let t = Tensor::from_vec("linear.weight", DType::F32, vec![3, 2], vec![0; 24]).unwrap();
         let (out, r) = map(vec![t], Layout::Torch, Layout::Paddle).unwrap();
         assert_eq!(
             (out[0].name.as_str(), out[0].shape.as_slice()),
@@ -565,7 +568,7 @@ mod tests {
 
     fn t(name: &str, shape: &[usize]) -> Tensor {
         let n: usize = shape.iter().product();
-        Tensor::from_vec(name, DType::F32, shape.to_vec(), vec![0; n * 4])
+        Tensor::from_vec(name, DType::F32, shape.to_vec(), vec![0; n * 4]).unwrap()
     }
 
     fn names(v: &[Tensor]) -> Vec<&str> {

@@ -11,6 +11,16 @@ use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 
+/// Bytes that are not a tensor's worth: their count differs from dtype × shape.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("tensor {name}: {bytes} bytes are not {shape:?} elements of {dtype}")]
+pub struct ByteLengthError {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub bytes: usize,
+}
+
 /// Bytes read in one go when streaming a tensor to a writer.
 pub const STREAM_CHUNK: usize = 8 << 20;
 
@@ -293,14 +303,32 @@ impl Tensor {
         }
     }
 
-    /// A tensor owning its canonical bytes.
+    /// A tensor owning its canonical bytes, which must be exactly `shape`'s elements of
+    /// `dtype` (as safetensors' `TensorView::new` checks).
     pub fn from_vec(
         name: impl Into<String>,
         dtype: DType,
         shape: Vec<usize>,
         data: Vec<u8>,
-    ) -> Tensor {
-        Tensor::new(name, dtype, shape, Storage::Owned(Arc::new(data)))
+    ) -> Result<Tensor, ByteLengthError> {
+        let name = name.into();
+        let expected = shape
+            .iter()
+            .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d));
+        if expected != Some(data.len()) {
+            return Err(ByteLengthError {
+                name,
+                dtype,
+                shape,
+                bytes: data.len(),
+            });
+        }
+        Ok(Tensor::new(
+            name,
+            dtype,
+            shape,
+            Storage::Owned(Arc::new(data)),
+        ))
     }
 
     /// Number of elements.
@@ -575,7 +603,14 @@ mod tests {
     #[test]
     fn transpose_and_fortran() {
         // 2x3 row-major [[1,2,3],[4,5,6]] as u8.
-        let t = Tensor::from_vec("x", DType::U8, vec![2, 3], vec![1, 2, 3, 4, 5, 6]);
+        let t = Tensor::from_vec("x", DType::U8, vec![2, 3], vec![1, 2, 3, 4, 5, 6]).unwrap();
+        // The bytes must be the shape's worth.
+        let e = Tensor::from_vec("y", DType::F32, vec![2, 3], vec![0; 20]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "tensor y: 20 bytes are not [2, 3] elements of f32"
+        );
+        assert!(Tensor::from_vec("z", DType::F32, vec![usize::MAX, 2], vec![]).is_err());
         let tt = t.clone().transposed();
         assert_eq!(tt.shape, vec![3, 2]);
         assert_eq!(&*tt.bytes().unwrap(), &[1, 4, 2, 5, 3, 6]);

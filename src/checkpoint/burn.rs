@@ -26,10 +26,16 @@ pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let (model, _) = record::load::<CpuBackend>(path, &Default::default())
         .map_err(|m| CheckpointError::new(path, FormatError::Structure(m)))?;
     let mut tensors = Vec::new();
+    let bad = |m: String| CheckpointError::new(path, FormatError::Structure(m));
     crate::model::for_each_param(&model, |name, shape, values| {
         let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-        tensors.push(Tensor::from_vec(name, DType::F32, shape, bytes));
-    });
+        tensors.push(Tensor::from_vec(name, DType::F32, shape, bytes).map_err(|e| e.to_string()));
+    })
+    .map_err(bad)?;
+    let tensors = tensors
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
     Ok(Checkpoint {
         path: path.to_path_buf(),
         format: Format::BurnRecord,

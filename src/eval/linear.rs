@@ -465,9 +465,9 @@ pub fn train<A: AutodiffBackend>(
 /// `linear.bias`); `swav-convert` maps it to PASSL's `head.fc_cls.*` or facebookresearch's
 /// `linear.*`.
 pub fn save_classifier<B: Backend>(path: &std::path::Path, head: &Linear<B>) -> Result<(), String> {
-    let mut tensors = vec![super::file_tensor("linear.weight", &head.weight.val())];
+    let mut tensors = vec![super::file_tensor("linear.weight", &head.weight.val())?];
     if let Some(b) = &head.bias {
-        tensors.push(super::file_tensor("linear.bias", &b.val()));
+        tensors.push(super::file_tensor("linear.bias", &b.val())?);
     }
     let mut md = std::collections::HashMap::new();
     md.insert("layout".to_string(), "burn".to_string());

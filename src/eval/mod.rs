@@ -313,11 +313,12 @@ pub fn knn<B: Backend>(
 pub(crate) fn file_tensor<B: Backend, const D: usize>(
     name: &str,
     t: &Tensor<B, D>,
-) -> crate::tensor::Tensor {
+) -> Result<crate::tensor::Tensor, String> {
     let shape = t.dims().to_vec();
     let values: Vec<f32> = t.to_data().convert::<f32>().to_vec().expect("f32 values");
     let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     crate::tensor::Tensor::from_vec(name, crate::tensor::DType::F32, shape, bytes)
+        .map_err(|e| e.to_string())
 }
 
 /// Write `features`, `embedding` and `scores` (`scores.{i}` with several prototype heads) to a
@@ -327,18 +328,17 @@ pub fn write_outputs<B: Backend>(
     out: &SwavOutput<B>,
 ) -> Result<(), String> {
     let mut tensors = vec![
-        file_tensor("features", &out.features),
-        file_tensor("embedding", &out.embedding),
+        file_tensor("features", &out.features)?,
+        file_tensor("embedding", &out.embedding)?,
     ];
     match out.scores.len() {
         0 => {}
-        1 => tensors.push(file_tensor("scores", &out.scores[0])),
-        _ => tensors.extend(
-            out.scores
-                .iter()
-                .enumerate()
-                .map(|(i, s)| file_tensor(&format!("scores.{i}"), s)),
-        ),
+        1 => tensors.push(file_tensor("scores", &out.scores[0])?),
+        _ => {
+            for (i, s) in out.scores.iter().enumerate() {
+                tensors.push(file_tensor(&format!("scores.{i}"), s)?);
+            }
+        }
     }
     write_tensors(path, &tensors, Default::default())
 }
@@ -351,13 +351,15 @@ pub fn write_features(path: &std::path::Path, f: &Features) -> Result<(), String
         crate::tensor::DType::F32,
         vec![n, f.dim],
         f.features.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    );
+    )
+    .map_err(|e| e.to_string())?;
     let labels = crate::tensor::Tensor::from_vec(
         "labels",
         crate::tensor::DType::I64,
         vec![n],
         f.labels.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    );
+    )
+    .map_err(|e| e.to_string())?;
     write_tensors(path, &[feats, labels], Default::default())
 }
 

@@ -79,16 +79,19 @@ pub fn after_epoch(
     w
 }
 
-/// The first parameter (by name) holding a NaN or an infinity, and the count of such values.
-pub fn first_non_finite<B: Backend, M: Module<B>>(module: &M) -> Option<(String, usize)> {
+/// The first parameter (by name) holding a NaN or an infinity, and the count of such values;
+/// an error names a parameter whose values could not be read.
+pub fn first_non_finite<B: Backend, M: Module<B>>(
+    module: &M,
+) -> Result<Option<(String, usize)>, String> {
     let mut found = None;
     crate::model::for_each_param(module, |name, _, values| {
         let bad = values.iter().filter(|x| !x.is_finite()).count();
         if found.is_none() && bad > 0 {
             found = Some((name, bad));
         }
-    });
-    found
+    })?;
+    Ok(found)
 }
 
 #[cfg(test)]

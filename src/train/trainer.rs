@@ -677,8 +677,9 @@ fn dump_non_finite<A: AutodiffBackend>(
     images: &[String],
 ) -> TrainError {
     let what = match diagnostics::first_non_finite(model) {
-        Some((name, count)) => format!("{count} non-finite values in {name}"),
-        None => "the scores of this batch".into(),
+        Ok(Some((name, count))) => format!("{count} non-finite values in {name}"),
+        Ok(None) => "the scores of this batch".into(),
+        Err(e) => e,
     };
     let dump = output.join(format!("nan_dump_iter_{iteration}.mpk"));
     if let Err(e) = record::save(model.valid(), model_cfg, &dump) {

@@ -220,7 +220,8 @@ fn passl_evaluate_only_command_and_shape_errors() {
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect(),
-        ),
+        )
+        .unwrap(),
         swav::tensor::Tensor::from_vec(
             "labels",
             swav::tensor::DType::I64,
@@ -229,7 +230,8 @@ fn passl_evaluate_only_command_and_shape_errors() {
                 .map(|i| i % 12)
                 .flat_map(|v| v.to_le_bytes())
                 .collect(),
-        ),
+        )
+        .unwrap(),
     ];
     let bytes = swav::checkpoint::safetensors::write(Vec::new(), &tensors, Default::default());
     std::fs::write(&many, bytes.unwrap()).unwrap();

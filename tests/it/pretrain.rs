@@ -19,7 +19,7 @@ type A = Autodiff<CpuBackend>;
 /// Every parameter's values, in visiting order, with its path.
 fn params<B: Backend, M: Module<B>>(m: &M) -> Vec<(String, Vec<f32>)> {
     let mut out = Vec::new();
-    swav::model::for_each_param(m, |name, _, values| out.push((name, values)));
+    swav::model::for_each_param(m, |name, _, values| out.push((name, values))).unwrap();
     out
 }
 

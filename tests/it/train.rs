@@ -36,12 +36,8 @@ impl<A: AutodiffBackend> ModuleVisitor<A> for Grads<'_, A> {
             let shape = g.dims().to_vec();
             let v: Vec<f64> = g.into_data().convert::<f64>().to_vec().unwrap();
             let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            self.out.push(FileTensor::from_vec(
-                self.path.join("."),
-                DType::F64,
-                shape,
-                bytes,
-            ));
+            self.out
+                .push(FileTensor::from_vec(self.path.join("."), DType::F64, shape, bytes).unwrap());
         }
     }
 }
