@@ -40,6 +40,7 @@ fn diff(a: &RgbImage, b: &RgbImage) -> (u8, f64) {
 fn colour_operations_match_pillow_exactly() {
     let ck = vectors();
     let input = image(&ck, "input");
+    let mut compared = std::collections::BTreeMap::new();
     for t in &ck.tensors {
         let Some((op, param)) = t.name.split_once('/') else {
             continue;
@@ -56,7 +57,19 @@ fn colour_operations_match_pillow_exactly() {
         }
         let (max, _) = diff(&img, &image(&ck, &t.name));
         assert_eq!(max, 0, "{} differs from Pillow by up to {max}", t.name);
+        *compared.entry(op.to_string()).or_insert(0) += 1;
     }
+    // Every operation was compared, each at several settings.
+    let ops = [
+        "blur",
+        "brightness",
+        "contrast",
+        "grayscale",
+        "hue",
+        "saturation",
+    ];
+    assert_eq!(compared.keys().map(String::as_str).collect::<Vec<_>>(), ops);
+    assert!(compared.values().sum::<usize>() >= 12, "{compared:?}");
 }
 
 /// Every colour with one channel at 0 reaches every input of Pillow's hue arithmetic, including
