@@ -399,6 +399,9 @@ fn run<B: Backend>(args: Args, devices: Vec<B::Device>) -> Result<(), String> {
             temperature,
             json,
         } => {
+            if k == 0 {
+                return Err("--k: must be at least 1".into());
+            }
             let frozen = backbone::<B>(&common, None, devices)?;
             let (train, val) = lincls::splits(&data)?;
             let cfg = eval_config(&common);

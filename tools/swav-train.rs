@@ -420,7 +420,8 @@ fn run(args: Args) -> Result<(), String> {
                 loader::Pipeline::MultiCrop(mc.clone()),
                 &cfg,
                 batches,
-            );
+            )
+            .map_err(|e| format!("{}: {e}", root.display()))?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("serializable"));
             } else {

@@ -21,13 +21,24 @@ pub struct BenchResult {
 }
 
 /// Load `batches` batches (the first one, warming up, is not timed); cycles over epochs when
-/// the dataset is smaller.
+/// the dataset is smaller, and keeps a last partial batch (a folder smaller than one batch is
+/// still measured). An empty batch size or dataset is an error.
 pub fn run(
     dataset: Arc<Dataset>,
     pipeline: Pipeline,
     cfg: &LoaderConfig,
     batches: usize,
-) -> BenchResult {
+) -> Result<BenchResult, String> {
+    if cfg.batch_size == 0 {
+        return Err("--batch-size: must be at least 1".into());
+    }
+    if dataset.is_empty() {
+        return Err("the dataset has no images".into());
+    }
+    let cfg = &LoaderConfig {
+        drop_last: false,
+        ..cfg.clone()
+    };
     let crops_per_image = pipeline.groups().iter().map(|g| g.1).sum();
     let mut images = 0;
     let mut skipped = 0;
@@ -58,7 +69,7 @@ pub fn run(
         .unwrap_or(0.0)
         .max(1e-9);
     let ips = images as f64 / seconds;
-    BenchResult {
+    Ok(BenchResult {
         images,
         crops_per_image,
         seconds,
@@ -67,5 +78,5 @@ pub fn run(
         workers: cfg.workers,
         skipped,
         simd: super::simd::detected(),
-    }
+    })
 }

@@ -66,6 +66,9 @@ impl<B: Backend> Frozen<B> {
                 images.shape
             ));
         };
+        if n == 0 {
+            return Err("`images` holds no image".into());
+        }
         let values: &[f32] = images
             .as_slice()
             .map_err(|e| format!("images are not f32: {e:?}"))?;

@@ -170,7 +170,13 @@ pub fn check<A: DifferentiableCollective>(
     )
     .map_err(|e| e.to_string())?;
     let loss = step::scalar(out.loss);
-    let reference_loss = get("loss")?.to_f32().map_err(|e| e.to_string())?[0] as f64;
+    let reference_loss = get("loss")?
+        .to_f32()
+        .map_err(|e| e.to_string())?
+        .first()
+        .copied()
+        .ok_or_else(|| format!("{}: `loss` is empty", reference.display()))?
+        as f64;
     let mut codes_max_abs = Vec::new();
     for (i, q) in out.codes.into_iter().enumerate() {
         let q = q

@@ -127,3 +127,130 @@ fn user_errors_are_one_line_and_exit_2() {
     assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no key under prefix `neckx`"));
 }
+
+/// Numbers and tensors out of range: one line naming the flag or the tensor, exit 2, nothing
+/// written; a benchmark over a folder smaller than one batch still measures.
+#[test]
+fn bad_numbers_and_empty_tensors_are_one_line_errors() {
+    use swav::checkpoint::Checkpoint;
+    use swav::tensor::{DType, Tensor};
+    let lincls = env!("CARGO_BIN_EXE_swav-lincls");
+    let train = env!("CARGO_BIN_EXE_swav-train");
+    let dir = tempfile::tempdir().unwrap();
+    let data = swav::data::synthetic::write(
+        &dir.path().join("syn"),
+        &swav::data::synthetic::SyntheticConfig {
+            size: 32,
+            train_per_class: 1,
+            val_per_class: 1,
+            seed: 1,
+            quality: 90,
+        },
+    )
+    .unwrap();
+    let write = |name: &str, tensors: Vec<Tensor>| {
+        let path = dir.path().join(name);
+        let bytes = swav::checkpoint::safetensors::write(Vec::new(), &tensors, Default::default());
+        std::fs::write(&path, bytes.unwrap()).unwrap();
+        path
+    };
+    let no_images = write(
+        "none.safetensors",
+        vec![Tensor::from_vec("images", DType::F32, vec![0, 3, 8, 8], vec![]).unwrap()],
+    );
+    // The step reference with an empty loss.
+    let step = Checkpoint::open(fixture("swav_step_tiny.safetensors")).unwrap();
+    let mut tensors: Vec<Tensor> = step
+        .tensors
+        .iter()
+        .filter(|t| t.name != "loss")
+        .cloned()
+        .collect();
+    tensors.push(Tensor::from_vec("loss", DType::F32, vec![0], vec![]).unwrap());
+    let empty_loss = write("empty_loss.safetensors", tensors);
+    let out = dir.path().join("out.safetensors");
+    let s = |p: &std::path::Path| p.display().to_string();
+    let weights = s(&fixture("fair_swav_tiny.pth.tar"));
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            lincls,
+            [
+                "knn",
+                "--random-init",
+                "18",
+                "--width",
+                "4",
+                "--k",
+                "0",
+                "--data",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain([s(&data)])
+            .collect(),
+            "--k: must be at least 1",
+        ),
+        (
+            lincls,
+            vec![
+                "features".into(),
+                "--pretrained".into(),
+                weights.clone(),
+                "--tensors".into(),
+                s(&no_images),
+                "-o".into(),
+                s(&out),
+            ],
+            "holds no image",
+        ),
+        (
+            train,
+            vec![
+                "check-step".into(),
+                "--weights".into(),
+                weights.clone(),
+                "--reference".into(),
+                s(&empty_loss),
+            ],
+            "`loss` is empty",
+        ),
+        (
+            train,
+            vec![
+                "bench-data".into(),
+                "--batch-size".into(),
+                "0".into(),
+                "--data".into(),
+                s(&data.join("train")),
+            ],
+            "--batch-size: must be at least 1",
+        ),
+    ];
+    for (bin, args, want) in cases {
+        let o = Command::new(bin).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        let last = err.trim().lines().last().unwrap_or_default();
+        assert!(last.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert!(!out.exists(), "nothing written");
+    // Ten images, batches of 64: the benchmark cycles over the folder and measures.
+    let o = Command::new(train)
+        .args([
+            "bench-data",
+            "--json",
+            "--batches",
+            "2",
+            "--batch-size",
+            "64",
+        ])
+        .args(["--size-crops", "32,16", "--data"])
+        .arg(data.join("train"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["images"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["images_per_second"].as_f64().unwrap() > 0.0, "{v}");
+}
