@@ -12,6 +12,7 @@ use swav::tensor::DType;
 #[derive(Parser)]
 #[command(
     version,
+    after_help = "Exit codes: 0 success; 2 an error (bad input, refused or unreadable file, I/O), with one line on stderr.",
     about = "Convert SwAV checkpoints between PaddlePaddle, PyTorch, safetensors and Burn layouts"
 )]
 struct Args {

@@ -11,6 +11,7 @@ use swav::tensor::DType;
 #[derive(Parser)]
 #[command(
     version,
+    after_help = "Exit codes: 0 success; 2 an error (bad input, refused or unreadable file, I/O), with one line on stderr.",
     about = "Pull the backbone out of a SwAV (training) checkpoint"
 )]
 struct Args {

@@ -10,6 +10,7 @@ use swav::fetch::{self, FetchError, FetchOptions, Registry};
 #[derive(Parser)]
 #[command(
     version,
+    after_help = "Exit codes: 0 success; 1 a check that ran and failed (`verify` found a file that does not match its hash); 2 an error (network, I/O, bad input), with one line on stderr.",
     about = "Download published SwAV weights (PASSL, facebookresearch/swav) into a verified cache"
 )]
 #[command(args_conflicts_with_subcommands = true)]
@@ -171,8 +172,9 @@ fn run(args: Args) -> Result<ExitCode, FetchError> {
                 text.push("nothing cached".into());
             }
             print(&json, text.join("\n"));
+            // A check that ran and failed: exit code 1.
             Ok(if bad {
-                ExitCode::from(2)
+                ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
             })

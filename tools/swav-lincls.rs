@@ -21,6 +21,7 @@ use swav::model::swav::{Swav, SwavConfig};
 #[derive(Parser)]
 #[command(
     version,
+    after_help = "Exit codes: 0 success; 2 an error (bad input, unreadable weights or data, I/O), with one line on stderr.",
     about = "Evaluate a frozen SwAV backbone: linear evaluation, k-NN, features"
 )]
 struct Args {

@@ -137,8 +137,12 @@ pub fn data_root(cfg: &TrainConfig) -> Result<PathBuf, TrainError> {
     Ok(root.join("train"))
 }
 
+/// `OUTPUT/metrics.jsonl`. A line that cannot be written ends the run with an error naming
+/// the file (a full or failing disk would fail the next checkpoint too; stopping at once keeps
+/// the metrics and the checkpoints whole).
 struct Metrics {
     file: std::fs::File,
+    path: PathBuf,
 }
 
 impl Metrics {
@@ -149,13 +153,13 @@ impl Metrics {
             .append(true)
             .open(&path)
             .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
-        Ok(Metrics { file })
+        Ok(Metrics { file, path })
     }
 
-    fn write(&mut self, e: &Event) {
-        if let Ok(line) = serde_json::to_string(e) {
-            let _ = writeln!(self.file, "{line}");
-        }
+    fn write(&mut self, e: &Event) -> Result<(), TrainError> {
+        let line = serde_json::to_string(e).expect("events are plain data");
+        writeln!(self.file, "{line}")
+            .map_err(|e| TrainError::Data(format!("{}: {e}", self.path.display())))
     }
 }
 
@@ -254,9 +258,9 @@ where
         iterations_per_epoch: run.data.iterations,
         start_epoch: run.st.epoch,
         epochs: cfg.epochs,
-    });
+    })?;
     if let Some(e) = pretrained {
-        run.emit(e);
+        run.emit(e)?;
     }
     let last_epoch = opts
         .max_epochs
@@ -267,11 +271,11 @@ where
         let before = run.st.history.last().map(|r| r.loss);
         run.st.history.push(rec.clone());
         run.st.epoch = epoch + 1;
-        run.emit(Event::Epoch(rec.clone()));
+        run.emit(Event::Epoch(rec.clone()))?;
         for w in diagnostics::after_epoch(cfg, epoch, before, rec.loss) {
             run.emit(Event::Warning {
                 message: w.to_string(),
-            });
+            })?;
         }
         if run.st.epoch.is_multiple_of(cfg.checkpoint.interval) || run.st.epoch == last_epoch {
             checkpoint = Some(run.checkpoint()?);
@@ -509,9 +513,10 @@ where
     A::Device: Send + 'static,
 {
     /// Record an event in `metrics.jsonl` and pass it to the caller.
-    fn emit(&mut self, e: Event) {
-        self.metrics.write(&e);
+    fn emit(&mut self, e: Event) -> Result<(), TrainError> {
+        self.metrics.write(&e)?;
         (self.on_event)(&e);
+        Ok(())
     }
 
     /// One epoch over the data set. The next step is handed to the ranks before the current
@@ -543,7 +548,7 @@ where
                     message: format!(
                         "iteration {it}: batch of {n} images after unreadable ones were skipped: step skipped"
                     ),
-                });
+                })?;
                 continue;
             }
             let images = batch.samples.clone();
@@ -564,7 +569,7 @@ where
                 .unwrap_or_default();
             for (path, error) in new {
                 reported += 1;
-                self.emit(Event::SkippedImage { path, error });
+                self.emit(Event::SkippedImage { path, error })?;
             }
         }
         while let Some(p) = pending.pop_front() {
@@ -613,7 +618,7 @@ where
                 images_per_second: sums.images as f64 / sums.started.elapsed().as_secs_f64(),
                 queue: out.queue_in_use,
                 prototypes_frozen: self.frozen(p.iteration),
-            });
+            })?;
         }
         Ok(())
     }
@@ -652,7 +657,7 @@ where
                 )
             })?
             .map_err(TrainError::Checkpoint)?;
-        self.emit(Event::Checkpoint { path: path.clone() });
+        self.emit(Event::Checkpoint { path: path.clone() })?;
         Ok(path)
     }
 }

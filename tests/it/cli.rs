@@ -254,3 +254,40 @@ fn bad_numbers_and_empty_tensors_are_one_line_errors() {
     assert!(v["images"].as_u64().unwrap() > 0, "{v}");
     assert!(v["images_per_second"].as_f64().unwrap() > 0.0, "{v}");
 }
+
+/// Exit codes: every binary's --help lists them; a check that ran and failed exits 1
+/// (`check-step` outside its tolerances), an error 2.
+#[test]
+fn exit_codes_are_documented_and_a_failed_check_exits_1() {
+    for bin in [
+        env!("CARGO_BIN_EXE_swav-convert"),
+        env!("CARGO_BIN_EXE_swav-extract"),
+        env!("CARGO_BIN_EXE_swav-fetch"),
+        env!("CARGO_BIN_EXE_swav-train"),
+        env!("CARGO_BIN_EXE_swav-lincls"),
+    ] {
+        let o = Command::new(bin).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            help.contains("Exit codes: 0 success;") && help.contains("2 an error"),
+            "{bin}: {help}"
+        );
+    }
+    let train = env!("CARGO_BIN_EXE_swav-train");
+    let step = |tolerance: &str| {
+        Command::new(train)
+            .args(["check-step", "--weights"])
+            .arg(fixture("fair_swav_tiny.pth.tar"))
+            .arg("--reference")
+            .arg(fixture("swav_step_tiny.safetensors"))
+            .args(["--loss-tolerance", tolerance])
+            .output()
+            .unwrap()
+    };
+    let o = step("1e-4");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = step("0");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("check failed: loss differs by"), "{err}");
+}

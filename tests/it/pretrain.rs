@@ -751,3 +751,23 @@ fn bench_data_measures_the_loader_over_a_folder() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("no-such-folder"), "{err}");
 }
+
+/// A line of `metrics.jsonl` that cannot be written (the file is /dev/full) ends the run with
+/// an error naming the file, instead of training on with incomplete metrics.
+#[test]
+fn a_failed_metrics_write_ends_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_set(&dir.path().join("data"));
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::os::unix::fs::symlink("/dev/full", out.join("metrics.jsonl")).unwrap();
+    let cfg = tiny(&out, &data);
+    let opts = TrainOptions {
+        workers: Some(1),
+        ..Default::default()
+    };
+    let e = trainer::train::<Autodiff<CpuBackend>>(&cfg, &[Default::default()], &opts, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("metrics.jsonl") && !e.contains('\n'), "{e}");
+}
