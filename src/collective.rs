@@ -566,20 +566,6 @@ impl<A: AutodiffBackend> ModuleVisitor<A> for Unflatten<A::InnerBackend> {
     }
 }
 
-/// The message of a rank thread's panic, on one line, for the line that names the rank.
-pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .map_or_else(
-            || "panicked".into(),
-            |m| {
-                let lines: Vec<&str> = m.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-                format!("panicked: {}", lines.join("; "))
-            },
-        )
-}
-
 fn describe(e: &burn_collective::CollectiveError) -> String {
     use burn_collective::CollectiveError as E;
     match e {

@@ -11,6 +11,21 @@ pub fn field(key: &str, value: &str) -> String {
     }
 }
 
+/// The message of a panic's payload, on one line (for the error line of a thread that panicked:
+/// a rank, a decoder).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .map_or_else(
+            || "panicked".into(),
+            |m| {
+                let lines: Vec<&str> = m.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                format!("panicked: {}", lines.join("; "))
+            },
+        )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -393,6 +393,23 @@ impl Drop for Loader {
     }
 }
 
+/// A file whose decoding panics, for tests of the loader's recovery.
+static PANIC_ON: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
+
+/// Make decoding `path` panic (`None`: nothing does); tests only.
+#[doc(hidden)]
+pub fn inject_decoder_panic(path: Option<std::path::PathBuf>) {
+    *PANIC_ON.lock().unwrap_or_else(|e| e.into_inner()) = path;
+}
+
+fn injected_panic(path: &std::path::Path) -> bool {
+    PANIC_ON
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_deref()
+        == Some(path)
+}
+
 fn worker(
     queue: &Queue,
     tx: &mpsc::Sender<Done>,
@@ -422,20 +439,34 @@ fn worker(
             .iter()
             .map(|&(s, c)| vec![0.0; c * 3 * s * s])
             .collect();
-        let result = std::fs::read(&sample.path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                let mut views: Vec<&mut [f32]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
-                match pipeline {
-                    Pipeline::MultiCrop(m) => m.apply(&bytes, &mut rng, &mut resizer, &mut views),
-                    Pipeline::Eval {
-                        transform,
-                        mean,
-                        std,
-                    } => transform.apply(&bytes, *mean, *std, &mut rng, &mut resizer, views[0]),
-                }
+        // A panic in a decoder (third-party code) skips the image like a corrupt one, instead
+        // of ending the worker and leaving the loader waiting for its samples.
+        let decode = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if injected_panic(&sample.path) {
+                panic!("injected decoder panic");
+            }
+            std::fs::read(&sample.path)
                 .map_err(|e| e.to_string())
-            });
+                .and_then(|bytes| {
+                    let mut views: Vec<&mut [f32]> =
+                        out.iter_mut().map(|v| v.as_mut_slice()).collect();
+                    match pipeline {
+                        Pipeline::MultiCrop(m) => {
+                            m.apply(&bytes, &mut rng, &mut resizer, &mut views)
+                        }
+                        Pipeline::Eval {
+                            transform,
+                            mean,
+                            std,
+                        } => transform.apply(&bytes, *mean, *std, &mut rng, &mut resizer, views[0]),
+                    }
+                    .map_err(|e| e.to_string())
+                })
+        }));
+        let result = decode.unwrap_or_else(|p| {
+            resizer = fast_image_resize::Resizer::new();
+            Err(crate::log::panic_message(p.as_ref()).replace("panicked", "the decoder panicked"))
+        });
         let result = result.map(|()| out);
         if tx
             .send(Done {

@@ -10,9 +10,10 @@
 
 use super::rank::{Rank, StepSettings, SwavOptimizer};
 use super::step::DeviceQueue;
-use crate::collective::{panic_message, DifferentiableCollective, Engine, GroupHandle, LocalGroup};
+use crate::collective::{DifferentiableCollective, Engine, GroupHandle, LocalGroup};
 use crate::data::device::DeviceLoader;
 use crate::data::loader::Batch;
+use crate::log::panic_message;
 use crate::model::swav::Swav;
 use burn::tensor::backend::AutodiffBackend;
 use std::any::Any;

@@ -275,3 +275,33 @@ fn batches_arrive_on_a_burn_device_unchanged() {
         );
     }
 }
+
+/// A decoder that panics on one image (an injected panic): the image is skipped and named
+/// like a corrupt one, and the loader delivers every other sample instead of waiting forever
+/// for the dead worker's.
+#[test]
+fn a_panicking_decoder_skips_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = synthetic(dir.path()).join("train");
+    let ds = Arc::new(Dataset::open(&root).unwrap());
+    let poisoned = ds.samples[5].path.clone();
+    swav::data::loader::inject_decoder_panic(Some(poisoned.clone()));
+    let cfg = LoaderConfig {
+        batch_size: 8,
+        workers: 2,
+        prefetch: 2,
+        shuffle: false,
+        drop_last: false,
+        seed: 1,
+    };
+    let start = std::time::Instant::now();
+    let mut loader = Loader::new(ds.clone(), Pipeline::MultiCrop(tiny_multicrop()), &cfg, 0);
+    let samples: usize = loader.by_ref().map(|b| b.len()).sum();
+    swav::data::loader::inject_decoder_panic(None);
+    assert_eq!(samples, ds.len() - 1, "every image but the poisoned one");
+    let skips = loader.take_new_skips();
+    assert_eq!(skips.len(), 1, "{skips:?}");
+    assert_eq!(skips[0].0, poisoned.display().to_string());
+    assert!(skips[0].1.contains("the decoder panicked"), "{skips:?}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+}
