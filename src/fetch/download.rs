@@ -5,7 +5,8 @@
 //!   and the partial file restarts from zero. Without a validator nothing is resumed.
 //! - Retries with exponential backoff on connect errors, timeouts, 408, 429 and 5xx,
 //!   honouring `Retry-After`; a failure in the middle of the body resumes from what arrived.
-//!   An attempt that made progress does not count against the limit.
+//!   An attempt whose bytes reached past the furthest byte received so far does not count
+//!   against the limit; one that breaks at the same point again does.
 //! - Timeouts: connect, and per read (never a total deadline for big files).
 //! - `Accept-Encoding: identity`: weights are not compressed in transit.
 //! - HTML (by `Content-Type` or by the first bytes) is classified: Drive's warning page is
@@ -89,7 +90,8 @@ enum Outcome {
     Retry {
         wait: Option<Duration>,
         why: String,
-        progressed: bool,
+        /// How far into the file this attempt's bytes reached.
+        reached: u64,
     },
     Follow(String),
 }
@@ -136,6 +138,7 @@ pub fn download(
         state.resumed_from = start_len;
     }
     let mut failures = 0u32;
+    let mut furthest = start_len;
     let mut hops = 0usize;
     loop {
         match attempt(client, &url, &mut file, part, &mut state, report)? {
@@ -151,12 +154,12 @@ pub fn download(
                 report.event("follow", &[("url", &next)]);
                 url = next;
             }
-            Outcome::Retry {
-                wait,
-                why,
-                progressed,
-            } => {
-                if progressed {
+            Outcome::Retry { wait, why, reached } => {
+                // Only bytes past the furthest ever received are progress: a server that
+                // breaks at the same point on every attempt, or answers a range request with
+                // the same first bytes each time, runs out of attempts.
+                if reached > furthest {
+                    furthest = reached;
                     failures = 0;
                 }
                 failures += 1;
@@ -326,7 +329,7 @@ fn attempt(
             return Ok(Outcome::Retry {
                 wait: None,
                 why: describe(&e),
-                progressed: false,
+                reached: 0,
             })
         }
     };
@@ -357,7 +360,7 @@ fn attempt(
                 return Ok(Outcome::Retry {
                     wait: Some(Duration::ZERO),
                     why: "server answered a different range".into(),
-                    progressed: false,
+                    reached: 0,
                 });
             }
         },
@@ -371,14 +374,14 @@ fn attempt(
             return Ok(Outcome::Retry {
                 wait: Some(Duration::ZERO),
                 why: "range not satisfiable".into(),
-                progressed: false,
+                reached: 0,
             });
         }
         s if retryable(s) => {
             return Ok(Outcome::Retry {
                 wait: retry_after(&resp),
                 why: format!("HTTP {s}"),
-                progressed: false,
+                reached: 0,
             })
         }
         s => {
@@ -446,7 +449,7 @@ fn attempt(
                     return Ok(Outcome::Retry {
                         wait: None,
                         why: format!("connection broke after {written} bytes: {e}"),
-                        progressed: written > offset,
+                        reached: written,
                     });
                 }
             }
@@ -471,7 +474,7 @@ fn attempt(
             return Ok(Outcome::Retry {
                 wait: None,
                 why: format!("body ended after {written} of {t} bytes"),
-                progressed: written > offset,
+                reached: written,
             });
         }
     }

@@ -165,6 +165,28 @@ fn a_server_that_ignores_range_restarts_from_zero() {
     assert_eq!(f.received as usize, data().len() / 2 + data().len());
 }
 
+/// A server that breaks at the same byte on every attempt — resumed with Range, or starting
+/// over because it ignores Range — makes no progress after the first attempt: the download
+/// ends after `retries` more, with a line naming the cause, instead of retrying forever.
+#[test]
+fn a_server_that_always_breaks_at_the_same_byte_runs_out_of_attempts() {
+    for route in ["/alwayscut/x", "/alwayscutnorange/x"] {
+        let srv = server::start(data());
+        let dir = tempfile::tempdir().unwrap();
+        let (r, a) = registry(&srv, route, None);
+        // A resumed request that breaks at once waits out the read timeout: a short one.
+        let mut o = opts(dir.path());
+        o.http.read_timeout = Duration::from_secs(1);
+        let t = Instant::now();
+        let e = fetch::fetch(&r, &a, &o).unwrap_err().to_string();
+        assert!(e.contains("gave up after 4 attempts"), "{route}: {e}");
+        assert!(t.elapsed() < Duration::from_secs(30), "{route}");
+        // The first attempt (progress, to the middle), then 3 that reach no further.
+        let seen = srv.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 4, "{route}: {seen:?}");
+    }
+}
+
 #[test]
 fn retries_429_after_its_retry_after_and_503s() {
     let srv = server::start(data());

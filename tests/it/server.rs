@@ -2,7 +2,8 @@
 //!
 //! Routes (the file name after the route is ignored):
 //! `/file/` normal (Range, ETag) · `/norange/` ignores Range · `/cut/` first answer stops
-//! half-way · `/cutnorange/` both · `/429/` one 429 with `Retry-After: 1` first · `/503/` two 503
+//! half-way · `/cutnorange/` both · `/alwayscut/` every answer stops at the file's middle ·
+//! `/alwayscutnorange/` the same, ignoring Range · `/429/` one 429 with `Retry-After: 1` first · `/503/` two 503
 //! first · `/404/` · `/html/` an HTML page · `/sneaky/` an HTML page labelled as octet-stream ·
 //! `/stall/` headers, then silence · `/slow/` throttled · `/uc` Drive's warning page
 //! (form → `/download`) · `/download` the file when `confirm=t` and `uuid` are given ·
@@ -157,7 +158,10 @@ fn handle(
         header("ETag", ETAG),
         header("Content-Type", "application/octet-stream"),
     ];
-    let honour_range = !matches!(route.as_str(), "norange" | "cutnorange");
+    let honour_range = !matches!(
+        route.as_str(),
+        "norange" | "cutnorange" | "alwayscutnorange"
+    );
     let mut status = 200u16;
     let mut start = 0usize;
     let page = |status: u16, html: String| (status, html.into_bytes());
@@ -212,6 +216,10 @@ fn handle(
             }
             if (route == "cut" || route == "cutnorange") && n == 1 {
                 body.cut = Some(data.len() / 2);
+            }
+            if route == "alwayscut" || route == "alwayscutnorange" {
+                // Every answer breaks at the same byte of the file.
+                body.cut = Some((data.len() / 2).saturating_sub(start));
             }
             if route == "stall" {
                 body.pause = Some(Duration::from_secs(30));
