@@ -271,6 +271,26 @@ pub fn convert(
 ) -> Result<Summary, ConvertError> {
     let out_format = OutputFormat::from_path(output)?;
     if out_format == OutputFormat::BurnRecord {
+        // A record is the SwAV module in f32 under its own names, read through model
+        // detection: none of the naming or casting options applies. Refused, not ignored.
+        let sel = &opts.selection;
+        let given = [
+            (opts.dtype.is_some(), "--dtype"),
+            (opts.layout.is_some(), "--layout"),
+            (opts.add_prefix.is_some(), "--add-prefix"),
+            (sel.key.is_some(), "--key"),
+            (!sel.strip_prefix.is_empty(), "--strip-prefix"),
+            (sel.from_layout.is_some(), "--from-layout"),
+        ];
+        if let Some((_, flag)) = given.iter().find(|(set, _)| *set) {
+            return Err(ConvertError::Input {
+                path: output.to_path_buf(),
+                message: format!(
+                    "{flag} does not apply to a Burn record (.mpk: the SwAV module in f32, its names \
+                     and key found by model detection); convert without it"
+                ),
+            });
+        }
         return burn_record(input, output);
     }
     let ck = Checkpoint::open(input)?;
@@ -712,6 +732,12 @@ impl Inspection {
             self.total_tensors,
             self.total_bytes
         );
+        if self.total_tensors == 0 {
+            let _ = writeln!(
+                s,
+                "no tensors: nothing to convert (conversion refuses this file)"
+            );
+        }
         let _ = writeln!(
             s,
             "model key: {}  layout: {}",

@@ -68,10 +68,30 @@ fn user_errors_are_one_line_and_exit_2() {
     let missing = dir.path().join("nope.pdparams");
     let out = dir.path().join("o.safetensors");
     let passl = fixture("passl_swav_tiny.pdparams");
+    let mpk = dir.path().join("o.mpk");
     let cases: Vec<(Vec<&std::ffi::OsStr>, &str)> = vec![
         (
             vec![missing.as_os_str(), out.as_os_str()],
             "nope.pdparams: No such file",
+        ),
+        // A Burn record takes none of the naming or casting options: refused, not ignored.
+        (
+            vec![
+                passl.as_os_str(),
+                mpk.as_os_str(),
+                "--dtype".as_ref(),
+                "f16".as_ref(),
+            ],
+            "--dtype does not apply to a Burn record",
+        ),
+        (
+            vec![
+                passl.as_os_str(),
+                mpk.as_os_str(),
+                "--add-prefix".as_ref(),
+                "module.".as_ref(),
+            ],
+            "--add-prefix does not apply to a Burn record",
         ),
         (
             vec![passl.as_os_str(), "o.txt".as_ref()],
@@ -111,7 +131,7 @@ fn user_errors_are_one_line_and_exit_2() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(expect), "{args:?}: {err}");
-        assert!(!out.exists());
+        assert!(!out.exists() && !mpk.exists());
     }
     let o = run(
         EXTRACT,
@@ -290,4 +310,21 @@ fn exit_codes_are_documented_and_a_failed_check_exits_1() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("check failed: loss differs by"), "{err}");
+}
+
+/// A checkpoint without tensors: inspection says conversion refuses it, conversion exits 2.
+#[test]
+fn a_file_without_tensors_is_said_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("epoch_only.pdparams");
+    // pickle protocol 2 of {'epoch': 3}
+    std::fs::write(&file, b"\x80\x02}q\x00X\x05\x00\x00\x00epochq\x01K\x03s.").unwrap();
+    let o = run(CONVERT, &["--inspect".as_ref(), file.as_os_str()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("no tensors: nothing to convert"), "{text}");
+    let out = dir.path().join("o.safetensors");
+    let o = run(CONVERT, &[file.as_os_str(), out.as_os_str()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("holds no tensors"));
+    assert!(!out.exists());
 }
