@@ -39,7 +39,8 @@ impl Format {
 }
 
 /// Magic of the legacy `torch.save` stream: pickle protocol 2 + LONG1 of 0x1950a86a20f9469cfc6c.
-const TORCH_LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+/// The legacy `torch.save` stream starts with a pickle of this number (LONG1, 10 bytes).
+const TORCH_LEGACY_MAGIC: &[u8] = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 const ZSTD_MAGIC: &[u8] = b"\x28\xb5\x2f\xfd";
 const GZIP_MAGIC: &[u8] = b"\x1f\x8b";
@@ -52,7 +53,7 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, FormatError> {
     if looks_like_html(bytes) {
         return Err(FormatError::Html);
     }
-    if bytes.starts_with(TORCH_LEGACY_MAGIC) {
+    if is_torch_legacy(bytes) {
         return Ok(Format::TorchLegacy);
     }
     if bytes.starts_with(ZIP_MAGIC) {
@@ -78,6 +79,20 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, FormatError> {
     }
     let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
     Err(FormatError::Unknown(head.join(" ")))
+}
+
+/// A legacy `torch.save` stream of any pickle protocol (2 to 5: `PROTO n`, then a `FRAME`
+/// from protocol 4 on) whose first pickle is the magic number.
+fn is_torch_legacy(bytes: &[u8]) -> bool {
+    let [0x80, proto, rest @ ..] = bytes else {
+        return false;
+    };
+    let rest = match (proto, rest) {
+        (2 | 3, rest) => rest,
+        (4 | 5, [0x95, frame @ ..]) if frame.len() >= 8 => &frame[8..],
+        _ => return false,
+    };
+    rest.starts_with(TORCH_LEGACY_MAGIC)
 }
 
 fn is_safetensors(bytes: &[u8]) -> bool {

@@ -319,3 +319,30 @@ fn the_zip_crates_21_character_root_folder_bug_is_explained() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("root folder name has 21 characters"), "{err}");
 }
+
+/// Legacy `torch.save` files (pre-1.6 container) written with pickle protocols 2, 3, 4 and 5
+/// by real PyTorch are recognised as PyTorch files whatever the protocol and read exactly.
+#[test]
+fn legacy_torch_files_of_every_pickle_protocol_are_read() {
+    for p in 2..=5 {
+        let ck =
+            swav::checkpoint::Checkpoint::open(crate::fixture(&format!("torch_legacy_p{p}.pt")))
+                .unwrap();
+        assert_eq!(
+            ck.format,
+            swav::checkpoint::Format::TorchLegacy,
+            "protocol {p}"
+        );
+        assert_eq!(ck.tensors.len(), 3, "protocol {p}");
+        let w = ck.get("conv1.weight").unwrap();
+        assert_eq!(w.shape, vec![2, 3, 2, 2]);
+        let want: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        assert_eq!(w.to_f32().unwrap(), want, "protocol {p}");
+        assert_eq!(
+            ck.get("bn1.running_mean").unwrap().to_f32().unwrap(),
+            vec![1.0, 2.0]
+        );
+        let tracked = ck.get("bn1.num_batches_tracked").unwrap();
+        assert_eq!(&*tracked.bytes().unwrap(), &7i64.to_le_bytes());
+    }
+}
