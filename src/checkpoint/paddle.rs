@@ -35,12 +35,7 @@ pub const BIG_PARAM_KEY: &str = "UnpackBigParamInfor@@";
 /// Read a pickle checkpoint into `ck`.
 pub fn read(buf: &Buffer, ck: &mut Checkpoint) -> Result<(), FormatError> {
     let pk = pickle::parse_with(buf.bytes(), &|r| buf.release(r))?;
-    let trailing = buf.bytes().len() - pk.end;
-    if trailing > 0 {
-        return Err(FormatError::Structure(format!(
-            "{trailing} bytes after the pickle's STOP (a second pickle appended?)"
-        )));
-    }
+    pk.ends_input(buf.bytes().len())?;
     let mut w = Walker {
         pk: &pk,
         buf,

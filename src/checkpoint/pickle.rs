@@ -68,6 +68,9 @@ pub enum PickleError {
     /// More values than [`MAX_NODES`], or more marks than [`MAX_MARKS`].
     #[error("pickle is too large or too deeply nested (limit {0} values)")]
     TooLarge(usize),
+    /// Bytes after `STOP` in a file that holds one pickle (a second pickle appended).
+    #[error("{0} bytes after the pickle's STOP (a second pickle appended?)")]
+    Trailing(usize),
 }
 
 /// Bytes of a pickled byte string, left in the input where possible.
@@ -324,6 +327,15 @@ pub struct Pickle {
 }
 
 impl Pickle {
+    /// Whether this pickle ends its `len`-byte input: a file that holds one pickle must hold
+    /// nothing after its `STOP`.
+    pub fn ends_input(&self, len: usize) -> Result<(), PickleError> {
+        match len - self.end {
+            0 => Ok(()),
+            trailing => Err(PickleError::Trailing(trailing)),
+        }
+    }
+
     /// The value with this id.
     pub fn node(&self, id: Id) -> &Node {
         &self.nodes[id as usize]

@@ -29,14 +29,9 @@ const LEGACY_PICKLES: usize = 5;
 pub fn scan(bytes: &[u8], format: super::Format) -> Result<(), FormatError> {
     use super::pickle::{parse_dialect, Dialect};
     let whole = |data: &[u8], what: &str| -> Result<(), FormatError> {
-        let p = parse_dialect(data, Dialect::Torch)?;
-        if p.end != data.len() {
-            return Err(FormatError::Structure(format!(
-                "{what}: {} bytes after the pickle's STOP (a second pickle appended?)",
-                data.len() - p.end
-            )));
-        }
-        Ok(())
+        parse_dialect(data, Dialect::Torch)?
+            .ends_input(data.len())
+            .map_err(|e| FormatError::Structure(format!("{what}: {e}")))
     };
     match format {
         super::Format::TorchZip => {

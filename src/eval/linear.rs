@@ -18,7 +18,7 @@ use crate::data::multicrop::EvalTransform;
 use crate::model::swav::Swav;
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{decay::WeightDecayConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -108,15 +108,27 @@ pub fn classifier<B: Backend>(
             (0.01 * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
         })
         .collect();
-    let mut l = LinearConfig::new(feat, classes)
-        .with_initializer(Initializer::Zeros)
-        .init(device);
-    l.weight = Param::from_tensor(Tensor::from_data(
-        TensorData::new(weights, [feat, classes]),
-        device,
-    ));
-    l.bias = Some(Param::from_tensor(Tensor::zeros([classes], device)));
-    l
+    linear(weights, vec![0.0; classes], feat, classes, device)
+}
+
+/// `Linear(feat, classes)` holding `weights` (`[feat, classes]`, Burn's `[in, out]`) and `bias`.
+fn linear<B: Backend>(
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    feat: usize,
+    classes: usize,
+    device: &B::Device,
+) -> Linear<B> {
+    Linear {
+        weight: Param::from_tensor(Tensor::from_data(
+            TensorData::new(weights, [feat, classes]),
+            device,
+        )),
+        bias: Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(bias, [classes]),
+            device,
+        ))),
+    }
 }
 
 /// SGD as `eval_linear.py` configures it: momentum without dampening, weight decay.
@@ -521,26 +533,19 @@ pub fn load_classifier<B: Backend>(
             "the classifier has {outputs} outputs but the data has {classes} classes"
         )));
     }
-    let mut head = classifier::<B>(feat, outputs, 0, device);
-    let values = w.to_f32().map_err(|e| at(e.to_string()))?;
-    head.weight = Param::from_tensor(Tensor::from_data(
-        TensorData::new(values, [feat, outputs]),
-        device,
-    ));
-    if let Some(b) = bias {
-        if b.shape != [outputs] {
+    let weights = w.to_f32().map_err(|e| at(e.to_string()))?;
+    // A classifier saved without a bias has a zero one.
+    let bias = match bias {
+        Some(b) if b.shape != [outputs] => {
             return Err(at(format!(
                 "the classifier's bias has shape {:?}, expected [{outputs}]",
                 b.shape
-            )));
+            )))
         }
-        let values = b.to_f32().map_err(|e| at(e.to_string()))?;
-        head.bias = Some(Param::from_tensor(Tensor::from_data(
-            TensorData::new(values, [outputs]),
-            device,
-        )));
-    }
-    Ok(head)
+        Some(b) => b.to_f32().map_err(|e| at(e.to_string()))?,
+        None => vec![0.0; outputs],
+    };
+    Ok(linear(weights, bias, feat, outputs, device))
 }
 
 /// Top-1 and top-5 (in %) of `head` on the backbone's features of preprocessed `images`
