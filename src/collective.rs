@@ -12,6 +12,14 @@
 //!   backend, and an all-reduce is `burn_collective::all_reduce(.., Sum)`. The server reduces on
 //!   the devices themselves (`float_to_device` + `float_add`, a tree of arity 2).
 //!
+//! - **burn-collective's global level**, between the processes of a multi-process run
+//!   ([`LocalGroup::register_processes`], [`crate::dist`]): each process's ranks are summed by
+//!   the local level, the processes' sums by the global one (an orchestrator started by process
+//!   0, a tensor service on every process). Patched copies of the crates (`vendor/`) fix the
+//!   three bugs that hang the published 0.21.0 on its second all-reduce. Every collective of
+//!   such a rank reports entering and leaving to the session, whose watchdog ends a run whose
+//!   rank waits longer than its timeout.
+//!
 //! A communicator of a one-rank world calls neither, unless NCCL is asked for: a group of one
 //! on NCCL runs every collective through it (a check of the NCCL path on one GPU).
 //!
@@ -27,6 +35,7 @@
 //! adds the ranks' tensors in an order that follows the server's hash map, so the last bit of a
 //! sum can differ from run to run.
 
+use crate::dist::{Progress, Session};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -94,6 +103,10 @@ pub struct Communicator<B: Backend> {
     group: Option<Arc<LocalGroup<B>>>,
     /// The devices of every rank, when the group talks through NCCL.
     nccl: Option<Arc<[DeviceId]>>,
+    /// In a run of several processes: where this rank reports entering and leaving each
+    /// collective (the session's watchdog ends a run whose rank waits too long), and its index
+    /// in this process.
+    watch: Option<(Arc<Progress>, usize)>,
 }
 
 impl<B: Backend> Clone for Communicator<B> {
@@ -103,6 +116,7 @@ impl<B: Backend> Clone for Communicator<B> {
             world: self.world,
             group: self.group.clone(),
             nccl: self.nccl.clone(),
+            watch: self.watch.clone(),
         }
     }
 }
@@ -121,6 +135,7 @@ impl<B: Backend> Communicator<B> {
             world: 1,
             group: None,
             nccl: None,
+            watch: None,
         }
     }
 
@@ -158,6 +173,19 @@ impl<B: Backend> Communicator<B> {
         &self,
         t: Tensor<B, D>,
     ) -> Result<Tensor<B, D>, CollectiveError> {
+        let Some((progress, local)) = &self.watch else {
+            return self.all_reduce_sum_unwatched(t);
+        };
+        progress.enter(*local);
+        let out = self.all_reduce_sum_unwatched(t);
+        progress.leave(*local);
+        out
+    }
+
+    fn all_reduce_sum_unwatched<const D: usize>(
+        &self,
+        t: Tensor<B, D>,
+    ) -> Result<Tensor<B, D>, CollectiveError> {
         #[cfg(feature = "cuda-backend")]
         if let Some(devices) = &self.nccl {
             let shape = t.shape();
@@ -192,6 +220,19 @@ impl<B: Backend> Communicator<B> {
         let slots =
             Tensor::<B, 1>::zeros([self.world], &value.device()).slice_assign([slot], value);
         Ok(self.all_reduce_sum(slots)?.max())
+    }
+
+    /// Every rank's `t` (each rank passes a tensor of the same length), row `r` from rank `r`:
+    /// each rank writes its tensor into its own row of zeros and the rows are summed (exact:
+    /// every element is one value plus zeros).
+    pub fn all_gather(&self, t: Tensor<B, 1>) -> Result<Tensor<B, 2>, CollectiveError> {
+        let n = t.dims()[0];
+        if self.engine().is_none() {
+            return Ok(t.reshape([1, n]));
+        }
+        let rows = Tensor::<B, 2>::zeros([self.world, n], &t.device())
+            .slice_assign([self.rank..self.rank + 1, 0..n], t.reshape([1, n]));
+        self.all_reduce_sum(rows)
     }
 
     /// The sum over every rank of `module`'s gradients and of `extra` (a loss, counts), times
@@ -308,41 +349,81 @@ impl<B: Backend> LocalGroup<B> {
                     world,
                     group: Some(group.clone()),
                     nccl: Some(ids.clone()),
+                    watch: None,
                 })
                 .collect());
         }
         burn_collective::reset_collective::<B>();
         let config = CollectiveConfig::default().with_num_devices(world);
-        // `register` returns once every peer has registered: one thread per rank.
-        let results: Vec<Result<(), String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = devices
-                .iter()
-                .enumerate()
-                .map(|(w, d)| {
-                    let (d, config) = (d.clone(), config.clone());
-                    s.spawn(move || {
-                        burn_collective::register::<B>(PeerId(w as u32), d, config)
-                            .map_err(|e| describe(&e))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("a registration panicked".into()))
-                })
-                .collect()
-        });
-        if let Some(Err(detail)) = results.into_iter().find(Result::is_err) {
-            return Err(CollectiveError::Register { world, detail });
-        }
+        let ids: Vec<usize> = (0..world).collect();
+        register_peers::<B>(devices, &ids, &config)
+            .map_err(|detail| CollectiveError::Register { world, detail })?;
         Ok((0..world)
             .map(|rank| Communicator {
                 rank,
                 world,
                 group: Some(group.clone()),
                 nccl: None,
+                watch: None,
+            })
+            .collect())
+    }
+
+    /// Register this process's ranks of a run of several processes (`session`): local rank
+    /// `w` on `devices[w]` is global rank `session.rank_of(w)`; the sums run over every rank of
+    /// every process through burn-collective's local level in the process and its global
+    /// level between processes (the orchestrator process 0 started, each process's node
+    /// serving its peers on `session.data_port`; a tree of arity 2 between processes, whose
+    /// sums with two processes are exact in any order). Waits while another group of this
+    /// process exists.
+    pub fn register_processes(
+        devices: &[B::Device],
+        session: &Session,
+    ) -> Result<Vec<Communicator<B>>, CollectiveError> {
+        use burn_collective::AllReduceStrategy;
+        let world = session.world();
+        let err = |detail: String| CollectiveError::Register { world, detail };
+        if devices.len() != session.ranks_per_process {
+            return Err(err(format!(
+                "{} devices in this process, {} in the session",
+                devices.len(),
+                session.ranks_per_process
+            )));
+        }
+        let address = |a: &str| {
+            a.parse::<burn_communication::Address>()
+                .map_err(|e| err(format!("{a}: {e}")))
+        };
+        let config = CollectiveConfig::default()
+            .with_num_devices(devices.len())
+            .with_num_nodes(session.processes() as u32)
+            .with_global_address(address(&session.orchestrator)?)
+            .with_node_address(address(&session.node_address)?)
+            .with_data_service_port(session.data_port)
+            .with_global_all_reduce_strategy(AllReduceStrategy::Tree(2));
+        {
+            let mut busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
+            while *busy {
+                busy = FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
+            }
+            *busy = true;
+        }
+        let group = Arc::new(LocalGroup {
+            _backend: std::marker::PhantomData,
+        });
+        burn_collective::reset_collective::<B>();
+        let ids: Vec<usize> = (0..devices.len()).map(|w| session.rank_of(w)).collect();
+        register_peers::<B>(devices, &ids, &config).map_err(err)?;
+        let progress = session.progress();
+        Ok(ids
+            .into_iter()
+            .enumerate()
+            .map(|(local, rank)| Communicator {
+                rank,
+                world,
+                group: Some(group.clone()),
+                nccl: None,
+                watch: Some((progress.clone(), local)),
             })
             .collect())
     }
@@ -384,6 +465,37 @@ impl<B: Backend> LocalGroup<B> {
             }
         }
     }
+}
+
+/// Register peer `ids[w]` on `devices[w]` with burn-collective's server for `B`: `register`
+/// returns once every peer of the process has registered (and, with global parameters, once
+/// every process has), so one thread per peer.
+fn register_peers<B: Backend>(
+    devices: &[B::Device],
+    ids: &[usize],
+    config: &CollectiveConfig,
+) -> Result<(), String> {
+    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = devices
+            .iter()
+            .zip(ids)
+            .map(|(d, &id)| {
+                let (d, config) = (d.clone(), config.clone());
+                s.spawn(move || {
+                    burn_collective::register::<B>(PeerId(id as u32), d, config)
+                        .map_err(|e| describe(&e))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a registration panicked".into()))
+            })
+            .collect()
+    });
+    results.into_iter().find(Result::is_err).unwrap_or(Ok(()))
 }
 
 /// NCCL through Burn's `DistributedBackend` (burn-cuda's `distributed` feature), for the CUDA

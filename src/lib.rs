@@ -12,6 +12,7 @@ pub mod collective;
 pub mod config;
 pub mod convert;
 pub mod data;
+pub mod dist;
 pub mod eval;
 pub mod fetch;
 pub mod layout;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use swav::backend::Devices;
 use swav::collective::Engine;
 use swav::data::{bench, dataset::Dataset, loader, multicrop::MultiCrop, synthetic};
+use swav::dist::{Fatal, Join, Launch, Session};
 use swav::train::config::TrainConfig;
 use swav::train::trainer::{self, Event, TrainOptions};
 
@@ -41,7 +42,7 @@ struct TrainArgs {
     #[arg(long)]
     resume: bool,
     /// Device(s): cpu, cuda:N, or a list for data parallelism (cuda:0,cuda:1) [default: the
-    /// config's `device`].
+    /// config's `device`; under torchrun or SLURM, `cuda:LOCAL_RANK` for a CUDA config].
     #[arg(long, visible_alias = "devices")]
     device: Option<String>,
     /// Loader threads [default: the config's num_workers, 0 = all cores].
@@ -51,6 +52,10 @@ struct TrainArgs {
     /// loads, burn-collective otherwise), nccl, or burn-collective.
     #[arg(long, default_value = "auto", value_parser = parse_engine)]
     collective: Engine,
+    /// Seconds the rendezvous of a multi-process run (torchrun / SLURM variables) and each of its
+    /// collectives may wait for the other processes before the run ends with an error.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    dist_timeout: u64,
     /// Stop after this many epochs of this run (a checkpoint is written; --resume continues).
     #[arg(long)]
     max_epochs: Option<usize>,
@@ -215,8 +220,35 @@ fn pretrain(a: TrainArgs) -> Result<(), String> {
     }
     cfg.validate()
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let devices = Devices::parse(a.device.as_deref().unwrap_or(&cfg.device))?;
+    let launch = Launch::from_env().map_err(|e| e.to_string())?;
+    let device = match (&a.device, &launch) {
+        (Some(d), _) => d.clone(),
+        (None, Some(l)) => l.default_device(&cfg.device),
+        (None, None) => cfg.device.clone(),
+    };
+    let devices = Devices::parse(&device)?;
+    let session = match launch {
+        None => None,
+        Some(launch) => {
+            let config = serde_json::to_value(&cfg).map_err(|e| e.to_string())?;
+            let join = Join {
+                launch,
+                ranks_per_process: devices.len(),
+                config: swav::dist::flatten(&config),
+                timeout: std::time::Duration::from_secs(a.dist_timeout),
+            };
+            // A peer gone or stalled ends this process from the session's watch thread.
+            let fatal: Fatal = Arc::new(|e| {
+                eprintln!("swav-train: error: {e}");
+                std::process::exit(2);
+            });
+            Some(Arc::new(
+                Session::join(join, fatal).map_err(|e| e.to_string())?,
+            ))
+        }
+    };
     let opts = TrainOptions {
+        session,
         resume: a.resume,
         workers: a.workers,
         max_epochs: a.max_epochs,
@@ -273,8 +305,8 @@ fn pretrain(a: TrainArgs) -> Result<(), String> {
         trainer::train::<Autodiff<B>>(&cfg, &list, &opts, &mut on_event).map_err(|e| e.to_string())
     })?;
     bar.finish_and_clear();
-    let plot = swav::plot::write_training_plot(&summary.output)?;
     if let Some(c) = &summary.checkpoint {
+        let plot = swav::plot::write_training_plot(&summary.output)?;
         println!(
             "trained {} epochs; checkpoint {}; plot {}\nbackbone: swav-extract {} --remove-prefix -o backbone.pdparams (or .pth, .safetensors)",
             summary.history.len(),

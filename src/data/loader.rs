@@ -48,6 +48,10 @@ pub struct LoaderConfig {
     pub shuffle: bool,
     pub drop_last: bool,
     pub seed: u64,
+    /// `(p, parts)`: load only part `p` of every batch, the samples `[p·N/parts,
+    /// (p+1)·N/parts)` of its `N` (a process's share of the global batch in a run of several
+    /// processes); `(0, 1)` loads whole batches.
+    pub part: (usize, usize),
 }
 
 impl Default for LoaderConfig {
@@ -61,6 +65,7 @@ impl Default for LoaderConfig {
             shuffle: true,
             drop_last: true,
             seed: 31,
+            part: (0, 1),
         }
     }
 }
@@ -198,6 +203,7 @@ pub struct Loader {
     dataset: Arc<Dataset>,
     groups: Vec<(usize, usize)>,
     batch_size: usize,
+    part: (usize, usize),
     order: Vec<usize>,
     batches: usize,
     next_out: usize,
@@ -251,6 +257,11 @@ impl Loader {
             dataset,
             groups,
             batch_size: bs,
+            part: if cfg.part.1 == 0 || cfg.part.0 >= cfg.part.1 {
+                (0, 1)
+            } else {
+                cfg.part
+            },
             order,
             batches,
             next_out: 0,
@@ -283,8 +294,13 @@ impl Loader {
         let mut q = self.queue.jobs.lock().expect("queue lock");
         while self.next_in < self.batches && self.next_in < self.next_out + self.prefetch {
             let b = self.next_in;
-            let start = b * self.batch_size;
-            let end = (start + self.batch_size).min(self.order.len());
+            let (first, last) = (
+                b * self.batch_size,
+                ((b + 1) * self.batch_size).min(self.order.len()),
+            );
+            let (p, parts) = self.part;
+            let start = first + p * (last - first) / parts;
+            let end = first + (p + 1) * (last - first) / parts;
             for (slot, &sample) in self.order[start..end].iter().enumerate() {
                 q.0.push_back(Job {
                     batch: b,

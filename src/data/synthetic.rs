@@ -159,9 +159,20 @@ pub fn write(root: &Path, cfg: &SyntheticConfig) -> std::io::Result<PathBuf> {
             }
         }
     }
+    // Another process of the run (or an earlier run) may have made the set meanwhile: the
+    // same images, so its copy is kept and in use; only a partial one is replaced.
+    if root.join("train").is_dir() && root.join("val").is_dir() {
+        let _ = fs::remove_dir_all(&tmp);
+        return Ok(root.to_path_buf());
+    }
     if root.exists() {
         fs::remove_dir_all(root)?;
     }
-    fs::rename(&tmp, root)?;
+    if let Err(e) = fs::rename(&tmp, root) {
+        let _ = fs::remove_dir_all(&tmp);
+        if !root.join("train").is_dir() {
+            return Err(e);
+        }
+    }
     Ok(root.to_path_buf())
 }

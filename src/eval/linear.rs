@@ -192,6 +192,7 @@ fn val_loader(val: Arc<Dataset>, cfg: &LinearEvalConfig, world: usize) -> Loader
         drop_last: false,
         seed: cfg.seed,
         prefetch: 2,
+        part: (0, 1),
     };
     let pipeline = Pipeline::Eval {
         transform: cfg.val_transform(),
@@ -400,6 +401,7 @@ pub fn train<A: AutodiffBackend>(
         drop_last: false,
         seed: cfg.seed,
         prefetch: 2,
+        part: (0, 1),
     };
     let per_epoch = train_set.len().div_ceil(lc.batch_size);
     let total = per_epoch * cfg.epochs;

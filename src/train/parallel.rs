@@ -13,6 +13,7 @@ use super::step::DeviceQueue;
 use crate::collective::{DifferentiableCollective, Engine, GroupHandle, LocalGroup};
 use crate::data::device::DeviceLoader;
 use crate::data::loader::Batch;
+use crate::dist::Session;
 use crate::log::panic_message;
 use crate::model::swav::Swav;
 use burn::tensor::backend::AutodiffBackend;
@@ -97,21 +98,26 @@ where
 {
     /// Start one rank per entry of `starts` (rank `w` on `starts[w].device`), talking through
     /// `engine`.
+    ///
+    /// In a run of several processes (`session`), `starts` are this process's ranks (global
+    /// ranks `session.rank_of(w)`), talking to the others' through burn-collective.
     pub fn start(
         starts: Vec<RankStart<A>>,
         settings: StepSettings,
         engine: Engine,
         fault: Option<Fault>,
+        session: Option<&Session>,
     ) -> Result<Self, RankFailure> {
         let devices: Vec<A::Device> = starts.iter().map(|s| s.device.clone()).collect();
-        let comms =
-            LocalGroup::<A::InnerBackend>::register_with(&devices, engine).map_err(|e| {
-                RankFailure {
-                    rank: 0,
-                    device: format!("{:?}", devices[0]),
-                    cause: e.to_string(),
-                }
-            })?;
+        let comms = match session {
+            Some(s) => LocalGroup::<A::InnerBackend>::register_processes(&devices, s),
+            None => LocalGroup::<A::InnerBackend>::register_with(&devices, engine),
+        }
+        .map_err(|e| RankFailure {
+            rank: session.map_or(0, |s| s.rank_of(0)),
+            device: format!("{:?}", devices[0]),
+            cause: e.to_string(),
+        })?;
         let group = comms[0].handle();
         let engine = comms[0].engine();
         let failure = Arc::new(Mutex::new(None));
@@ -133,6 +139,7 @@ where
             let (settings, failure, reply_tx) =
                 (settings.clone(), failure.clone(), reply_tx.clone());
             let device = format!("{:?}", start.device);
+            let global = rank.rank();
             let model = start.model;
             let group = group.clone();
             let handle = thread::Builder::new()
@@ -146,6 +153,7 @@ where
                     );
                     let run = catch_unwind(AssertUnwindSafe(|| {
                         serve(
+                            w,
                             rank,
                             model,
                             cmd_rx,
@@ -164,7 +172,7 @@ where
                         let mut f = failure.lock().unwrap_or_else(|e| e.into_inner());
                         if f.is_none() {
                             *f = Some(RankFailure {
-                                rank: w,
+                                rank: global,
                                 device,
                                 cause,
                             });
@@ -349,8 +357,10 @@ impl<A: AutodiffBackend> Drop for Ranks<A> {
     }
 }
 
-/// A rank's thread: orders until the coordinator hangs up.
+/// A rank's thread (the process's rank `w`): orders until the coordinator hangs up.
+#[allow(clippy::too_many_arguments)]
 fn serve<A: DifferentiableCollective>(
+    w: usize,
     mut rank: Rank<A>,
     mut model: Swav<A>,
     commands: mpsc::Receiver<Command<A>>,
@@ -362,7 +372,7 @@ fn serve<A: DifferentiableCollective>(
 where
     A::Device: Send + 'static,
 {
-    let w = rank.rank();
+    let global = rank.rank();
     for command in commands {
         match command {
             Command::Epoch(queue) => rank.begin_epoch(queue),
@@ -371,7 +381,12 @@ where
                 frozen,
                 iteration,
             } => {
-                if fault == Some(Fault { rank: w, iteration }) {
+                if fault
+                    == Some(Fault {
+                        rank: global,
+                        iteration,
+                    })
+                {
                     panic!("injected fault at iteration {iteration}");
                 }
                 let batch = batches

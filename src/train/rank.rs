@@ -56,6 +56,34 @@ pub fn prototype_ids<B: Backend>(model: &Swav<B>) -> Vec<ParamId> {
 }
 
 impl<A: DifferentiableCollective> Rank<A> {
+    /// Every rank's queue, in rank order (a collective: every rank calls it), or `None`
+    /// without a queue.
+    pub fn all_queues(&self) -> Result<Option<Vec<super::step::Queue>>, CollectiveError> {
+        let Some(q) = &self.queue else {
+            return Ok(None);
+        };
+        let mine = q.to_host();
+        let flat: Vec<f32> = mine.rows.concat();
+        let n = flat.len();
+        let t = Tensor::<A::InnerBackend, 1>::from_data(
+            burn::tensor::TensorData::new(flat, [n]),
+            &self.device,
+        );
+        let all = self.comm.all_gather(t)?.into_data().convert::<f32>();
+        let all = all.as_slice::<f32>().expect("f32 after convert");
+        let per_crop = mine.len * mine.dim;
+        Ok(Some(
+            all.chunks(n.max(1))
+                .map(|r| super::step::Queue {
+                    len: mine.len,
+                    dim: mine.dim,
+                    rows: r.chunks(per_crop.max(1)).map(<[f32]>::to_vec).collect(),
+                    in_use: mine.in_use,
+                })
+                .collect(),
+        ))
+    }
+
     /// The rank number.
     pub fn rank(&self) -> usize {
         self.comm.rank()

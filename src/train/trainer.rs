@@ -19,6 +19,7 @@ use crate::data::dataset::Dataset;
 use crate::data::loader::{Loader, LoaderConfig, Pipeline};
 use crate::data::multicrop::MultiCrop;
 use crate::data::synthetic;
+use crate::dist::Session;
 use crate::model::swav::{Swav, SwavConfig};
 use crate::model::{load, record};
 use burn::module::AutodiffModule;
@@ -65,6 +66,9 @@ pub struct TrainOptions {
     pub pretrained: Option<PathBuf>,
     /// The collective engine of several devices.
     pub collective: Engine,
+    /// This process's membership in a run of several processes (torchrun / SLURM launch):
+    /// `devices` are then this process's ranks, and process 0 alone writes the run's files.
+    pub session: Option<Arc<Session>>,
     /// A rank that panics at an iteration (tests of failure handling).
     #[doc(hidden)]
     pub fault: Option<Fault>,
@@ -178,27 +182,42 @@ where
     if devices.is_empty() {
         return Err(ConfigError::Invalid("no device to train on".into()).into());
     }
-    let world = devices.len();
+    let session = opts.session.as_deref();
+    // Ranks of every process; this process's are `first..first + devices.len()`.
+    let (world, first, writer) = match session {
+        Some(s) => (s.world(), s.rank_of(0), s.process() == 0),
+        None => (devices.len(), 0, true),
+    };
+    if session.is_some() && opts.collective == Engine::Nccl {
+        return Err(ConfigError::Invalid(
+            "--collective nccl: processes of a multi-process run talk through burn-collective in this version".into(),
+        )
+        .into());
+    }
     LocalGroup::<A::InnerBackend>::check(devices, opts.collective)
         .map_err(|e| ConfigError::Invalid(format!("--collective {}: {e}", opts.collective)))?;
     let output = PathBuf::from(&cfg.output_dir);
     std::fs::create_dir_all(&output)
         .map_err(|e| TrainError::Data(format!("{}: {e}", output.display())))?;
     let existing = previous_checkpoint(&output, opts.resume)?;
-    let data = TrainData::open(cfg, world, opts.workers)?;
+    let part = session.map_or((0, 1), |s| (s.process(), s.processes()));
+    let data = TrainData::open(cfg, world, part, opts.workers)?;
     let model_cfg = cfg.model_config()?;
     let queue = queue_shape(cfg, world);
     let (start, pretrained) = start::<A>(
         cfg,
         &model_cfg,
         devices,
+        (first, world),
         queue,
         existing,
         opts.pretrained.as_deref(),
     )?;
-    let config_path = output.join("config.yaml");
-    crate::atomic::write_bytes(&config_path, cfg.to_yaml().as_bytes())
-        .map_err(|e| TrainError::Data(format!("{}: {e}", config_path.display())))?;
+    if writer {
+        let config_path = output.join("config.yaml");
+        crate::atomic::write_bytes(&config_path, cfg.to_yaml().as_bytes())
+            .map_err(|e| TrainError::Data(format!("{}: {e}", config_path.display())))?;
+    }
     let settings = StepSettings {
         loss: cfg.swav_loss(),
         groups: cfg.crop_groups(),
@@ -225,7 +244,7 @@ where
             queue: queues.as_mut().and_then(|q| q[w].take()),
         })
         .collect();
-    let ranks = Ranks::start(starts, settings, opts.collective, opts.fault)?;
+    let ranks = Ranks::start(starts, settings, opts.collective, opts.fault, session)?;
     let lr = &cfg.lr_scheduler;
     let mut run = Run {
         schedule: LrSchedule::new(
@@ -238,12 +257,18 @@ where
         ),
         model_cfg,
         queue,
-        metrics: Metrics::open(&output)?,
+        metrics: if writer {
+            Some(Metrics::open(&output)?)
+        } else {
+            None
+        },
+        writer,
         cfg,
         output,
         data,
         ranks,
         st: start.state,
+        world,
         on_event,
     };
     run.emit(Event::Start {
@@ -278,10 +303,13 @@ where
             })?;
         }
         if run.st.epoch.is_multiple_of(cfg.checkpoint.interval) || run.st.epoch == last_epoch {
-            checkpoint = Some(run.checkpoint()?);
+            checkpoint = run.checkpoint()?.or(checkpoint);
         }
     }
     run.ranks.finish();
+    if let Some(s) = session {
+        s.finish();
+    }
     Ok(TrainSummary {
         history: run.st.history,
         checkpoint,
@@ -327,9 +355,11 @@ struct TrainData {
 }
 
 impl TrainData {
+    /// The data of `devices` ranks in all; this process loads `part` of each batch.
     fn open(
         cfg: &TrainConfig,
         devices: usize,
+        part: (usize, usize),
         workers: Option<usize>,
     ) -> Result<TrainData, TrainError> {
         let root = data_root(cfg)?;
@@ -340,6 +370,7 @@ impl TrainData {
             shuffle: sampler.shuffle,
             drop_last: sampler.drop_last,
             seed: cfg.seed,
+            part,
             ..Default::default()
         };
         let workers = workers.unwrap_or(cfg.dataloader.train.loader.num_workers);
@@ -381,11 +412,12 @@ fn start<A: AutodiffBackend>(
     cfg: &TrainConfig,
     model_cfg: &SwavConfig,
     devices: &[A::Device],
+    (first, world): (usize, usize),
     queue: Option<[usize; 3]>,
     existing: Option<PathBuf>,
     pretrained: Option<&Path>,
 ) -> Result<(Start<A>, Option<Event>), TrainError> {
-    let (dev0, n_dev) = (&devices[0], devices.len());
+    let (dev0, n_dev) = (&devices[0], world);
     let optim = cfg.lars().init::<A, Swav<A>>();
     if let Some(dir) = existing {
         let (loaded, optim) =
@@ -399,7 +431,11 @@ fn start<A: AutodiffBackend>(
         let queues = match (loaded.queues, queue) {
             (Some(q), Some(shape)) => Some(
                 reslice_queues(q, n_dev, shape)
-                    .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?,
+                    .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?
+                    .into_iter()
+                    .skip(first)
+                    .take(devices.len())
+                    .collect(),
             ),
             _ => None,
         };
@@ -496,7 +532,12 @@ struct Run<'a, A: AutodiffBackend> {
     queue: Option<[usize; 3]>,
     ranks: Ranks<A>,
     st: TrainState,
-    metrics: Metrics,
+    /// `OUTPUT/metrics.jsonl`, written by the process that writes the run's files.
+    metrics: Option<Metrics>,
+    /// Whether this process writes the run's files (process 0 of a multi-process run).
+    writer: bool,
+    /// Ranks of every process.
+    world: usize,
     on_event: &'a mut dyn FnMut(&Event),
 }
 
@@ -514,7 +555,9 @@ where
 {
     /// Record an event in `metrics.jsonl` and pass it to the caller.
     fn emit(&mut self, e: Event) -> Result<(), TrainError> {
-        self.metrics.write(&e)?;
+        if let Some(m) = &mut self.metrics {
+            m.write(&e)?;
+        }
         (self.on_event)(&e);
         Ok(())
     }
@@ -530,6 +573,7 @@ where
         let loader = Loader::new(d.set.clone(), pipeline, &d.loader, epoch as u64);
         let skipped = loader.skipped.clone();
         let mut reported = 0;
+        // This process's ranks: each needs two images of its shard.
         let world = self.ranks.world();
         let mut sums = EpochSums {
             started: Instant::now(),
@@ -630,16 +674,30 @@ where
 
     /// Write a checkpoint of the run as it stands: rank 0's model and optimizer, every rank's
     /// queue.
-    fn checkpoint(&mut self) -> Result<PathBuf, TrainError> {
-        let queues: Option<Vec<Queue>> = self
-            .ranks
-            .run_on_all(|_, r| r.queue.as_ref().map(|q| q.to_host()))?
-            .into_iter()
-            .collect();
+    fn checkpoint(&mut self) -> Result<Option<PathBuf>, TrainError> {
+        let queues: Option<Vec<Queue>> = if self.world == self.ranks.world() {
+            self.ranks
+                .run_on_all(|_, r| r.queue.as_ref().map(|q| q.to_host()))?
+                .into_iter()
+                .collect()
+        } else {
+            // Ranks of other processes hold the other slices: gathered through the engine.
+            let mut all = self.ranks.run_on_all(|_, r| r.all_queues())?;
+            all.swap_remove(0).map_err(|e| {
+                TrainError::Rank(RankFailure {
+                    rank: 0,
+                    device: String::new(),
+                    cause: e.to_string(),
+                })
+            })?
+        };
+        if !self.writer {
+            return Ok(None);
+        }
         self.st.queue = queues
             .as_ref()
             .map(|q| [q[0].rows.len(), q[0].len, q[0].dim]);
-        self.st.devices = self.ranks.world();
+        self.st.devices = self.world;
         let (output, model_cfg, st) =
             (self.output.clone(), self.model_cfg.clone(), self.st.clone());
         let keep = self.cfg.checkpoint.keep;
@@ -658,7 +716,7 @@ where
             })?
             .map_err(TrainError::Checkpoint)?;
         self.emit(Event::Checkpoint { path: path.clone() })?;
-        Ok(path)
+        Ok(Some(path))
     }
 }
 

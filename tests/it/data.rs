@@ -52,7 +52,7 @@ fn synthetic_set_is_a_deterministic_image_folder() {
 fn loader_batches_are_grouped_by_resolution_and_independent_of_workers() {
     let dir = tempfile::tempdir().unwrap();
     let ds = Arc::new(Dataset::open(&synthetic(dir.path()).join("train")).unwrap());
-    let run = |workers: usize| -> Vec<(Vec<usize>, Vec<Vec<f32>>)> {
+    let run_part = |workers: usize, part: (usize, usize)| -> Vec<(Vec<usize>, Vec<Vec<f32>>)> {
         let cfg = LoaderConfig {
             batch_size: 6,
             workers,
@@ -60,6 +60,7 @@ fn loader_batches_are_grouped_by_resolution_and_independent_of_workers() {
             shuffle: true,
             drop_last: true,
             seed: 11,
+            part,
         };
         Loader::new(ds.clone(), Pipeline::MultiCrop(tiny_multicrop()), &cfg, 0)
             .map(|b| {
@@ -70,6 +71,7 @@ fn loader_batches_are_grouped_by_resolution_and_independent_of_workers() {
             })
             .collect()
     };
+    let run = |workers: usize| run_part(workers, (0, 1));
     let one = run(1);
     assert_eq!(one.len(), 40 / 6);
     let (samples, crops) = &one[0];
@@ -80,6 +82,30 @@ fn loader_batches_are_grouped_by_resolution_and_independent_of_workers() {
     // Normalised values: roughly centred, within the range (0-mean)/std .. (1-mean)/std.
     assert!(crops[0].iter().all(|v| (-2.2..=2.7).contains(v)));
     assert_eq!(one, run(3), "results depend on the number of workers");
+    // A process's part of every batch (multi-process runs) is the same split of the same
+    // samples and crops as `Batch::split` makes of the whole batch.
+    let parts = [run_part(2, (0, 2)), run_part(1, (1, 2))];
+    for (b, (samples, crops)) in one.iter().enumerate() {
+        let whole = swav::data::loader::Batch {
+            index: b,
+            crops: crops
+                .iter()
+                .zip([(32, 2), (16, 3)])
+                .map(|(d, (size, count))| swav::data::loader::CropBatch {
+                    size,
+                    count,
+                    data: d.clone(),
+                })
+                .collect(),
+            labels: vec![None; samples.len()],
+            samples: samples.clone(),
+        };
+        for (p, shard) in whole.split(2).into_iter().enumerate() {
+            assert_eq!(parts[p][b].0, shard.samples, "batch {b} part {p}");
+            let data: Vec<Vec<f32>> = shard.crops.into_iter().map(|c| c.data).collect();
+            assert_eq!(parts[p][b].1, data, "batch {b} part {p}");
+        }
+    }
     // Another epoch shuffles differently.
     let cfg = LoaderConfig {
         batch_size: 6,
@@ -293,6 +319,7 @@ fn a_panicking_decoder_skips_the_image() {
         shuffle: false,
         drop_last: false,
         seed: 1,
+        part: (0, 1),
     };
     let start = std::time::Instant::now();
     let mut loader = Loader::new(ds.clone(), Pipeline::MultiCrop(tiny_multicrop()), &cfg, 0);

@@ -9,6 +9,7 @@ mod fetch;
 mod hostile;
 mod model;
 mod pretrain;
+mod processes;
 mod ranks;
 mod server;
 mod train;
