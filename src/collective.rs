@@ -48,6 +48,9 @@ use burn::tensor::{Tensor, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use std::sync::{Arc, Condvar, Mutex};
 
+/// How long a failed collective of a multi-process run waits before it reports its error.
+const FAILED_COLLECTIVE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A collective operation that did not complete.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CollectiveError {
@@ -179,6 +182,12 @@ impl<B: Backend> Communicator<B> {
         progress.enter(*local);
         let out = self.all_reduce_sum_unwatched(t);
         progress.leave(*local);
+        if out.is_err() {
+            // Most often a process of the run is gone: the session names it (and ends this
+            // process) as soon as its connection closes; give it that moment, so that the
+            // run's error line names the cause rather than this consequence.
+            std::thread::sleep(FAILED_COLLECTIVE_GRACE);
+        }
         out
     }
 
@@ -413,8 +422,12 @@ impl<B: Backend> LocalGroup<B> {
         });
         burn_collective::reset_collective::<B>();
         let ids: Vec<usize> = (0..devices.len()).map(|w| session.rank_of(w)).collect();
-        register_peers::<B>(devices, &ids, &config).map_err(err)?;
+        // Registering waits for every process: watched as a collective is.
         let progress = session.progress();
+        (0..devices.len()).for_each(|w| progress.enter(w));
+        let registered = register_peers::<B>(devices, &ids, &config);
+        (0..devices.len()).for_each(|w| progress.leave(w));
+        registered.map_err(err)?;
         Ok(ids
             .into_iter()
             .enumerate()

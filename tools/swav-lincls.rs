@@ -162,7 +162,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let result = Devices::parse(&args.device)
+    let result = single_process()
+        .and_then(|()| Devices::parse(&args.device))
         .and_then(|d| swav::with_backend!(&d, |B, list| run::<B>(args, list)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -245,6 +246,19 @@ fn eval_config(c: &Common) -> LinearEvalConfig {
         val_size: c.size,
         workers: c.workers.map_or(d.workers, |w| w.max(1)),
         ..d
+    }
+}
+
+/// swav-lincls runs its ranks in one process: under a launcher's variables (several
+/// processes), every process would run the whole evaluation and write the same files.
+fn single_process() -> Result<(), String> {
+    match swav::dist::Launch::from_env().map_err(|e| e.to_string())? {
+        None => Ok(()),
+        Some(l) => Err(format!(
+            "started as process {} of {} ({} variables): swav-lincls runs in one process; \
+             give it several devices with --device instead",
+            l.rank, l.world, l.launcher
+        )),
     }
 }
 

@@ -33,6 +33,10 @@ const CONNECT_RETRY: Duration = Duration::from_millis(200);
 const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// How often the watchdog looks at the ranks and reports progress.
 const WATCH_PERIOD: Duration = Duration::from_millis(100);
+/// How often a process reports its progress even when it did not change (its heartbeat).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A process not heard from for this long is taken for stopped or cut off.
+const SILENT: Duration = Duration::from_millis(2500);
 /// Longest message line accepted on a control connection.
 const MAX_LINE: usize = 1 << 20;
 
@@ -215,6 +219,8 @@ struct Shared {
 struct Peer {
     stream: Arc<Mutex<TcpStream>>,
     done: AtomicU64,
+    /// When process 0 last heard from it.
+    heard: Mutex<Instant>,
 }
 
 impl Shared {
@@ -305,6 +311,7 @@ impl Session {
     /// process has joined and been accepted, or with a one-line error within `timeout`.
     pub fn join(join: Join, fatal: Fatal) -> Result<Session, DistError> {
         silence_engine_logs();
+        quiet_engine_panics();
         if join.launch.is_master() {
             Self::join_as_master(join, fatal)
         } else {
@@ -443,6 +450,7 @@ impl Session {
             peers.push(Some(Peer {
                 stream,
                 done: AtomicU64::new(0),
+                heard: Mutex::new(Instant::now()),
             }));
         }
         let progress = Arc::new(Progress::new(join.ranks_per_process));
@@ -464,9 +472,21 @@ impl Session {
                 .map_err(|e| DistError::Engine(e.to_string()))?;
         }
         let host = join.launch.master_addr.clone();
+        Session::start(join, orchestrator_port, &host, data_port, progress, shared)
+    }
+
+    /// The session of a process that joined, its watchdog started.
+    fn start(
+        join: Join,
+        orchestrator_port: u16,
+        node_host: &str,
+        data_port: u16,
+        progress: Arc<Progress>,
+        shared: Arc<Shared>,
+    ) -> Result<Session, DistError> {
         let session = Session {
-            orchestrator: ws_address(&host, orchestrator_port),
-            node_address: ws_address(&host, data_port),
+            orchestrator: ws_address(&join.launch.master_addr, orchestrator_port),
+            node_address: ws_address(node_host, data_port),
             data_port,
             ranks_per_process: join.ranks_per_process,
             timeout: join.timeout,
@@ -574,18 +594,8 @@ impl Session {
                 .spawn(move || watch_master(reader, &shared))
                 .map_err(|e| DistError::Engine(e.to_string()))?;
         }
-        let session = Session {
-            orchestrator: ws_address(&l.master_addr, orchestrator_port),
-            node_address: ws_address(&local_ip.to_string(), data_port),
-            data_port,
-            ranks_per_process: join.ranks_per_process,
-            timeout: join.timeout,
-            launch: join.launch,
-            progress,
-            shared,
-        };
-        session.start_watchdog()?;
-        Ok(session)
+        let host = local_ip.to_string();
+        Session::start(join, orchestrator_port, &host, data_port, progress, shared)
     }
 
     /// Number of processes.
@@ -640,7 +650,9 @@ fn watch_peer(p: usize, mut reader: BufReader<TcpStream>, shared: &Shared, progr
     let peer = shared.peers[p].as_ref().expect("a peer's slot");
     let mut said_bye = false;
     let end = loop {
-        match recv(&mut reader) {
+        let msg = recv(&mut reader);
+        *peer.heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        match msg {
             Ok(Some(Msg::Progress { done })) => peer.done.store(done, Ordering::SeqCst),
             Ok(Some(Msg::WhoIsBehind)) => {
                 let reason = behind(shared, progress);
@@ -671,8 +683,27 @@ fn watch_peer(p: usize, mut reader: BufReader<TcpStream>, shared: &Shared, progr
     shared.fatal(DistError::Gone { who, detail });
 }
 
-/// Which processes are behind the furthest one, as process 0 knows.
+/// Which processes hold the others up, as process 0 knows: those it has not heard from lately
+/// (stopped, or cut off), else those that completed fewer collectives than the furthest.
 fn behind(shared: &Shared, progress: &Progress) -> String {
+    let silent: Vec<String> = shared
+        .peers
+        .iter()
+        .enumerate()
+        .filter_map(|(p, peer)| {
+            let quiet = peer.as_ref()?.heard.lock().ok()?.elapsed();
+            (quiet > SILENT).then(|| {
+                format!(
+                    "{} sent nothing for {} s (stopped, or cut off)",
+                    shared.who(p),
+                    quiet.as_secs()
+                )
+            })
+        })
+        .collect();
+    if !silent.is_empty() {
+        return silent.join(", ");
+    }
     let mut done: Vec<(usize, u64)> = vec![(0, progress.done())];
     for (p, peer) in shared.peers.iter().enumerate() {
         if let Some(peer) = peer {
@@ -728,16 +759,19 @@ fn watch_master(mut reader: BufReader<TcpStream>, shared: &Shared) {
 /// Reports this process's progress to process 0 and ends the run when a rank waits in a
 /// collective longer than `timeout`.
 fn watchdog(shared: &Shared, progress: &Progress, timeout: Duration, process: usize, rpp: usize) {
-    let mut reported = 0;
+    let (mut reported, mut last_report) = (0, Instant::now());
     loop {
         std::thread::sleep(WATCH_PERIOD);
         if shared.finished.load(Ordering::SeqCst) || shared.fatal_called.load(Ordering::SeqCst) {
             return;
         }
         let done = progress.done();
-        if let (Some(m), true) = (&shared.master, done != reported) {
+        if let (Some(m), true) = (
+            &shared.master,
+            done != reported || last_report.elapsed() >= HEARTBEAT,
+        ) {
             let _ = send(m, &Msg::Progress { done });
-            reported = done;
+            (reported, last_report) = (done, Instant::now());
         }
         let now = progress.started.elapsed().as_millis() as u64 + 1;
         let stalled = progress.waiting.iter().enumerate().find_map(|(local, w)| {
@@ -754,7 +788,7 @@ fn watchdog(shared: &Shared, progress: &Progress, timeout: Duration, process: us
                 *shared.answers.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
                 let _ = send(m, &Msg::WhoIsBehind);
                 rx.recv_timeout(ANSWER_WAIT).unwrap_or_else(|_| {
-                    "rank 0 did not say which ranks are behind within 5 s".into()
+                    format!("{} does not answer (stopped, or cut off)", shared.who(0))
                 })
             }
         };
@@ -791,6 +825,21 @@ fn start_orchestrator() -> Result<u16, DistError> {
         })
         .map_err(|e| DistError::Engine(e.to_string()))?;
     Ok(port)
+}
+
+/// burn-collective's global level panics in its runtime's threads when a peer's connection
+/// breaks (`unwrap`s on lost transfers): the session reports the cause (the process that left,
+/// or the stall) on one line, so those panics are not printed. Every other thread's are.
+fn quiet_engine_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let engine = std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("tokio-"));
+        if !engine {
+            previous(info);
+        }
+    }));
 }
 
 /// The engine (burn-communication) installs a tracing subscriber printing every transfer at

@@ -25,7 +25,7 @@ fn params<B: Backend, M: Module<B>>(m: &M) -> Vec<(String, Vec<f32>)> {
 
 /// The model every test here trains: ResNet-18 of width 4 (32 features), a 16 → 8 head and
 /// 6 prototypes (overrides of configs/swav/swav_tiny_cpu.yaml).
-const TINY_MODEL: [&str; 6] = [
+pub(crate) const TINY_MODEL: [&str; 6] = [
     "model.backbone.width=4",
     "model.neck.in_channels=32",
     "model.neck.hid_channels=16",
@@ -34,7 +34,7 @@ const TINY_MODEL: [&str; 6] = [
     "model.head.num_prototypes=6",
 ];
 
-const TINY_CONFIG: &str = concat!(
+pub(crate) const TINY_CONFIG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/configs/swav/swav_tiny_cpu.yaml"
 );

@@ -12,30 +12,23 @@ const TRAIN: &str = env!("CARGO_BIN_EXE_swav-train");
 /// The tiny model and run of `pretrain.rs`, as overrides: 62 iterations of 16 images per epoch
 /// on the built-in synthetic set (made under the output folder), a queue from the second epoch.
 fn args(out: &Path, epochs: usize, extra: &[&str]) -> Vec<String> {
-    let config = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/configs/swav/swav_tiny_cpu.yaml"
-    );
-    let mut a: Vec<String> = ["-c", config, "--workers", "1", "-q"]
+    let mut a: Vec<String> = ["-c", crate::pretrain::TINY_CONFIG, "--workers", "1", "-q"]
         .map(String::from)
         .to_vec();
-    let overrides = [
-        "model.backbone.width=4".to_string(),
-        "model.neck.in_channels=32".into(),
-        "model.neck.hid_channels=16".into(),
-        "model.neck.out_channels=8".into(),
-        "model.head.feat_dim=8".into(),
-        "model.head.num_prototypes=6".into(),
-        format!("epochs={epochs}"),
-        "model.head.queue_length=16".into(),
-        "model.head.epoch_queue_starts=1".into(),
-        "dataloader.train.sampler.batch_size=8".into(),
-        "dataloader.train.dataset.size_crops=[32, 16]".into(),
-        "dataloader.train.dataset.num_crops=[2, 2]".into(),
-        "model.head.num_crops=[2, 2]".into(),
-        "checkpoint.interval=1".into(),
-        format!("output_dir={}", out.display()),
-    ];
+    let overrides = crate::pretrain::TINY_MODEL
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            format!("epochs={epochs}"),
+            "model.head.queue_length=16".to_string(),
+            "model.head.epoch_queue_starts=1".into(),
+            "dataloader.train.sampler.batch_size=8".into(),
+            "dataloader.train.dataset.size_crops=[32, 16]".into(),
+            "dataloader.train.dataset.num_crops=[2, 2]".into(),
+            "model.head.num_crops=[2, 2]".into(),
+            "checkpoint.interval=1".into(),
+            format!("output_dir={}", out.display()),
+        ]);
     for o in overrides {
         a.extend(["-o".into(), o]);
     }
@@ -201,7 +194,7 @@ fn a_killed_or_stalled_process_ends_the_run_and_resume_continues() {
 
     // A stopped process: the other waits `--dist-timeout` in a collective, then names it.
     let stalled = dir.path().join("stalled");
-    let a = args(&stalled, 3, &["--dist-timeout", "3"]);
+    let a = args(&stalled, 3, &["--dist-timeout", "5"]);
     let port = free_port();
     let (p0, mut p1) = (spawn(0, 2, port, &a), spawn(1, 2, port, &a));
     let start = Instant::now();
@@ -226,8 +219,8 @@ fn a_killed_or_stalled_process_ends_the_run_and_resume_continues() {
     let _ = p1.kill();
     let _ = p1.wait();
     let e = error_line(&o0);
-    assert!(e.contains("rank 0 waited 3 s in collective"), "{e}");
-    assert!(e.contains("rank 1 completed"), "{e}");
+    assert!(e.contains("rank 0 waited 5 s in collective"), "{e}");
+    assert!(e.contains("rank 1 sent nothing for"), "{e}");
     assert!(took < Duration::from_secs(30), "took {took:?}");
 }
 
@@ -249,6 +242,22 @@ fn launch_errors_are_one_line_within_the_timeout() {
         .output()
         .unwrap();
     assert!(error_line(&o).contains("MASTER_ADDR is not set"));
+
+    // swav-lincls does not run across processes: it says so instead of running twice.
+    let o = Command::new(env!("CARGO_BIN_EXE_swav-lincls"))
+        .args(["knn", "--data", "nowhere"])
+        .env("RANK", "1")
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", "29500")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("swav-lincls runs in one process"),
+        "{}",
+        stderr(&o)
+    );
 
     // A master that never comes.
     let port = free_port();
