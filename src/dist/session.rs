@@ -224,6 +224,24 @@ struct Peer {
 }
 
 impl Shared {
+    fn new(
+        fatal: Fatal,
+        peers: Vec<Option<Peer>>,
+        master: Option<Arc<Mutex<TcpStream>>>,
+        ranks_per_process: usize,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            finished: AtomicBool::new(false),
+            master_finished: AtomicBool::new(false),
+            fatal_called: AtomicBool::new(false),
+            fatal,
+            peers,
+            master,
+            answers: Mutex::new(None),
+            ranks_per_process,
+        })
+    }
+
     fn fatal(&self, e: DistError) {
         if !self.fatal_called.swap(true, Ordering::SeqCst) {
             (self.fatal)(e);
@@ -454,16 +472,7 @@ impl Session {
             }));
         }
         let progress = Arc::new(Progress::new(join.ranks_per_process));
-        let shared = Arc::new(Shared {
-            finished: AtomicBool::new(false),
-            master_finished: AtomicBool::new(false),
-            fatal_called: AtomicBool::new(false),
-            fatal,
-            peers,
-            master: None,
-            answers: Mutex::new(None),
-            ranks_per_process: join.ranks_per_process,
-        });
+        let shared = Shared::new(fatal, peers, None, join.ranks_per_process);
         for (p, reader) in readers {
             let (shared, progress) = (shared.clone(), progress.clone());
             std::thread::Builder::new()
@@ -577,16 +586,7 @@ impl Session {
         let _ = reader.get_ref().set_read_timeout(None);
         let data_port = free_port()?;
         let progress = Arc::new(Progress::new(join.ranks_per_process));
-        let shared = Arc::new(Shared {
-            finished: AtomicBool::new(false),
-            master_finished: AtomicBool::new(false),
-            fatal_called: AtomicBool::new(false),
-            fatal,
-            peers: Vec::new(),
-            master: Some(stream),
-            answers: Mutex::new(None),
-            ranks_per_process: join.ranks_per_process,
-        });
+        let shared = Shared::new(fatal, Vec::new(), Some(stream), join.ranks_per_process);
         {
             let shared = shared.clone();
             std::thread::Builder::new()
