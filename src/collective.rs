@@ -339,17 +339,7 @@ impl<B: Backend> LocalGroup<B> {
         }
         let nccl = Self::nccl_devices(devices, engine)
             .map_err(|detail| CollectiveError::Register { world, detail })?;
-        {
-            let mut busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
-            while *busy {
-                busy = FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
-            }
-            *busy = true;
-        }
-        // From here on, dropping the group frees the server again.
-        let group = Arc::new(LocalGroup {
-            _backend: std::marker::PhantomData,
-        });
+        let group = Self::acquire();
         if let Some(ids) = nccl {
             // NCCL makes its communicator on the first all-reduce, every rank joining it.
             return Ok((0..world)
@@ -410,16 +400,7 @@ impl<B: Backend> LocalGroup<B> {
             .with_node_address(address(&session.node_address)?)
             .with_data_service_port(session.data_port)
             .with_global_all_reduce_strategy(AllReduceStrategy::Tree(2));
-        {
-            let mut busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
-            while *busy {
-                busy = FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
-            }
-            *busy = true;
-        }
-        let group = Arc::new(LocalGroup {
-            _backend: std::marker::PhantomData,
-        });
+        let group = Self::acquire();
         burn_collective::reset_collective::<B>();
         let ids: Vec<usize> = (0..devices.len()).map(|w| session.rank_of(w)).collect();
         // Registering waits for every process: watched as a collective is.
@@ -439,6 +420,19 @@ impl<B: Backend> LocalGroup<B> {
                 watch: Some((progress.clone(), local)),
             })
             .collect())
+    }
+
+    /// Wait until no other group of this process exists, then hold the server: dropping the
+    /// returned group frees it again.
+    fn acquire() -> Arc<LocalGroup<B>> {
+        let mut busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy {
+            busy = FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy = true;
+        Arc::new(LocalGroup {
+            _backend: std::marker::PhantomData,
+        })
     }
 
     /// Whether ranks on `devices` can talk through `engine` (a check before any work starts;

@@ -183,7 +183,7 @@ where
                     let _ = reply_tx.send((w, Reply::Failed));
                 })
                 .map_err(|e| RankFailure {
-                    rank: w,
+                    rank: global,
                     device: format!("{:?}", devices[w]),
                     cause: format!("cannot start its thread: {e}"),
                 })?;

@@ -37,6 +37,8 @@ pub enum TrainError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Rank(#[from] RankFailure),
+    #[error(transparent)]
+    Collective(#[from] crate::collective::CollectiveError),
     #[error("{0}")]
     Data(String),
     #[error("{0}")]
@@ -262,7 +264,6 @@ where
         } else {
             None
         },
-        writer,
         cfg,
         output,
         data,
@@ -532,10 +533,9 @@ struct Run<'a, A: AutodiffBackend> {
     queue: Option<[usize; 3]>,
     ranks: Ranks<A>,
     st: TrainState,
-    /// `OUTPUT/metrics.jsonl`, written by the process that writes the run's files.
+    /// `OUTPUT/metrics.jsonl`, open in the process that writes the run's files (process 0 of
+    /// a multi-process run) only.
     metrics: Option<Metrics>,
-    /// Whether this process writes the run's files (process 0 of a multi-process run).
-    writer: bool,
     /// Ranks of every process.
     world: usize,
     on_event: &'a mut dyn FnMut(&Event),
@@ -553,6 +553,11 @@ impl<A: DifferentiableCollective> Run<'_, A>
 where
     A::Device: Send + 'static,
 {
+    /// Whether this process writes the run's files.
+    fn writer(&self) -> bool {
+        self.metrics.is_some()
+    }
+
     /// Record an event in `metrics.jsonl` and pass it to the caller.
     fn emit(&mut self, e: Event) -> Result<(), TrainError> {
         if let Some(m) = &mut self.metrics {
@@ -574,7 +579,7 @@ where
         let skipped = loader.skipped.clone();
         let mut reported = 0;
         // This process's ranks: each needs two images of its shard.
-        let world = self.ranks.world();
+        let local_ranks = self.ranks.world();
         let mut sums = EpochSums {
             started: Instant::now(),
             loss: 0.0,
@@ -587,7 +592,7 @@ where
             let (it, rate) = (self.st.iteration, self.schedule.at(self.st.iteration));
             self.st.iteration += 1;
             let n = batch.len();
-            if n < 2 * world {
+            if n < 2 * local_ranks {
                 self.emit(Event::Warning {
                     message: format!(
                         "iteration {it}: batch of {n} images after unreadable ones were skipped: step skipped"
@@ -642,14 +647,16 @@ where
                 .map(|&s| self.data.set.samples[s].path.display().to_string())
                 .collect();
             let (cfg, output) = (self.model_cfg.clone(), self.output.clone());
-            let it = p.iteration;
+            let (it, write) = (p.iteration, self.writer());
             return Err(self.ranks.run_on(0, move |model, _| {
-                dump_non_finite(model, &cfg, &output, it, epoch, &images)
+                dump_non_finite(model, &cfg, &output, it, epoch, &images, write)
             })?);
         }
         sums.loss += out.loss;
         sums.steps += 1;
-        sums.images += p.images.len();
+        // Images of the global batch: the other processes' parts are counted as large as this
+        // one's (they differ only by unreadable images).
+        sums.images += p.images.len() * self.world / self.ranks.world();
         sums.lr = p.rate;
         let interval = self.cfg.log_config.interval.max(1);
         if p.step_in_epoch.is_multiple_of(interval) || p.step_in_epoch + 1 == self.data.iterations {
@@ -683,15 +690,9 @@ where
         } else {
             // Ranks of other processes hold the other slices: gathered through the engine.
             let mut all = self.ranks.run_on_all(|_, r| r.all_queues())?;
-            all.swap_remove(0).map_err(|e| {
-                TrainError::Rank(RankFailure {
-                    rank: 0,
-                    device: String::new(),
-                    cause: e.to_string(),
-                })
-            })?
+            all.swap_remove(0)?
         };
-        if !self.writer {
+        if !self.writer() {
             return Ok(None);
         }
         self.st.queue = queues
@@ -730,7 +731,8 @@ struct EpochSums {
 }
 
 /// Stop on a non-finite loss: name the first parameter holding NaN/inf (else the batch's
-/// scores), dump the model and the batch's file names beside the output.
+/// scores), dump the model and the batch's file names beside the output (when `write`: the
+/// process that writes the run's files; the others name the same dump).
 fn dump_non_finite<A: AutodiffBackend>(
     model: &Swav<A>,
     model_cfg: &crate::model::swav::SwavConfig,
@@ -738,6 +740,7 @@ fn dump_non_finite<A: AutodiffBackend>(
     iteration: usize,
     epoch: usize,
     images: &[String],
+    write: bool,
 ) -> TrainError {
     let what = match diagnostics::first_non_finite(model) {
         Ok(Some((name, count))) => format!("{count} non-finite values in {name}"),
@@ -745,6 +748,13 @@ fn dump_non_finite<A: AutodiffBackend>(
         Err(e) => e,
     };
     let dump = output.join(format!("nan_dump_iter_{iteration}.mpk"));
+    if !write {
+        return TrainError::NonFinite {
+            iteration,
+            what,
+            dump,
+        };
+    }
     if let Err(e) = record::save(model.valid(), model_cfg, &dump) {
         return TrainError::Data(e);
     }
