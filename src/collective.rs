@@ -12,13 +12,21 @@
 //!   backend, and an all-reduce is `burn_collective::all_reduce(.., Sum)`. The server reduces on
 //!   the devices themselves (`float_to_device` + `float_add`, a tree of arity 2).
 //!
-//! - **burn-collective's global level**, between the processes of a multi-process run
-//!   ([`LocalGroup::register_processes`], [`crate::dist`]): each process's ranks are summed by
-//!   the local level, the processes' sums by the global one (an orchestrator started by process
-//!   0, a tensor service on every process). Patched copies of the crates (`vendor/`) fix the
-//!   three bugs that hang the published 0.21.0 on its second all-reduce. Every collective of
-//!   such a rank reports entering and leaving to the session, whose watchdog ends a run whose
-//!   rank waits longer than its timeout.
+//! Between the processes of a multi-process run ([`LocalGroup::register_processes`],
+//! [`crate::dist`]), the same two engines:
+//!
+//! - **NCCL** for CUDA ranks: one communicator over every rank of every process, made from the
+//!   unique id process 0 sends at the rendezvous (NCCL does the rest: its own bootstrap,
+//!   NVLink, InfiniBand). cubecl-cuda 0.10 makes its ids per process; its patched copy
+//!   (`vendor/cubecl-cuda`) takes the id and the global ranks from here.
+//! - **burn-collective's global level** for CPU ranks (and CUDA ranks without NCCL): each
+//!   process's ranks are summed by the local level, the processes' sums by the global one (an
+//!   orchestrator started by process 0, a tensor service on every process). Patched copies of
+//!   the crates (`vendor/`) fix the three bugs that hang the published 0.21.0 on its second
+//!   all-reduce.
+//!
+//! Every collective of such a rank reports entering and leaving to the session, whose
+//! watchdog ends a run whose rank waits longer than its timeout (for either engine).
 //!
 //! A communicator of a one-rank world calls neither, unless NCCL is asked for: a group of one
 //! on NCCL runs every collective through it (a check of the NCCL path on one GPU).
@@ -35,7 +43,8 @@
 //! adds the ranks' tensors in an order that follows the server's hash map, so the last bit of a
 //! sum can differ from run to run.
 
-use crate::dist::{Progress, Session};
+use crate::backend::Devices;
+use crate::dist::{Progress, Session, SessionEngine};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -370,16 +379,12 @@ impl<B: Backend> LocalGroup<B> {
 
     /// Register this process's ranks of a run of several processes (`session`): local rank
     /// `w` on `devices[w]` is global rank `session.rank_of(w)`; the sums run over every rank of
-    /// every process through burn-collective's local level in the process and its global
-    /// level between processes (the orchestrator process 0 started, each process's node
-    /// serving its peers on `session.data_port`; a tree of arity 2 between processes, whose
-    /// sums with two processes are exact in any order). Waits while another group of this
-    /// process exists.
+    /// every process through the engine the session set up (see the module's documentation).
+    /// Waits while another group of this process exists.
     pub fn register_processes(
         devices: &[B::Device],
         session: &Session,
     ) -> Result<Vec<Communicator<B>>, CollectiveError> {
-        use burn_collective::AllReduceStrategy;
         let world = session.world();
         let err = |detail: String| CollectiveError::Register { world, detail };
         if devices.len() != session.ranks_per_process {
@@ -389,16 +394,65 @@ impl<B: Backend> LocalGroup<B> {
                 session.ranks_per_process
             )));
         }
+        let communicators = |group: Arc<LocalGroup<B>>, nccl: Option<Arc<[DeviceId]>>| {
+            let progress = session.progress();
+            (0..devices.len())
+                .map(|local| Communicator {
+                    rank: session.rank_of(local),
+                    world,
+                    group: Some(group.clone()),
+                    nccl: nccl.clone(),
+                    watch: Some((progress.clone(), local)),
+                })
+                .collect()
+        };
+        match &session.engine {
+            #[cfg(feature = "cuda-backend")]
+            SessionEngine::Nccl { unique_id } => {
+                let key = nccl::join_processes::<B>(devices, session, unique_id).map_err(err)?;
+                // NCCL makes the communicator on the first all-reduce (watched as every
+                // collective is), every rank of every process joining it.
+                Ok(communicators(Self::acquire(), Some(key)))
+            }
+            #[cfg(not(feature = "cuda-backend"))]
+            SessionEngine::Nccl { .. } => Err(err(
+                "NCCL needs CUDA devices and a build with --features cuda".into(),
+            )),
+            SessionEngine::BurnCollective {
+                orchestrator,
+                node_address,
+                data_port,
+            } => {
+                let group =
+                    Self::register_global(devices, session, orchestrator, node_address, *data_port)
+                        .map_err(err)?;
+                Ok(communicators(group, None))
+            }
+        }
+    }
+
+    /// burn-collective's local level in the process and its global level between processes
+    /// (the orchestrator process 0 started, this process's node serving its peers on
+    /// `data_port`; a tree of arity 2 between processes, whose sums with two processes are
+    /// exact in any order).
+    fn register_global(
+        devices: &[B::Device],
+        session: &Session,
+        orchestrator: &str,
+        node_address: &str,
+        data_port: u16,
+    ) -> Result<Arc<LocalGroup<B>>, String> {
+        use burn_collective::AllReduceStrategy;
         let address = |a: &str| {
             a.parse::<burn_communication::Address>()
-                .map_err(|e| err(format!("{a}: {e}")))
+                .map_err(|e| format!("{a}: {e}"))
         };
         let config = CollectiveConfig::default()
             .with_num_devices(devices.len())
             .with_num_nodes(session.processes() as u32)
-            .with_global_address(address(&session.orchestrator)?)
-            .with_node_address(address(&session.node_address)?)
-            .with_data_service_port(session.data_port)
+            .with_global_address(address(orchestrator)?)
+            .with_node_address(address(node_address)?)
+            .with_data_service_port(data_port)
             .with_global_all_reduce_strategy(AllReduceStrategy::Tree(2));
         let group = Self::acquire();
         burn_collective::reset_collective::<B>();
@@ -408,18 +462,7 @@ impl<B: Backend> LocalGroup<B> {
         (0..devices.len()).for_each(|w| progress.enter(w));
         let registered = register_peers::<B>(devices, &ids, &config);
         (0..devices.len()).for_each(|w| progress.leave(w));
-        registered.map_err(err)?;
-        Ok(ids
-            .into_iter()
-            .enumerate()
-            .map(|(local, rank)| Communicator {
-                rank,
-                world,
-                group: Some(group.clone()),
-                nccl: None,
-                watch: Some((progress.clone(), local)),
-            })
-            .collect())
+        registered.map(|()| group)
     }
 
     /// Wait until no other group of this process exists, then hold the server: dropping the
@@ -447,31 +490,57 @@ impl<B: Backend> LocalGroup<B> {
         devices: &[B::Device],
         engine: Engine,
     ) -> Result<Option<Arc<[DeviceId]>>, String> {
-        #[cfg(feature = "cuda-backend")]
-        {
-            use burn::tensor::backend::DeviceOps;
-            let ids = || Some(devices.iter().map(DeviceOps::id).collect());
-            // The library is loaded only when NCCL could be used.
-            match (engine, nccl::is_cuda::<B>()) {
-                (Engine::BurnCollective, _) | (Engine::Auto, false) => Ok(None),
-                (Engine::Nccl, false) => {
-                    Err("NCCL needs CUDA devices (use --collective burn-collective)".into())
-                }
-                (Engine::Auto, true) => Ok(nccl::check_library().ok().and_then(|()| ids())),
-                (Engine::Nccl, true) => nccl::check_library().map(|()| ids()),
-            }
+        use burn::tensor::backend::DeviceOps;
+        let cuda = {
+            #[cfg(feature = "cuda-backend")]
+            let cuda = nccl::is_cuda::<B>();
+            #[cfg(not(feature = "cuda-backend"))]
+            let cuda = false;
+            cuda
+        };
+        Ok(uses_nccl(cuda, engine)?.then(|| devices.iter().map(DeviceOps::id).collect()))
+    }
+}
+
+/// Whether ranks talk through NCCL with `engine`, `cuda` saying whether they are CUDA ranks:
+/// [`Engine::Auto`] takes NCCL for CUDA ranks when its library loads; [`Engine::Nccl`] is an
+/// error where NCCL cannot be used. The library is loaded only when NCCL could be used.
+fn uses_nccl(cuda: bool, engine: Engine) -> Result<bool, String> {
+    #[cfg(feature = "cuda-backend")]
+    match (engine, cuda) {
+        (Engine::BurnCollective, _) | (Engine::Auto, false) => Ok(false),
+        (Engine::Nccl, false) => {
+            Err("NCCL needs CUDA devices (use --collective burn-collective)".into())
         }
-        #[cfg(not(feature = "cuda-backend"))]
-        {
-            let _ = devices;
-            match engine {
-                Engine::Nccl => {
-                    Err("NCCL needs CUDA devices and a build with --features cuda".into())
-                }
-                _ => Ok(None),
-            }
+        (Engine::Auto, true) => Ok(nccl::check_library().is_ok()),
+        (Engine::Nccl, true) => nccl::check_library().map(|()| true),
+    }
+    #[cfg(not(feature = "cuda-backend"))]
+    {
+        let _ = cuda;
+        match engine {
+            Engine::Nccl => Err("NCCL needs CUDA devices and a build with --features cuda".into()),
+            _ => Ok(false),
         }
     }
+}
+
+/// For a process of a run of several processes, its ranks on `devices`: when they talk
+/// through NCCL with `engine` (as [`LocalGroup::register_with`] chooses), what makes the
+/// communicator's unique id (process 0 calls it at the rendezvous, [`crate::dist::Join`]);
+/// `None` for burn-collective.
+pub fn process_engine(
+    devices: &Devices,
+    engine: Engine,
+) -> Result<Option<crate::dist::NcclId>, String> {
+    let cuda = matches!(devices, Devices::Cuda(_));
+    if !uses_nccl(cuda, engine)? {
+        return Ok(None);
+    }
+    #[cfg(feature = "cuda-backend")]
+    return Ok(Some(nccl::unique_id));
+    #[cfg(not(feature = "cuda-backend"))]
+    unreachable!("NCCL is never chosen without the CUDA backend")
 }
 
 /// Register peer `ids[w]` on `devices[w]` with burn-collective's server for `B`: `register`
@@ -552,6 +621,42 @@ mod nccl {
              use --collective burn-collective",
             NCCL.join(", ")
         ))
+    }
+
+    /// A new NCCL unique id (128 bytes), for the communicator of a run of several processes.
+    pub(super) fn unique_id() -> Result<Vec<u8>, String> {
+        check_library()?;
+        cubecl_cuda::nccl_unique_id()
+    }
+
+    /// Register this process's part of the NCCL communicator of `session` (made from
+    /// `unique_id`, process 0's): the CUDA device of local rank `w` holds global rank
+    /// `session.rank_of(w)`. Returns the device list that names the communicator in
+    /// [`all_reduce_sum`]: this process's devices and a marker no device list of a group
+    /// within one process contains.
+    pub(super) fn join_processes<B: Backend>(
+        devices: &[B::Device],
+        session: &crate::dist::Session,
+        unique_id: &[u8],
+    ) -> Result<std::sync::Arc<[DeviceId]>, String> {
+        use burn::tensor::backend::DeviceOps;
+        if !is_cuda::<B>() {
+            return Err("NCCL needs CUDA devices (use --collective burn-collective)".into());
+        }
+        check_library()?;
+        let ids: Vec<DeviceId> = devices.iter().map(DeviceOps::id).collect();
+        let ranks: Vec<(DeviceId, usize)> = ids
+            .iter()
+            .enumerate()
+            .map(|(w, &id)| (id, session.rank_of(w)))
+            .collect();
+        let mut key = ids;
+        key.push(DeviceId {
+            type_id: u16::MAX,
+            index_id: u16::MAX,
+        });
+        cubecl_cuda::join_process_group(key.clone(), unique_id, session.world(), &ranks)?;
+        Ok(key.into())
     }
 
     /// The sum over the ranks on `devices` of every rank's `t` (`B` is the CUDA backend). NCCL

@@ -461,11 +461,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(crate::hex::encode(&hasher.finalize()))
 }
 
 /// Write `tensors` to `output` atomically; returns the input's SHA-256.

@@ -15,6 +15,7 @@ pub mod data;
 pub mod dist;
 pub mod eval;
 pub mod fetch;
+pub mod hex;
 pub mod layout;
 pub mod log;
 pub mod model;

@@ -236,6 +236,8 @@ fn pretrain(a: TrainArgs) -> Result<(), String> {
                 ranks_per_process: devices.len(),
                 config: swav::dist::flatten(&config),
                 timeout: std::time::Duration::from_secs(a.dist_timeout),
+                nccl_id: swav::collective::process_engine(&devices, a.collective)
+                    .map_err(|e| format!("--collective {}: {e}", a.collective))?,
             };
             // A peer gone or stalled ends this process from the session's watch thread.
             let fatal: Fatal = Arc::new(|e| {

@@ -8,4 +8,6 @@ pub mod launch;
 pub mod session;
 
 pub use launch::{Launch, LaunchError, Launcher};
-pub use session::{flatten, DistError, Fatal, Join, Progress, Session, DEFAULT_TIMEOUT};
+pub use session::{
+    flatten, DistError, Fatal, Join, NcclId, Progress, Session, SessionEngine, DEFAULT_TIMEOUT,
+};

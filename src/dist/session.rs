@@ -4,9 +4,11 @@
 //!
 //! Process 0 listens on `MASTER_PORT`; every other process connects to `MASTER_ADDR:MASTER_PORT`
 //! (retrying until the timeout) and says hello: its rank, the number of processes it expects,
-//! its ranks per process and its resolved config. Process 0 checks them all (the first
-//! differing config key is named), starts the engine's orchestrator (burn-collective's global
-//! level) on a free port and sends its address; or it refuses every process with the reason.
+//! its ranks per process, its resolved config and its engine. Process 0 checks them all (the
+//! first differing config key is named) and sets the engine up: for NCCL (CUDA ranks) it makes
+//! the communicator's unique id and sends it to the others, NCCL doing the rest; for
+//! burn-collective's global level (CPU ranks) it starts the orchestrator on a free port and
+//! sends its address. Or it refuses every process with the reason.
 //!
 //! The connections then stay open for the whole run, one JSON line per message:
 //! - a process whose connection closes before it said goodbye is gone (killed, crashed, or
@@ -78,9 +80,13 @@ enum Msg {
         world: usize,
         ranks_per_process: usize,
         config: BTreeMap<String, String>,
+        nccl: bool,
     },
     Welcome {
-        orchestrator_port: u16,
+        /// burn-collective's orchestrator, on process 0's host.
+        orchestrator_port: Option<u16>,
+        /// NCCL's unique id, in hexadecimal.
+        nccl_id: Option<String>,
     },
     Refused {
         reason: String,
@@ -173,6 +179,27 @@ pub struct Join {
     pub config: BTreeMap<String, String>,
     /// How long the rendezvous and every collective may wait.
     pub timeout: Duration,
+    /// For ranks that talk through NCCL (every process's must): what makes the communicator's
+    /// unique id, called by process 0 once every process has joined. `None`: burn-collective.
+    pub nccl_id: Option<NcclId>,
+}
+
+/// What makes NCCL's unique id (`ncclGetUniqueId`'s 128 bytes) in process 0.
+pub type NcclId = fn() -> Result<Vec<u8>, String>;
+
+/// What the processes' ranks talk through, as set up at the rendezvous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEngine {
+    /// burn-collective's global level.
+    BurnCollective {
+        /// The orchestrator, `ws://host:port`.
+        orchestrator: String,
+        /// Where this process's node serves its peers, `ws://host:port`, and its port.
+        node_address: String,
+        data_port: u16,
+    },
+    /// NCCL, every process's communicators made from process 0's unique id (128 bytes).
+    Nccl { unique_id: Vec<u8> },
 }
 
 /// This process's membership in a run of several processes.
@@ -180,11 +207,7 @@ pub struct Session {
     pub launch: Launch,
     pub ranks_per_process: usize,
     pub timeout: Duration,
-    /// The engine's orchestrator, `ws://host:port` (burn-collective's global level).
-    pub orchestrator: String,
-    /// Where this process's engine node serves its peers, `ws://host:port`, and its port.
-    pub node_address: String,
-    pub data_port: u16,
+    pub engine: SessionEngine,
     progress: Arc<Progress>,
     shared: Arc<Shared>,
 }
@@ -307,6 +330,31 @@ fn first_difference(
     })
 }
 
+/// The engine as set up at the rendezvous: NCCL with process 0's id, or burn-collective's
+/// global level with its orchestrator and a node of this process on `node_host`, whichever
+/// this process asked for (process 0 refused a process that asked for the other).
+fn engine(
+    join: &Join,
+    orchestrator_port: Option<u16>,
+    nccl_id: Option<Vec<u8>>,
+    node_host: &str,
+) -> Result<SessionEngine, DistError> {
+    match (join.nccl_id.is_some(), orchestrator_port, nccl_id) {
+        (true, _, Some(unique_id)) => Ok(SessionEngine::Nccl { unique_id }),
+        (false, Some(port), _) => {
+            let data_port = free_port()?;
+            Ok(SessionEngine::BurnCollective {
+                orchestrator: ws_address(&join.launch.master_addr, port),
+                node_address: ws_address(node_host, data_port),
+                data_port,
+            })
+        }
+        _ => Err(DistError::Engine(
+            "process 0 set up another engine than this process's".into(),
+        )),
+    }
+}
+
 /// A port free on every interface at the time of asking.
 fn free_port() -> Result<u16, DistError> {
     TcpListener::bind(("0.0.0.0", 0))
@@ -389,6 +437,7 @@ impl Session {
                 world: theirs,
                 ranks_per_process,
                 config,
+                nccl,
             })) = recv(&mut reader)
             else {
                 continue;
@@ -411,6 +460,14 @@ impl Session {
             } else if let Some((key, ours, theirs)) = first_difference(&join.config, &config) {
                 Some(format!(
                     "{them}'s config differs from rank 0's at `{key}`: {theirs} there, {ours} at rank 0"
+                ))
+            } else if nccl != join.nccl_id.is_some() {
+                let engine = |nccl: bool| if nccl { "NCCL" } else { "burn-collective" };
+                Some(format!(
+                    "{them} talks through {}, rank 0 through {} (--collective, and NCCL's library \
+                     on each host)",
+                    engine(nccl),
+                    engine(join.nccl_id.is_some())
                 ))
             } else {
                 None
@@ -446,21 +503,30 @@ impl Session {
             refuse_all(&mut joined, &reason);
             return Err(DistError::Refused(reason));
         }
-        let orchestrator_port = match start_orchestrator() {
+        let set_up = match join.nccl_id {
+            Some(make) => make()
+                .map(|id| (None, Some(id)))
+                .map_err(|e| DistError::Engine(format!("NCCL: {e}"))),
+            None => start_orchestrator().map(|port| (Some(port), None)),
+        };
+        let (orchestrator_port, nccl_id) = match set_up {
             Ok(p) => p,
             Err(e) => {
                 refuse_all(&mut joined, &e.to_string());
                 return Err(e);
             }
         };
-        let data_port = free_port()?;
+        let welcome = Msg::Welcome {
+            orchestrator_port,
+            nccl_id: nccl_id.as_deref().map(crate::hex::encode),
+        };
         let mut peers = Vec::with_capacity(world);
         let mut readers = Vec::new();
         peers.push(None);
         for (p, slot) in joined.into_iter().enumerate().skip(1) {
             let (stream, reader) = slot.expect("every process joined");
             let stream = Arc::new(Mutex::new(stream));
-            send(&stream, &Msg::Welcome { orchestrator_port }).map_err(|e| DistError::Gone {
+            send(&stream, &welcome).map_err(|e| DistError::Gone {
                 who: who(p, join.ranks_per_process),
                 detail: format!("its connection failed at the rendezvous ({e})"),
             })?;
@@ -481,22 +547,19 @@ impl Session {
                 .map_err(|e| DistError::Engine(e.to_string()))?;
         }
         let host = join.launch.master_addr.clone();
-        Session::start(join, orchestrator_port, &host, data_port, progress, shared)
+        let engine = engine(&join, orchestrator_port, nccl_id, &host)?;
+        Session::start(join, engine, progress, shared)
     }
 
     /// The session of a process that joined, its watchdog started.
     fn start(
         join: Join,
-        orchestrator_port: u16,
-        node_host: &str,
-        data_port: u16,
+        engine: SessionEngine,
         progress: Arc<Progress>,
         shared: Arc<Shared>,
     ) -> Result<Session, DistError> {
         let session = Session {
-            orchestrator: ws_address(&join.launch.master_addr, orchestrator_port),
-            node_address: ws_address(node_host, data_port),
-            data_port,
+            engine,
             ranks_per_process: join.ranks_per_process,
             timeout: join.timeout,
             launch: join.launch,
@@ -554,6 +617,7 @@ impl Session {
                 world: l.world,
                 ranks_per_process: join.ranks_per_process,
                 config: join.config.clone(),
+                nccl: join.nccl_id.is_some(),
             },
         )
         .map_err(|e| protocol(format!("cannot say hello ({e})")))?;
@@ -561,8 +625,11 @@ impl Session {
         // little more.
         let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(10);
         let _ = reader.get_ref().set_read_timeout(Some(wait));
-        let orchestrator_port = match recv(&mut reader) {
-            Ok(Some(Msg::Welcome { orchestrator_port })) => orchestrator_port,
+        let (orchestrator_port, nccl_id) = match recv(&mut reader) {
+            Ok(Some(Msg::Welcome {
+                orchestrator_port,
+                nccl_id,
+            })) => (orchestrator_port, nccl_id),
             Ok(Some(Msg::Refused { reason })) => return Err(DistError::Refused(reason)),
             Ok(Some(other)) => return Err(protocol(format!("unexpected answer {other:?}"))),
             Ok(None) => {
@@ -584,7 +651,14 @@ impl Session {
             Err(e) => return Err(protocol(e.to_string())),
         };
         let _ = reader.get_ref().set_read_timeout(None);
-        let data_port = free_port()?;
+        let nccl_id = nccl_id
+            .map(|h| {
+                crate::hex::decode(&h)
+                    .ok_or_else(|| protocol(format!("NCCL id '{h}' is not hexadecimal")))
+            })
+            .transpose()?;
+        let engine = engine(&join, orchestrator_port, nccl_id, &local_ip.to_string())
+            .map_err(|e| protocol(e.to_string()))?;
         let progress = Arc::new(Progress::new(join.ranks_per_process));
         let shared = Shared::new(fatal, Vec::new(), Some(stream), join.ranks_per_process);
         {
@@ -594,8 +668,7 @@ impl Session {
                 .spawn(move || watch_master(reader, &shared))
                 .map_err(|e| DistError::Engine(e.to_string()))?;
         }
-        let host = local_ip.to_string();
-        Session::start(join, orchestrator_port, &host, data_port, progress, shared)
+        Session::start(join, engine, progress, shared)
     }
 
     /// Number of processes.
@@ -866,6 +939,69 @@ mod tests {
             Some(("model.head.epsilon".into(), "0.05".into(), "0.03".into()))
         );
         assert_eq!(first_difference(&a, &a), None);
+    }
+
+    /// Process `rank` of two, meeting at 127.0.0.1:`port`, asking for NCCL when `nccl`.
+    fn join(rank: usize, port: u16, nccl: bool) -> Result<Session, DistError> {
+        let launch = Launch {
+            launcher: super::super::Launcher::Torchrun,
+            rank,
+            world: 2,
+            local_rank: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+        };
+        // NCCL's library is not on a CPU host: process 0's id maker stands in for
+        // `ncclGetUniqueId` (its 128 bytes are what the rendezvous carries).
+        let id: NcclId = || Ok((0..128).map(|i| i as u8 ^ 0xa5).collect());
+        let join = Join {
+            launch,
+            ranks_per_process: 1,
+            config: BTreeMap::new(),
+            timeout: Duration::from_secs(20),
+            nccl_id: nccl.then_some(id),
+        };
+        Session::join(join, Arc::new(|_| {}))
+    }
+
+    fn port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    #[test]
+    fn process_0_sends_its_nccl_id_to_the_others() {
+        let port = port();
+        let master = std::thread::spawn(move || join(0, port, true));
+        let worker = join(1, port, true).expect("process 1 joins");
+        let master = master.join().expect("no panic").expect("process 0 joins");
+        let id: Vec<u8> = (0..128).map(|i| i as u8 ^ 0xa5).collect();
+        for s in [&master, &worker] {
+            assert_eq!(
+                s.engine,
+                SessionEngine::Nccl {
+                    unique_id: id.clone()
+                }
+            );
+            s.finish();
+        }
+    }
+
+    #[test]
+    fn processes_asking_for_different_engines_are_refused() {
+        let port = port();
+        let master = std::thread::spawn(move || join(0, port, true));
+        let worker = join(1, port, false).expect_err("refused");
+        let master = master.join().expect("no panic").expect_err("refused");
+        for e in [worker.to_string(), master.to_string()] {
+            assert_eq!(
+                e,
+                "rank 1 talks through burn-collective, rank 0 through NCCL (--collective, and \
+                 NCCL's library on each host)"
+            );
+        }
     }
 
     #[test]

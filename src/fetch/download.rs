@@ -199,7 +199,7 @@ pub fn download(
     file.sync_all().map_err(|e| io_err(part, e))?;
     Ok(Downloaded {
         size,
-        sha256: hex(&state.hasher.finalize()),
+        sha256: crate::hex::encode(&state.hasher.finalize()),
         url,
         received: state.received,
         resumed_from: state.resumed_from,
@@ -232,10 +232,6 @@ fn io_err(path: &Path, e: io::Error) -> FetchError {
         path: path.to_path_buf(),
         message: e.to_string(),
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Make the hash cover exactly the first `len` bytes of the file.

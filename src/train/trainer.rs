@@ -190,12 +190,6 @@ where
         Some(s) => (s.world(), s.rank_of(0), s.process() == 0),
         None => (devices.len(), 0, true),
     };
-    if session.is_some() && opts.collective == Engine::Nccl {
-        return Err(ConfigError::Invalid(
-            "--collective nccl: processes of a multi-process run talk through burn-collective in this version".into(),
-        )
-        .into());
-    }
     LocalGroup::<A::InnerBackend>::check(devices, opts.collective)
         .map_err(|e| ConfigError::Invalid(format!("--collective {}: {e}", opts.collective)))?;
     let output = PathBuf::from(&cfg.output_dir);

@@ -243,6 +243,16 @@ fn launch_errors_are_one_line_within_the_timeout() {
         .unwrap();
     assert!(error_line(&o).contains("MASTER_ADDR is not set"));
 
+    // NCCL asked for CPU ranks: refused before any rendezvous.
+    let mut b = a.clone();
+    b.extend(["--collective".into(), "nccl".into()]);
+    let (o, _) = finish(spawn(0, 2, free_port(), &b), limit, "NCCL on the CPU");
+    let e = error_line(&o);
+    assert!(
+        e.contains("--collective nccl: NCCL needs CUDA devices"),
+        "{e}"
+    );
+
     // swav-lincls does not run across processes: it says so instead of running twice.
     let o = Command::new(env!("CARGO_BIN_EXE_swav-lincls"))
         .args(["knn", "--data", "nowhere"])
