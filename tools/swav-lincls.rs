@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use swav::backend::Devices;
 use swav::data::dataset::Dataset;
-use swav::eval::lincls::{self, image_folder, LinclsRequest};
+use swav::dist::{Launch, Session};
+use swav::eval::lincls::{self, image_folder, LinclsPlan, LinclsRequest};
 use swav::eval::linear::{self, LinearEvalConfig};
 use swav::eval::Frozen;
 use swav::model::load;
@@ -28,9 +29,14 @@ struct Args {
     #[command(subcommand)]
     command: Command,
     /// Device, or devices to split the work across: cpu, cuda:N, or a list (cuda:0,cuda:1;
-    /// cpu,cpu for two CPU ranks). CUDA needs a build with --features cuda.
+    /// cpu,cpu for two CPU ranks). Under torchrun or SLURM variables, `cuda` alone is this
+    /// process's GPU (cuda:LOCAL_RANK). CUDA needs a build with --features cuda.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
+    /// Seconds the rendezvous of a multi-process `train` (torchrun / SLURM variables) and each
+    /// of its collectives may wait for the other processes before the run ends with an error.
+    #[arg(long, global = true, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    dist_timeout: u64,
 }
 
 #[derive(clap::Args)]
@@ -162,9 +168,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let result = single_process()
-        .and_then(|()| Devices::parse(&args.device))
-        .and_then(|d| swav::with_backend!(&d, |B, list| run::<B>(args, list)));
+    let result = launched(&args).and_then(|launch| {
+        let device = launch
+            .as_ref()
+            .map_or_else(|| args.device.clone(), |l| l.device_flag(&args.device));
+        let devices = Devices::parse(&device)?;
+        swav::with_backend!(&devices, |B, list| run::<B>(args, list, launch))
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -249,20 +259,69 @@ fn eval_config(c: &Common) -> LinearEvalConfig {
     }
 }
 
-/// swav-lincls runs its ranks in one process: under a launcher's variables (several
-/// processes), every process would run the whole evaluation and write the same files.
-fn single_process() -> Result<(), String> {
-    match swav::dist::Launch::from_env().map_err(|e| e.to_string())? {
-        None => Ok(()),
-        Some(l) => Err(format!(
-            "started as process {} of {} ({} variables): swav-lincls runs in one process; \
-             give it several devices with --device instead",
-            l.rank, l.world, l.launcher
-        )),
-    }
+/// The launch this process is part of (torchrun / SLURM variables), if any. Only `train` (the
+/// linear evaluation, with or without --evaluate-only) runs across processes; the others would
+/// run whole in every process and write the same files.
+fn launched(args: &Args) -> Result<Option<Launch>, String> {
+    let Some(l) = Launch::from_env().map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let name = match &args.command {
+        Command::Train { .. } => return Ok(Some(l)),
+        Command::Features { .. } => "features",
+        Command::Evaluate { .. } => "evaluate",
+        Command::Knn { .. } => "knn",
+    };
+    Err(format!(
+        "started as process {} of {} ({} variables): `swav-lincls {name}` runs in one process \
+         (only `train` runs across processes); give it several devices with --device instead",
+        l.rank, l.world, l.launcher
+    ))
 }
 
-fn run<B: Backend>(args: Args, devices: Vec<B::Device>) -> Result<(), String> {
+/// This process's part of a multi-process `train`: the settings every process must share are
+/// compared at the rendezvous (the linear-evaluation config but its workers, the data's size,
+/// the weights, the output).
+fn join<B: Backend>(
+    launch: Launch,
+    timeout: u64,
+    frozen: &Frozen<B>,
+    plan: &LinclsPlan,
+    common: &Common,
+    evaluate_only: bool,
+) -> Result<Arc<Session>, String> {
+    let mut linear = serde_json::to_value(&plan.cfg).map_err(|e| e.to_string())?;
+    if let Some(m) = linear.as_object_mut() {
+        m.remove("workers");
+    }
+    let settings = serde_json::json!({
+        "linear": linear,
+        "train_images": plan.train.len(),
+        "val_images": plan.val.len(),
+        "classes": plan.train.classes,
+        "output_dir": plan.output_dir,
+        "pretrained": common.pretrained,
+        "random_init": common.random_init,
+        "width": common.width,
+        "evaluate_only": evaluate_only,
+    });
+    let timeout = std::time::Duration::from_secs(timeout);
+    swav::dist::join_launched(
+        launch,
+        frozen.devices.len(),
+        &settings,
+        timeout,
+        None,
+        "swav-lincls",
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn run<B: Backend>(
+    args: Args,
+    devices: Vec<B::Device>,
+    launch: Option<Launch>,
+) -> Result<(), String> {
     match args.command {
         Command::Features {
             common,
@@ -338,15 +397,29 @@ fn run<B: Backend>(args: Args, devices: Vec<B::Device>) -> Result<(), String> {
                 seed,
             };
             let plan = request.resolve(eval_config(&common), feature_dim)?;
+            let session = launch
+                .map(|l| join(l, args.dist_timeout, &frozen, &plan, &common, evaluate_only))
+                .transpose()?;
+            // Every process computes the same numbers; process 0 alone reports and writes them.
+            let reports = session.as_ref().is_none_or(|s| s.process() == 0);
+            let frozen = frozen.with_session(session.clone());
+            let done = || {
+                if let Some(s) = &session {
+                    s.finish();
+                }
+            };
             if let (true, Some(cls)) = (evaluate_only, &cls) {
                 let classes = plan.val.classes.len();
                 let head =
                     linear::load_classifier::<B>(cls, feature_dim, classes, &frozen.devices[0])?;
                 let (top1, top5) = linear::evaluate(&frozen, &head, plan.val, &plan.cfg)?;
-                println!("{}", serde_json::json!({"top1": top1, "top5": top5}));
+                done();
+                if reports {
+                    println!("{}", serde_json::json!({"top1": top1, "top5": top5}));
+                }
                 return Ok(());
             }
-            let bar = if std::io::stderr().is_terminal() {
+            let bar = if reports && std::io::stderr().is_terminal() {
                 ProgressBar::with_draw_target(
                     Some(plan.cfg.epochs as u64),
                     ProgressDrawTarget::stderr(),
@@ -365,16 +438,21 @@ fn run<B: Backend>(args: Args, devices: Vec<B::Device>) -> Result<(), String> {
                     m.loss, m.top1, m.top5, m.images_per_second
                 ));
                 let line = serde_json::to_string(m).expect("plain numbers serialise");
-                bar.suspend(|| println!("{line}"));
+                if reports {
+                    bar.suspend(|| println!("{line}"));
+                }
             });
             bar.finish_and_clear();
             let summary = summary?;
-            eprintln!(
-                "swav-lincls event=done best_top1={:.2} output={} plot={}",
-                summary.best_top1,
-                summary.output_dir.display(),
-                summary.plot.display()
-            );
+            done();
+            if reports {
+                eprintln!(
+                    "swav-lincls event=done best_top1={:.2} output={} plot={}",
+                    summary.best_top1,
+                    summary.output_dir.display(),
+                    summary.plot.display()
+                );
+            }
             Ok(())
         }
         Command::Evaluate {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use swav::backend::Devices;
 use swav::collective::Engine;
 use swav::data::{bench, dataset::Dataset, loader, multicrop::MultiCrop, synthetic};
-use swav::dist::{Fatal, Join, Launch, Session};
+use swav::dist::Launch;
 use swav::train::config::TrainConfig;
 use swav::train::trainer::{self, Event, TrainOptions};
 
@@ -222,7 +222,8 @@ fn pretrain(a: TrainArgs) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let launch = Launch::from_env().map_err(|e| e.to_string())?;
     let device = match (&a.device, &launch) {
-        (Some(d), _) => d.clone(),
+        (Some(d), Some(l)) => l.device_flag(d),
+        (Some(d), None) => d.clone(),
         (None, Some(l)) => l.default_device(&cfg.device),
         (None, None) => cfg.device.clone(),
     };
@@ -230,23 +231,20 @@ fn pretrain(a: TrainArgs) -> Result<(), String> {
     let session = match launch {
         None => None,
         Some(launch) => {
-            let config = serde_json::to_value(&cfg).map_err(|e| e.to_string())?;
-            let join = Join {
-                launch,
-                ranks_per_process: devices.len(),
-                config: swav::dist::flatten(&config),
-                timeout: std::time::Duration::from_secs(a.dist_timeout),
-                nccl_id: swav::collective::process_engine(&devices, a.collective)
-                    .map_err(|e| format!("--collective {}: {e}", a.collective))?,
-            };
-            // A peer gone or stalled ends this process from the session's watch thread.
-            let fatal: Fatal = Arc::new(|e| {
-                eprintln!("swav-train: error: {e}");
-                std::process::exit(2);
-            });
-            Some(Arc::new(
-                Session::join(join, fatal).map_err(|e| e.to_string())?,
-            ))
+            let nccl_id = swav::collective::process_engine(&devices, a.collective)
+                .map_err(|e| format!("--collective {}: {e}", a.collective))?;
+            let timeout = std::time::Duration::from_secs(a.dist_timeout);
+            Some(
+                swav::dist::join_launched(
+                    launch,
+                    devices.len(),
+                    &cfg,
+                    timeout,
+                    nccl_id,
+                    "swav-train",
+                )
+                .map_err(|e| e.to_string())?,
+            )
         }
     };
     let opts = TrainOptions {

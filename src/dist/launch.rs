@@ -159,6 +159,18 @@ impl Launch {
     }
 }
 
+impl Launch {
+    /// This process's device for a `--device` given under the launcher: a bare `cuda` (or
+    /// PASSL's `gpu`) is this process's GPU, `cuda:LOCAL_RANK` (torchrun passes the same
+    /// arguments to every process); anything else as given.
+    pub fn device_flag(&self, given: &str) -> String {
+        match given.trim() {
+            "cuda" | "gpu" => format!("cuda:{}", self.local_rank),
+            other => other.to_string(),
+        }
+    }
+}
+
 fn number(var: &'static str, value: &str) -> Result<usize, LaunchError> {
     value.trim().parse().map_err(|_| LaunchError::Invalid {
         var,
@@ -280,6 +292,13 @@ mod tests {
             (1, 2, 1, 29501)
         );
         assert_eq!(l.launcher, Launcher::Torchrun);
+        // Devices: a CUDA config, or a bare `cuda` flag, is this process's GPU.
+        assert_eq!(l.default_device("cuda:0"), "cuda:1");
+        assert_eq!(l.default_device("cpu"), "cpu");
+        assert_eq!(l.device_flag("cuda"), "cuda:1");
+        assert_eq!(l.device_flag("gpu"), "cuda:1");
+        assert_eq!(l.device_flag("cuda:3"), "cuda:3");
+        assert_eq!(l.device_flag("cpu,cpu"), "cpu,cpu");
         let e = launch(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "1")]).unwrap_err();
         assert!(e.to_string().contains("MASTER_ADDR is not set"), "{e}");
         let e = launch(&[

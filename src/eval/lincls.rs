@@ -118,7 +118,9 @@ pub fn image_folder(root: &Path) -> Result<Arc<Dataset>, String> {
 /// run's files; `on_epoch` sees each epoch's numbers after they are written. With
 /// `cache_features` the features are computed once with the evaluation transform (split across
 /// the devices) and the classifier trains on the first device; without, it trains
-/// data-parallel on every device.
+/// data-parallel on every device. In a run of several processes (`frozen.session`) only
+/// process 0 writes the files (every process computes, and reports, the same numbers), and
+/// `cache_features` is refused.
 pub fn run<B: Backend>(
     frozen: &Frozen<B>,
     feature_dim: usize,
@@ -132,27 +134,40 @@ pub fn run<B: Backend>(
         val,
         output_dir,
     } = plan;
+    if cache_features && frozen.session.is_some() {
+        return Err(
+            "--cache-features runs in one process (give it several devices with --device)".into(),
+        );
+    }
+    let writer = frozen.session.as_ref().is_none_or(|s| s.process() == 0);
     let at = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-    std::fs::create_dir_all(&output_dir).map_err(|e| at(&output_dir, e))?;
     let metrics_path = output_dir.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path).map_err(|e| at(&metrics_path, e))?;
+    let mut metrics = if writer {
+        std::fs::create_dir_all(&output_dir).map_err(|e| at(&output_dir, e))?;
+        Some(std::fs::File::create(&metrics_path).map_err(|e| at(&metrics_path, e))?)
+    } else {
+        None
+    };
     let mut best = f64::NEG_INFINITY;
     let mut failure = None;
     let mut history: Vec<EpochMetrics> = Vec::new();
     let mut record = |m: &EpochMetrics, head: &burn::nn::Linear<B>| {
-        let mut save = |name: &str| {
-            if let Err(e) = linear::save_classifier(&output_dir.join(name), head) {
-                failure.get_or_insert(e);
+        let improved = m.top1 > best;
+        best = best.max(m.top1);
+        if let Some(metrics) = metrics.as_mut() {
+            let mut save = |name: &str| {
+                if let Err(e) = linear::save_classifier(&output_dir.join(name), head) {
+                    failure.get_or_insert(e);
+                }
+            };
+            save("last.safetensors");
+            if improved {
+                save("best.safetensors");
             }
-        };
-        save("last.safetensors");
-        if m.top1 > best {
-            best = m.top1;
-            save("best.safetensors");
-        }
-        let line = serde_json::to_string(m).expect("plain numbers serialise");
-        if let Err(e) = writeln!(metrics, "{line}").and_then(|()| metrics.flush()) {
-            failure.get_or_insert(at(&metrics_path, e));
+            let line = serde_json::to_string(m).expect("plain numbers serialise");
+            if let Err(e) = writeln!(metrics, "{line}").and_then(|()| metrics.flush()) {
+                failure.get_or_insert(at(&metrics_path, e));
+            }
         }
         history.push(m.clone());
         on_epoch(m);
@@ -175,6 +190,14 @@ pub fn run<B: Backend>(
         points: history.iter().map(|m| (m.epoch as f64, f(m))).collect(),
     };
     let plot = output_dir.join("curves.png");
+    if !writer {
+        return Ok(LinclsSummary {
+            best_top1: best,
+            history,
+            output_dir,
+            plot,
+        });
+    }
     crate::plot::write_png(
         &plot,
         &[

@@ -8,13 +8,19 @@
 //! ranks (one per device, [`super::ranks`]) and the classifier trains data-parallel: the
 //! gradients of the global batch's mean loss are summed through the collective engine
 //! ([`crate::collective`]) and every rank applies the same step.
+//!
+//! In a run of several processes ([`Frozen::session`], as facebookresearch's `eval_linear.py`
+//! runs under its launcher) the ranks of every process are the ranks of one evaluation: each
+//! process loads its part of every global batch (training and validation), the gradients and
+//! the hit counts are summed over every rank, and every process sees the same numbers.
 
 use super::ranks::{self, Pool};
 use super::{Frozen, Handout};
-use crate::collective::{CollectiveError, Communicator, Engine, LocalGroup};
+use crate::collective::{Communicator, Engine, LocalGroup};
 use crate::data::dataset::Dataset;
 use crate::data::loader::{Batch, Loader, LoaderConfig, Pipeline};
 use crate::data::multicrop::EvalTransform;
+use crate::dist::Session;
 use crate::model::swav::Swav;
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -183,8 +189,14 @@ pub fn hits<B: Backend>(logits: Tensor<B, 2>, labels: &[i64]) -> (usize, usize) 
     (t1, t5)
 }
 
-/// The loader of validation images for `world` devices: evaluation transform, in order.
-fn val_loader(val: Arc<Dataset>, cfg: &LinearEvalConfig, world: usize) -> Loader {
+/// The loader of validation images for `world` ranks, of which this process loads `part`:
+/// evaluation transform, in order.
+fn val_loader(
+    val: Arc<Dataset>,
+    cfg: &LinearEvalConfig,
+    world: usize,
+    part: (usize, usize),
+) -> Loader {
     let lc = LoaderConfig {
         batch_size: cfg.batch_size.max(1) * world,
         workers: cfg.workers.max(1),
@@ -192,7 +204,7 @@ fn val_loader(val: Arc<Dataset>, cfg: &LinearEvalConfig, world: usize) -> Loader
         drop_last: false,
         seed: cfg.seed,
         prefetch: 2,
-        part: (0, 1),
+        part,
     };
     let pipeline = Pipeline::Eval {
         transform: cfg.val_transform(),
@@ -202,30 +214,71 @@ fn val_loader(val: Arc<Dataset>, cfg: &LinearEvalConfig, world: usize) -> Loader
     Loader::new(val, pipeline, &lc, 0)
 }
 
-/// Top-1 and top-5 (in %) over `val`, each batch split across the ranks of `pool`; `job`
-/// makes a rank's job of its shard, and `hits` reads the rank's answer.
+/// How the ranks of `pool` meet the other processes' ranks, in a run of several processes.
+struct Across<'a, J> {
+    session: &'a Session,
+    /// A job that sums counts over every rank (rank 0 of this process passes this process's,
+    /// the others zeros); its answer is read back by the `hits` of [`val_accuracy`].
+    sum: fn([usize; 3]) -> J,
+}
+
+/// Top-1 and top-5 (in %) over `val`, each batch split across the ranks of `pool` (and of every
+/// process, `across`); `job` makes a rank's job of its shard, and `hits` reads the rank's
+/// answer.
 fn val_accuracy<J, R>(
     pool: &Pool<J, R>,
     val: Arc<Dataset>,
     cfg: &LinearEvalConfig,
+    across: Option<&Across<J>>,
     job: impl Fn(Batch) -> J,
-    hits: impl Fn(R) -> (usize, usize),
+    hits: impl Fn(R) -> [usize; 3],
 ) -> Result<(f64, f64), String> {
-    let (mut n, mut t1, mut t5) = (0, 0, 0);
-    for b in val_loader(val, cfg, pool.world()) {
-        if b.is_empty() {
-            continue;
-        }
-        n += b.len();
+    let (world, part) = across.map_or((pool.world(), (0, 1)), |a| {
+        (
+            a.session.world(),
+            (a.session.process(), a.session.processes()),
+        )
+    });
+    let mut counts = [0usize; 3];
+    for b in val_loader(val, cfg, world, part) {
+        let n = b.len();
         let jobs = b.split(pool.world()).into_iter().map(&job).collect();
         for r in pool.round(jobs)? {
-            let (a, c) = hits(r);
-            t1 += a;
-            t5 += c;
+            let [a, c, _] = hits(r);
+            counts[0] += a;
+            counts[1] += c;
         }
+        counts[2] += n;
     }
+    if let Some(a) = across {
+        let jobs = (0..pool.world())
+            .map(|w| (a.sum)(if w == 0 { counts } else { [0; 3] }))
+            .collect();
+        counts = hits(pool.round(jobs)?.swap_remove(0));
+    }
+    let [t1, t5, n] = counts;
     let pct = |x: usize| 100.0 * x as f64 / n.max(1) as f64;
     Ok((pct(t1), pct(t5)))
+}
+
+/// The sums over every rank of `comm`'s group of each rank's `counts` (exact below 2^24 in
+/// f32: validation sets are far smaller).
+fn sum_counts<B: Backend>(
+    comm: &Communicator<B>,
+    counts: [usize; 3],
+    device: &B::Device,
+) -> Result<[usize; 3], String> {
+    let t = Tensor::<B, 1>::from_data(
+        TensorData::new(counts.iter().map(|&c| c as f32).collect(), [3]),
+        device,
+    );
+    let sum = comm.all_reduce_sum(t).map_err(|e| e.to_string())?;
+    let v = sum
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
+    Ok([v[0] as usize, v[1] as usize, v[2] as usize])
 }
 
 /// Labels of a batch (`missing` where an image has none).
@@ -254,8 +307,14 @@ fn shard_hits<I: Backend>(
     )
 }
 
+/// A job of [`evaluate`]'s ranks.
+enum EvalJob {
+    Hits(Batch),
+    Sum([usize; 3]),
+}
+
 /// Evaluate `head` on `val` (features of the frozen backbone, every batch split across its
-/// devices): top-1, top-5 in %.
+/// devices, and across the processes of its session): top-1, top-5 in %.
 pub fn evaluate<I: Backend>(
     frozen: &Frozen<I>,
     head: &Linear<I>,
@@ -263,6 +322,11 @@ pub fn evaluate<I: Backend>(
     cfg: &LinearEvalConfig,
 ) -> Result<(f64, f64), String> {
     let handout = frozen.handout();
+    let (comms, group) = communicators(frozen)?;
+    let across = frozen.session.as_deref().map(|session| Across {
+        session,
+        sum: EvalJob::Sum,
+    });
     ranks::with_ranks(
         &frozen.devices,
         |w, d| {
@@ -271,12 +335,38 @@ pub fn evaluate<I: Backend>(
             } else {
                 head.clone().fork(d)
             };
-            Ok((frozen.replica(&handout, w, d), head, d.clone()))
+            Ok((
+                frozen.replica(&handout, w, d),
+                head,
+                comms.take(w),
+                d.clone(),
+            ))
         },
-        |(backbone, head, device), shard: Batch| Ok(shard_hits(backbone, head, shard, device)),
-        || {},
-        |pool| val_accuracy(pool, val, cfg, |b| b, |h| h),
+        |(backbone, head, comm, device), job: EvalJob| match job {
+            EvalJob::Hits(shard) => {
+                let (a, b) = shard_hits(backbone, head, shard, device);
+                Ok([a, b, 0])
+            }
+            EvalJob::Sum(counts) => sum_counts(comm, counts, device),
+        },
+        || group.abort(),
+        |pool| val_accuracy(pool, val, cfg, across.as_ref(), EvalJob::Hits, |h| h),
     )
+}
+
+/// One communicator per rank of `frozen`: burn-collective in one process (also for CUDA ranks:
+/// the classifier's gradients are small, and a rank that fails releases the others, where a
+/// failed NCCL peer would leave them waiting), or the engine of its session across processes.
+fn communicators<B: Backend>(
+    frozen: &Frozen<B>,
+) -> Result<(Handout<Communicator<B>>, crate::collective::GroupHandle<B>), String> {
+    let comms = match &frozen.session {
+        Some(s) => LocalGroup::<B>::register_processes(&frozen.devices, s),
+        None => LocalGroup::<B>::register_with(&frozen.devices, Engine::BurnCollective),
+    }
+    .map_err(|e| e.to_string())?;
+    let group = comms[0].handle();
+    Ok((Handout::new(comms), group))
 }
 
 /// One rank of data-parallel classifier training: its copy of the frozen backbone, its
@@ -291,22 +381,25 @@ struct ClassifierRank<A: AutodiffBackend, O> {
 }
 
 enum Job {
-    /// One SGD step on the rank's shard of a batch of `global` images.
+    /// One SGD step on the rank's shard of a batch of `global` images (`None`: counted over
+    /// the ranks, in a run of several processes).
     Step {
         shard: Batch,
-        global: usize,
+        global: Option<usize>,
         lr: f64,
     },
     /// Top-1 and top-5 hits on a shard of validation images.
     Hits(Batch),
+    /// Counts summed over every rank.
+    Sum([usize; 3]),
     /// The classifier, for saving.
     Head,
 }
 
 enum Answer<B: Backend> {
-    /// The sum of the batch's losses over every rank.
-    LossSum(f64),
-    Hits(usize, usize),
+    /// The sum of the batch's losses over every rank, and the batch's images.
+    LossSum(f64, usize),
+    Counts([usize; 3]),
     Head(Box<Linear<B>>),
 }
 
@@ -320,8 +413,19 @@ impl<A: AutodiffBackend, O: Optimizer<Linear<A>, A>> ClassifierRank<A, O> {
     /// One step: the cross-entropy of this rank's shard weighted by its share of the global
     /// batch, so that the gradients summed over the ranks are those of the global batch's mean
     /// loss (shards may differ in size); one all-reduce of every gradient and the loss sum.
-    fn step(&mut self, shard: Batch, global: usize, lr: f64) -> Result<f64, CollectiveError> {
+    /// Without `global` (other processes load the rest of the batch), the batch's size is
+    /// summed over the ranks first. Returns the loss sum and the batch's size.
+    fn step(
+        &mut self,
+        shard: Batch,
+        global: Option<usize>,
+        lr: f64,
+    ) -> Result<(f64, usize), String> {
         let n = shard.len();
+        let global = match global {
+            Some(g) => g,
+            None => sum_counts(&self.comm, [n, 0, 0], &self.device)?[0],
+        };
         let head = self.head();
         let (grads, loss_sum) = if n == 0 {
             // An empty shard (a last batch smaller than the world) still takes part, with
@@ -345,35 +449,40 @@ impl<A: AutodiffBackend, O: Optimizer<Linear<A>, A>> ClassifierRank<A, O> {
             let grads = GradientsParams::from_grads(loss.backward(), head);
             (grads, mean.mul_scalar(n as f64).inner())
         };
-        let (grads, loss_sum) = self.comm.all_reduce_gradients(head, grads, loss_sum, 1.0)?;
+        let (grads, loss_sum) = self
+            .comm
+            .all_reduce_gradients(head, grads, loss_sum, 1.0)
+            .map_err(|e| e.to_string())?;
         let head = self.head.take().expect("the classifier");
         self.head = Some(self.optim.step(lr, head, grads));
-        Ok(f64::from(
-            loss_sum
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .expect("scalar loss")[0],
-        ))
+        let loss_sum = loss_sum
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("scalar loss")[0];
+        Ok((f64::from(loss_sum), global))
     }
 
     fn answer(&mut self, job: Job) -> Result<Answer<A::InnerBackend>, String> {
         Ok(match job {
             Job::Step { shard, global, lr } => {
-                Answer::LossSum(self.step(shard, global, lr).map_err(|e| e.to_string())?)
+                let (loss, images) = self.step(shard, global, lr)?;
+                Answer::LossSum(loss, images)
             }
             Job::Hits(shard) => {
                 let (a, b) = shard_hits(&self.backbone, &self.head().valid(), shard, &self.device);
-                Answer::Hits(a, b)
+                Answer::Counts([a, b, 0])
             }
+            Job::Sum(counts) => Answer::Counts(sum_counts(&self.comm, counts, &self.device)?),
             Job::Head => Answer::Head(Box::new(self.head().valid())),
         })
     }
 }
 
-/// Train a linear classifier on the frozen backbone, data-parallel over its devices: each
-/// rank computes the features and the loss of its shard of every batch, the gradients are
-/// summed through the collective engine, and every rank applies the same SGD step.
+/// Train a linear classifier on the frozen backbone, data-parallel over its devices (and the
+/// processes of its session): each rank computes the features and the loss of its shard of
+/// every batch, the gradients are summed through the collective engine, and every rank applies
+/// the same SGD step.
 /// `on_epoch` gets each epoch's metrics and the classifier (for saving best and last).
 /// Returns the trained classifier.
 pub fn train<A: AutodiffBackend>(
@@ -387,21 +496,25 @@ pub fn train<A: AutodiffBackend>(
     let devices: Vec<A::Device> = frozen.devices.clone();
     let classes = train_set.classes.len().max(1);
     let head = classifier::<A>(feature_dim, classes, cfg.seed, &devices[0]);
-    // burn-collective, also for CUDA ranks: the classifier's gradients are small, and a rank
-    // that fails releases the others (a failed NCCL peer would leave them waiting).
-    let comms = LocalGroup::<A::InnerBackend>::register_with(&devices, Engine::BurnCollective)
-        .map_err(|e| e.to_string())?;
-    let group = comms[0].handle();
-    let (comms, heads) = (Handout::new(comms), Handout::new(vec![head; devices.len()]));
+    let (comms, group) = communicators(frozen)?;
+    let heads = Handout::new(vec![head; devices.len()]);
     let handout = frozen.handout();
+    let session = frozen.session.as_deref();
+    let (world, part) = session.map_or((devices.len(), (0, 1)), |s| {
+        (s.world(), (s.process(), s.processes()))
+    });
+    let across = session.map(|session| Across {
+        session,
+        sum: Job::Sum,
+    });
     let lc = LoaderConfig {
-        batch_size: cfg.batch_size.max(1) * devices.len(),
+        batch_size: cfg.batch_size.max(1) * world,
         workers: cfg.workers.max(1),
         shuffle: true,
         drop_last: false,
         seed: cfg.seed,
         prefetch: 2,
-        part: (0, 1),
+        part,
     };
     let per_epoch = train_set.len().div_ceil(lc.batch_size);
     let total = per_epoch * cfg.epochs;
@@ -432,28 +545,37 @@ pub fn train<A: AutodiffBackend>(
                 let start = std::time::Instant::now();
                 let (mut loss_sum, mut seen, mut lr) = (0.0, 0usize, cfg.lr);
                 for b in Loader::new(train_set.clone(), pipeline.clone(), &lc, epoch as u64) {
-                    if b.is_empty() {
+                    // In one process an empty batch (every image unreadable) is skipped; across
+                    // processes every process takes part in each batch's step, as its part
+                    // may be empty while another's is not.
+                    if b.is_empty() && session.is_none() {
                         continue;
                     }
-                    let global = b.len();
+                    let global = session.is_none().then_some(b.len());
                     lr = cosine_lr(cfg.lr, iteration, total);
                     let jobs = b
                         .split(pool.world())
                         .into_iter()
                         .map(|shard| Job::Step { shard, global, lr })
                         .collect();
-                    if let Some(Answer::LossSum(l)) = pool.round(jobs)?.first() {
+                    if let Some(&Answer::LossSum(l, images)) = pool.round(jobs)?.first() {
                         loss_sum += l;
+                        seen += images;
                     }
-                    seen += global;
                     iteration += 1;
                 }
                 let ips = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                let (top1, top5) =
-                    val_accuracy(pool, val_set.clone(), cfg, Job::Hits, |a| match a {
-                        Answer::Hits(a, b) => (a, b),
-                        _ => (0, 0),
-                    })?;
+                let (top1, top5) = val_accuracy(
+                    pool,
+                    val_set.clone(),
+                    cfg,
+                    across.as_ref(),
+                    Job::Hits,
+                    |a| match a {
+                        Answer::Counts(c) => c,
+                        _ => [0; 3],
+                    },
+                )?;
                 let Answer::Head(valid) = pool.ask(0, Job::Head)? else {
                     return Err("rank 0 answered out of turn".into());
                 };

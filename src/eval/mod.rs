@@ -10,6 +10,7 @@ pub mod ranks;
 use crate::data::dataset::Dataset;
 use crate::data::loader::{Batch, Loader, LoaderConfig, Pipeline};
 use crate::data::multicrop::EvalTransform;
+use crate::dist::Session;
 use crate::model::swav::{l2_normalize, Swav, SwavConfig, SwavOutput};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -22,6 +23,9 @@ pub struct Frozen<B: Backend> {
     pub model: Swav<B>,
     pub config: SwavConfig,
     pub devices: Vec<B::Device>,
+    /// In a run of several processes, this process's membership: the linear evaluation
+    /// ([`linear::train`], [`linear::evaluate`]) then runs over the ranks of every process.
+    pub session: Option<Arc<Session>>,
 }
 
 impl<B: Backend> Frozen<B> {
@@ -32,7 +36,14 @@ impl<B: Backend> Frozen<B> {
             model,
             config,
             devices,
+            session: None,
         }
+    }
+
+    /// This evaluation as this process's part of a run of several processes.
+    pub fn with_session(mut self, session: Option<Arc<Session>>) -> Self {
+        self.session = session;
+        self
     }
 
     /// Each rank's copy of the model, taken by the rank on its thread with

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const TRAIN: &str = env!("CARGO_BIN_EXE_swav-train");
+const LINCLS: &str = env!("CARGO_BIN_EXE_swav-lincls");
 
 /// The tiny model and run of `pretrain.rs`, as overrides: 62 iterations of 16 images per epoch
 /// on the built-in synthetic set (made under the output folder), a queue from the second epoch.
@@ -47,7 +48,12 @@ fn free_port() -> u16 {
 
 /// `swav-train` as process `rank` of `world`, torchrun's variables pointing at `port`.
 fn spawn(rank: usize, world: usize, port: u16, args: &[String]) -> Child {
-    Command::new(TRAIN)
+    spawn_tool(TRAIN, rank, world, port, args)
+}
+
+/// `tool` as process `rank` of `world`, torchrun's variables pointing at `port`.
+fn spawn_tool(tool: &str, rank: usize, world: usize, port: u16, args: &[String]) -> Child {
+    Command::new(tool)
         .args(args)
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", port.to_string())
@@ -253,8 +259,9 @@ fn launch_errors_are_one_line_within_the_timeout() {
         "{e}"
     );
 
-    // swav-lincls does not run across processes: it says so instead of running twice.
-    let o = Command::new(env!("CARGO_BIN_EXE_swav-lincls"))
+    // swav-lincls runs `train` across processes, not the rest: it says so instead of running
+    // twice.
+    let o = Command::new(LINCLS)
         .args(["knn", "--data", "nowhere"])
         .env("RANK", "1")
         .env("WORLD_SIZE", "2")
@@ -264,7 +271,7 @@ fn launch_errors_are_one_line_within_the_timeout() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("swav-lincls runs in one process"),
+        stderr(&o).contains("`swav-lincls knn` runs in one process (only `train` runs across"),
         "{}",
         stderr(&o)
     );
@@ -320,4 +327,112 @@ fn launch_errors_are_one_line_within_the_timeout() {
             assert!(e.contains(expected), "{e}");
         }
     }
+}
+
+/// The linear evaluation as two processes of one CPU rank each, against two CPU ranks in one
+/// process (the same global batches, split the same way): the same metrics every epoch and the
+/// same classifier, bit for bit (every sum has two addends, exact in any order); process 0
+/// alone prints and writes. `--evaluate-only` of the saved classifier across two processes
+/// scores what one process scores.
+#[test]
+fn two_processes_evaluate_as_two_ranks_of_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = swav::data::synthetic::write(
+        &dir.path().join("syn"),
+        &swav::data::synthetic::SyntheticConfig {
+            size: 32,
+            train_per_class: 4,
+            val_per_class: 2,
+            seed: 3,
+            quality: 90,
+        },
+    )
+    .unwrap();
+    let limit = Duration::from_secs(300);
+    // 40 training images in global batches of 14 (7 per rank): 14, 14, 12.
+    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "train",
+            "--random-init",
+            "18",
+            "--width",
+            "4",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.5",
+            "--train-size",
+            "24",
+            "--resize",
+            "28",
+            "--size",
+            "24",
+            "--batch-size",
+            "7",
+            "--workers",
+            "1",
+            "--dist-timeout",
+            "60",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(["--data".into(), data.display().to_string()]);
+        a.extend(["--output-dir".into(), out.display().to_string()]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let o = Command::new(LINCLS)
+        .args(args(&one, &["--device", "cpu,cpu"]))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let port = free_port();
+    let p1 = spawn_tool(LINCLS, 1, 2, port, &args(&two, &[]));
+    let p0 = spawn_tool(LINCLS, 0, 2, port, &args(&two, &[]));
+    let (o1, _) = finish(p1, limit, "lincls process 1");
+    let (o0, _) = finish(p0, limit, "lincls process 0");
+    assert!(o0.status.success(), "{}", stderr(&o0));
+    assert!(o1.status.success(), "{}", stderr(&o1));
+    assert!(o1.stdout.is_empty(), "process 1 prints nothing");
+    // Every epoch's numbers but the speed.
+    let numbers = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("images_per_second");
+                v
+            })
+            .collect()
+    };
+    let metrics = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let expected = numbers(&metrics(&one));
+    assert_eq!(expected.len(), 2);
+    assert_eq!(numbers(&metrics(&two)), expected);
+    assert_eq!(numbers(&String::from_utf8_lossy(&o0.stdout)), expected);
+    for f in ["best.safetensors", "last.safetensors"] {
+        let read = |run: &Path| std::fs::read(run.join(f)).unwrap();
+        assert!(read(&one) == read(&two), "{f} differs");
+    }
+
+    // --evaluate-only of the saved classifier, across two processes.
+    let best = two.join("best.safetensors").display().to_string();
+    let eval = ["--load", &best, "--evaluate-only"];
+    let o = Command::new(LINCLS)
+        .args(args(&one, &[&eval[..], &["--device", "cpu,cpu"]].concat()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let port = free_port();
+    let p1 = spawn_tool(LINCLS, 1, 2, port, &args(&two, &eval));
+    let p0 = spawn_tool(LINCLS, 0, 2, port, &args(&two, &eval));
+    let (o1, _) = finish(p1, limit, "lincls --evaluate-only process 1");
+    let (o0, _) = finish(p0, limit, "lincls --evaluate-only process 0");
+    assert!(
+        o0.status.success() && o1.status.success(),
+        "{}",
+        stderr(&o0)
+    );
+    assert_eq!(o0.stdout, o.stdout, "top-1 and top-5");
+    assert!(o1.stdout.is_empty());
 }
