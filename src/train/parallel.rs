@@ -17,6 +17,7 @@ use crate::dist::Session;
 use crate::log::panic_message;
 use crate::model::swav::Swav;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
@@ -62,6 +63,9 @@ enum Command<A: AutodiffBackend> {
     Run(Job<A>),
 }
 
+/// Fewest images a rank's shard needs for a step (BatchNorm's batch statistics need two).
+pub const MIN_SHARD: usize = 2;
+
 /// What rank 0 says of a step.
 #[derive(Debug, Clone, Copy)]
 pub struct StepResult {
@@ -69,6 +73,10 @@ pub struct StepResult {
     pub loss: f64,
     /// Whether the queue took part.
     pub queue_in_use: bool,
+    /// Whether every rank skipped the step, as a rank's shard held fewer than [`MIN_SHARD`]
+    /// images (unreadable ones left out; in a run of several processes, where each process
+    /// loads its own part, the ranks decide together).
+    pub skipped: bool,
 }
 
 enum Reply {
@@ -90,6 +98,8 @@ pub struct Ranks<A: AutodiffBackend> {
     engine: Option<Engine>,
     /// Steps handed out whose loss was not read yet.
     outstanding: std::cell::Cell<usize>,
+    /// Skips are decided by every rank together (a run of several processes).
+    agree: bool,
 }
 
 impl<A: DifferentiableCollective> Ranks<A>
@@ -121,6 +131,7 @@ where
         let group = comms[0].handle();
         let engine = comms[0].engine();
         let failure = Arc::new(Mutex::new(None));
+        let agree = session.is_some();
         let (reply_tx, replies) = mpsc::channel();
         let (mut commands, mut shards, mut handles) = (Vec::new(), Vec::new(), Vec::new());
         for (w, (start, comm)) in starts.into_iter().zip(comms).enumerate() {
@@ -161,6 +172,7 @@ where
                             &reply_tx,
                             &settings,
                             fault,
+                            agree,
                         )
                     }));
                     let cause = match run {
@@ -200,12 +212,19 @@ where
             group,
             engine,
             outstanding: std::cell::Cell::new(0),
+            agree: session.is_some(),
         })
     }
 
     /// Number of ranks.
     pub fn world(&self) -> usize {
         self.commands.len()
+    }
+
+    /// Whether the ranks decide together to skip a step (the other processes' shards are not
+    /// seen here): a batch with too few images is then handed to them all the same.
+    pub fn agree_on_skips(&self) -> bool {
+        self.agree
     }
 
     /// The engine the ranks talk through (`None` for one rank).
@@ -368,6 +387,7 @@ fn serve<A: DifferentiableCollective>(
     replies: &mpsc::Sender<(usize, Reply)>,
     settings: &StepSettings,
     fault: Option<Fault>,
+    agree: bool,
 ) -> Result<(), String>
 where
     A::Device: Send + 'static,
@@ -394,6 +414,19 @@ where
                     .ok_or_else(|| "its shard of the batch never came".to_string())?;
                 // One tensor per resolution, crop-major: one `[B, 3, s, s]` tensor per crop.
                 let n = batch.samples.len();
+                if agree && short_anywhere(&rank, n < MIN_SHARD)? {
+                    if w == 0 {
+                        let _ = replies.send((
+                            w,
+                            Reply::Loss(StepResult {
+                                loss: f64::NAN,
+                                queue_in_use: false,
+                                skipped: true,
+                            }),
+                        ));
+                    }
+                    continue;
+                }
                 let crops: Vec<_> = batch
                     .crops
                     .iter()
@@ -405,7 +438,14 @@ where
                 model = m;
                 if w == 0 {
                     let queue_in_use = rank.queue.as_ref().is_some_and(|q| q.in_use);
-                    let _ = replies.send((w, Reply::Loss(StepResult { loss, queue_in_use })));
+                    let _ = replies.send((
+                        w,
+                        Reply::Loss(StepResult {
+                            loss,
+                            queue_in_use,
+                            skipped: false,
+                        }),
+                    ));
                 }
             }
             Command::Run(job) => {
@@ -415,4 +455,23 @@ where
         }
     }
     Ok(())
+}
+
+/// Whether any rank of the run is `short` (one sum over every rank: each rank passes 1 when its
+/// shard is too small).
+fn short_anywhere<A: DifferentiableCollective>(
+    rank: &Rank<A>,
+    short: bool,
+) -> Result<bool, String> {
+    let flag = Tensor::<A::InnerBackend, 1>::from_data(
+        TensorData::new(vec![if short { 1.0f32 } else { 0.0 }], [1]),
+        &rank.device,
+    );
+    let sum = rank.comm.all_reduce_sum(flag).map_err(|e| e.to_string())?;
+    let total = sum
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(total[0] > 0.0)
 }

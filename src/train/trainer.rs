@@ -9,7 +9,7 @@
 
 use super::config::{ConfigError, TrainConfig};
 use super::diagnostics;
-use super::parallel::{Fault, RankFailure, RankStart, Ranks};
+use super::parallel::{Fault, RankFailure, RankStart, Ranks, MIN_SHARD};
 use super::rank::{self, StepSettings, SwavOptimizer};
 use super::schedule::LrSchedule;
 use super::state::{self, EpochRecord, TrainState};
@@ -586,7 +586,9 @@ where
             let (it, rate) = (self.st.iteration, self.schedule.at(self.st.iteration));
             self.st.iteration += 1;
             let n = batch.len();
-            if n < 2 * local_ranks {
+            // In one process a batch too small for every rank's shard is skipped here; across
+            // processes the ranks decide together (each process sees its part only).
+            if n < MIN_SHARD * local_ranks && !self.ranks.agree_on_skips() {
                 self.emit(Event::Warning {
                     message: format!(
                         "iteration {it}: batch of {n} images after unreadable ones were skipped: step skipped"
@@ -634,6 +636,15 @@ where
         sums: &mut EpochSums,
     ) -> Result<(), TrainError> {
         let out = self.ranks.loss()?;
+        if out.skipped {
+            return self.emit(Event::Warning {
+                message: format!(
+                    "iteration {}: a rank's part of the batch held fewer than {MIN_SHARD} readable \
+                     images: step skipped by every rank",
+                    p.iteration
+                ),
+            });
+        }
         if !out.loss.is_finite() {
             let images: Vec<String> = p
                 .images

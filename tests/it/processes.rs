@@ -436,3 +436,64 @@ fn two_processes_evaluate_as_two_ranks_of_one_process() {
     assert_eq!(o0.stdout, o.stdout, "top-1 and top-5");
     assert!(o1.stdout.is_empty());
 }
+
+/// Unreadable images leave a process's part of a batch too small for a step while another
+/// process's is not: every rank skips that step together (each process sees only its part),
+/// instead of one process stepping and waiting for the other until the timeout.
+#[test]
+fn a_step_too_small_anywhere_is_skipped_by_every_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = swav::data::synthetic::write(
+        &dir.path().join("syn"),
+        &swav::data::synthetic::SyntheticConfig {
+            size: 32,
+            train_per_class: 10,
+            val_per_class: 0,
+            seed: 5,
+            quality: 90,
+        },
+    )
+    .unwrap();
+    // Four images in five unreadable: parts of 8 images often hold fewer than 2 readable ones.
+    let mut images: Vec<std::path::PathBuf> = walk(&data.join("train"));
+    images.sort();
+    for (i, p) in images.iter().enumerate() {
+        if i % 5 != 0 {
+            std::fs::write(p, b"\xff\xd8 not a JPEG").unwrap();
+        }
+    }
+    let out = dir.path().join("out");
+    let root = format!(
+        "dataloader.train.dataset.dataroot={}",
+        data.join("train").display()
+    );
+    let mut a = args(&out, 1, &["--dist-timeout", "60", "-o", &root]);
+    a.retain(|s| s != "-q");
+    let port = free_port();
+    let p1 = spawn(1, 2, port, &a);
+    let p0 = spawn(0, 2, port, &a);
+    let limit = Duration::from_secs(300);
+    let (o1, _) = finish(p1, limit, "process 1 of a run with unreadable images");
+    let (o0, _) = finish(p0, limit, "process 0 of a run with unreadable images");
+    assert!(o1.status.success(), "{}", stderr(&o1));
+    assert!(o0.status.success(), "{}", stderr(&o0));
+    let skipped = stderr(&o0)
+        .lines()
+        .filter(|l| l.contains("step skipped by every rank"))
+        .count();
+    assert!(skipped > 0, "{}", stderr(&o0));
+    assert!(out.join("metrics.jsonl").is_file());
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
