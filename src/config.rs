@@ -116,3 +116,73 @@ pub fn with_overrides<T: Serialize + DeserializeOwned>(
 pub fn to_yaml<T: Serialize>(cfg: &T) -> String {
     serde_yaml_ng::to_string(cfg).expect("a config serialises")
 }
+
+/// Range checks of config values, each error naming its key (`model.head.epsilon -1: must be
+/// above 0`). NaN and infinities are out of every range.
+pub mod range {
+    use super::ConfigError;
+
+    fn bad(key: &str, value: impl std::fmt::Display, why: &str) -> ConfigError {
+        ConfigError::Invalid(format!("{key} {value}: {why}"))
+    }
+
+    /// A whole number of at least 1.
+    pub fn at_least_one(key: &str, v: usize) -> Result<(), ConfigError> {
+        if v >= 1 {
+            Ok(())
+        } else {
+            Err(bad(key, v, "must be at least 1"))
+        }
+    }
+
+    /// A finite number above 0.
+    pub fn positive(key: &str, v: f64) -> Result<(), ConfigError> {
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            Err(bad(key, v, "must be a finite number above 0"))
+        }
+    }
+
+    /// A finite number of at least 0.
+    pub fn non_negative(key: &str, v: f64) -> Result<(), ConfigError> {
+        if v.is_finite() && v >= 0.0 {
+            Ok(())
+        } else {
+            Err(bad(key, v, "must be a finite number of at least 0"))
+        }
+    }
+
+    /// A momentum: at least 0 and below 1.
+    pub fn momentum(key: &str, v: f64) -> Result<(), ConfigError> {
+        if (0.0..1.0).contains(&v) {
+            Ok(())
+        } else {
+            Err(bad(key, v, "must be at least 0 and below 1"))
+        }
+    }
+
+    /// A finite number.
+    pub fn finite(key: &str, v: f64) -> Result<(), ConfigError> {
+        if v.is_finite() {
+            Ok(())
+        } else {
+            Err(bad(key, v, "must be a finite number"))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn out_of_range_values_are_named() {
+            assert!(super::positive("a.b", 0.5).is_ok());
+            let e = super::positive("a.b", f64::NAN).unwrap_err().to_string();
+            assert_eq!(e, "config: a.b NaN: must be a finite number above 0");
+            assert!(super::non_negative("k", -1e-9).is_err());
+            assert!(super::momentum("m", 1.0).is_err());
+            assert!(super::momentum("m", 0.0).is_ok());
+            assert!(super::at_least_one("n", 0).is_err());
+            assert!(super::finite("f", f64::INFINITY).is_err());
+        }
+    }
+}

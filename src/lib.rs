@@ -8,6 +8,7 @@
 pub mod atomic;
 pub mod backend;
 pub mod checkpoint;
+pub mod cli;
 pub mod collective;
 pub mod config;
 pub mod convert;

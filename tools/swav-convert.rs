@@ -49,7 +49,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = swav::cli::parse("swav-convert");
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

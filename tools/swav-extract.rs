@@ -41,7 +41,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let a = Args::parse();
+    let a: Args = swav::cli::parse("swav-extract");
     let opts = ExtractOptions {
         prefix: a.prefix,
         remove_prefix: a.remove_prefix,

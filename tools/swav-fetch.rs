@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use swav::cli::{non_negative, positive};
 use swav::fetch::{self, FetchError, FetchOptions, Registry};
 
 #[derive(Parser)]
@@ -47,16 +48,16 @@ struct Common {
     #[arg(long, global = true)]
     offline: bool,
     /// Seconds allowed to connect.
-    #[arg(long, global = true, default_value_t = 15.0)]
+    #[arg(long, global = true, default_value_t = 15.0, value_parser = positive)]
     connect_timeout: f64,
     /// Seconds any one read may wait for data (there is no total deadline).
-    #[arg(long, global = true, default_value_t = 60.0)]
+    #[arg(long, global = true, default_value_t = 60.0, value_parser = positive)]
     read_timeout: f64,
     /// Failed attempts allowed per mirror.
     #[arg(long, global = true, default_value_t = 5)]
     retries: u32,
     /// First wait between attempts, in seconds (doubles each time; Retry-After wins).
-    #[arg(long, global = true, default_value_t = 1.0)]
+    #[arg(long, global = true, default_value_t = 1.0, value_parser = non_negative)]
     retry_wait: f64,
     /// No log lines, no progress bar.
     #[arg(short, long, global = true)]
@@ -79,7 +80,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = swav::cli::parse("swav-fetch");
     match run(args) {
         Ok(code) => code,
         Err(e) => {

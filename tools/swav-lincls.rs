@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use swav::backend::Devices;
+use swav::cli::{at_least_one, non_negative_f32, positive, positive_f32};
 use swav::data::dataset::Dataset;
 use swav::dist::{Launch, Session};
 use swav::eval::lincls::{self, image_folder, LinclsPlan, LinclsRequest};
@@ -51,22 +52,22 @@ struct Common {
     #[arg(long, value_name = "DEPTH", conflicts_with = "pretrained")]
     random_init: Option<usize>,
     /// Width of --random-init: channels of the stem (64 for the standard networks).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     width: usize,
     /// Images per forward pass on each device.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     batch_size: usize,
     /// Load even when the model lacks weights in the file (they keep their initial values).
     #[arg(long)]
     partial: bool,
     /// Worker threads for image decoding [default: all cores].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     workers: Option<usize>,
     /// Resize (shorter side) before the centre crop.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     resize: usize,
     /// Centre crop side.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = at_least_one)]
     size: usize,
 }
 
@@ -102,16 +103,16 @@ enum Command {
         #[arg(long, required_unless_present = "config")]
         data: Option<PathBuf>,
         /// [default: 100]
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         epochs: Option<usize>,
         /// Base learning rate (per-iteration cosine to 0) [default: 0.3].
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         lr: Option<f64>,
         /// [default: 1e-6]
-        #[arg(long)]
+        #[arg(long, value_parser = non_negative_f32)]
         weight_decay: Option<f32>,
         /// RandomResizedCrop side for training [default: 224].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         train_size: Option<usize>,
         /// [default: 31]
         #[arg(long)]
@@ -156,9 +157,9 @@ enum Command {
         /// Folder with train/ and val/ ImageFolders.
         #[arg(long)]
         data: PathBuf,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = at_least_one)]
         k: usize,
-        #[arg(long, default_value_t = 0.07)]
+        #[arg(long, default_value_t = 0.07, value_parser = positive_f32)]
         temperature: f32,
         /// Print the result as JSON.
         #[arg(long)]
@@ -167,7 +168,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = swav::cli::parse("swav-lincls");
     let result = launched(&args).and_then(|launch| {
         let device = launch
             .as_ref()
@@ -225,7 +226,7 @@ fn backbone_on<B: Backend>(
         (None, Some(depth)) => {
             let mut backbone = ResNetConfig::depth(depth, 1)
                 .ok_or_else(|| format!("--random-init {depth}: use 18, 34, 50, 101 or 152"))?;
-            backbone.base_width = c.width.max(1);
+            backbone.base_width = c.width;
             let config = SwavConfig {
                 backbone,
                 head: None,
@@ -251,10 +252,10 @@ fn backbone_on<B: Backend>(
 fn eval_config(c: &Common) -> LinearEvalConfig {
     let d = LinearEvalConfig::default();
     LinearEvalConfig {
-        batch_size: c.batch_size.max(1),
+        batch_size: c.batch_size,
         val_resize: c.resize,
         val_size: c.size,
-        workers: c.workers.map_or(d.workers, |w| w.max(1)),
+        workers: c.workers.unwrap_or(d.workers),
         ..d
     }
 }
@@ -492,9 +493,6 @@ fn run<B: Backend>(
             temperature,
             json,
         } => {
-            if k == 0 {
-                return Err("--k: must be at least 1".into());
-            }
             let frozen = backbone::<B>(&common, None, devices)?;
             let (train, val) = lincls::splits(&data)?;
             let cfg = eval_config(&common);

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use swav::backend::Devices;
+use swav::cli::{at_least_one, non_negative};
 use swav::collective::Engine;
 use swav::data::{bench, dataset::Dataset, loader, multicrop::MultiCrop, synthetic};
 use swav::dist::Launch;
@@ -57,7 +58,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     dist_timeout: u64,
     /// Stop after this many epochs of this run (a checkpoint is written; --resume continues).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     max_epochs: Option<usize>,
     /// Start from these weights (any format swav-convert reads, or a Burn record); a backbone
     /// alone leaves the head at its initialisation.
@@ -79,13 +80,13 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
         /// Worker threads [default: all cores].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         workers: Option<usize>,
         /// Images per batch.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = at_least_one)]
         batch_size: usize,
         /// Batches to time (after one warm-up batch).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = at_least_one)]
         batches: usize,
         /// Crop sides per group.
         #[arg(long, value_delimiter = ',', default_value = "224,96")]
@@ -113,7 +114,7 @@ enum Command {
         #[arg(short = 'o', long = "override")]
         overrides: Vec<String>,
         /// Timed steps (after one warm-up step).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = at_least_one)]
         steps: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -131,10 +132,10 @@ enum Command {
         device: String,
         /// Largest relative difference of the loss that passes (f32 against PyTorch's f32:
         /// 4.4e-5 on the CPU, 2.2e-5 on an H200).
-        #[arg(long, default_value_t = 1e-4)]
+        #[arg(long, default_value_t = 1e-4, value_parser = non_negative)]
         loss_tolerance: f64,
         /// Largest absolute difference of a code that passes (1.2e-3 on the CPU).
-        #[arg(long, default_value_t = 5e-3)]
+        #[arg(long, default_value_t = 5e-3, value_parser = non_negative)]
         codes_tolerance: f64,
     },
     /// Time Sinkhorn-Knopp on a device against the f64 host code (ε 0.05, 3 iterations), at
@@ -142,12 +143,12 @@ enum Command {
     /// prototypes.
     BenchSinkhorn {
         /// Row counts to time.
-        #[arg(long, value_delimiter = ',', default_value = "64,4096")]
+        #[arg(long, value_delimiter = ',', default_value = "64,4096", value_parser = at_least_one)]
         rows: Vec<usize>,
-        #[arg(long, default_value_t = 3000)]
+        #[arg(long, default_value_t = 3000, value_parser = at_least_one)]
         prototypes: usize,
         /// Timed calls per size (after one warm-up call).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         repeats: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -162,11 +163,12 @@ enum Command {
     MakeSynthetic {
         /// Output folder.
         out: PathBuf,
-        /// Image side.
-        #[arg(long, default_value_t = 64)]
+        /// Image side (8 to 65535 pixels).
+        #[arg(long, default_value_t = 64,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(8..=65535))]
         size: usize,
         /// Training images per class.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = at_least_one)]
         train_per_class: usize,
         /// Validation images per class.
         #[arg(long, default_value_t = 20)]
@@ -177,7 +179,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    match run(swav::cli::parse("swav-train")) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("swav-train: error: {e}");

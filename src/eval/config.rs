@@ -297,9 +297,10 @@ impl ClasConfig {
             )));
         }
         let workers = self.dataloader.train.loader.num_workers;
+        self.check_ranges()?;
         Ok(LinearEvalConfig {
             epochs: self.epochs,
-            batch_size: self.dataloader.train.sampler.batch_size.max(1),
+            batch_size: self.dataloader.train.sampler.batch_size,
             lr: self.lr_scheduler.learning_rate,
             momentum: self.optimizer.momentum,
             weight_decay: self.optimizer.weight_decay,
@@ -311,6 +312,43 @@ impl ClasConfig {
             seed: self.seed,
             workers: if workers == 0 { d.workers } else { workers },
         })
+    }
+
+    /// Every numeric key the evaluation reads in its range, the first out of range named.
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        use crate::config::range::{at_least_one, finite, momentum, non_negative, positive};
+        at_least_one("epochs", self.epochs)?;
+        at_least_one(
+            "dataloader.train.sampler.batch_size",
+            self.dataloader.train.sampler.batch_size,
+        )?;
+        positive(
+            "lr_scheduler.learning_rate",
+            self.lr_scheduler.learning_rate,
+        )?;
+        momentum("optimizer.momentum", self.optimizer.momentum)?;
+        non_negative(
+            "optimizer.weight_decay",
+            f64::from(self.optimizer.weight_decay),
+        )?;
+        for (split, ts) in [
+            ("train", &self.dataloader.train.dataset.transforms),
+            ("val", &self.dataloader.val.dataset.transforms),
+        ] {
+            for (i, t) in ts.iter().enumerate() {
+                let key = |what: &str| format!("dataloader.{split}.dataset.transforms.{i}.{what}");
+                if let Some(size) = t.size {
+                    at_least_one(&key("size"), size)?;
+                }
+                for m in t.mean.iter().flatten() {
+                    finite(&key("mean"), f64::from(*m))?;
+                }
+                for s in t.std.iter().flatten() {
+                    positive(&key("std"), f64::from(*s))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Training and validation folders.

@@ -490,16 +490,40 @@ impl TrainConfig {
                 self.model.neck.out_channels, h.feat_dim
             ));
         }
-        if self.dataloader.train.sampler.batch_size == 0 || self.epochs == 0 {
-            return bad("batch_size and epochs must be positive".into());
+        self.check_ranges()
+    }
+
+    /// Every numeric key in its range, the first out of range named.
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        use crate::config::range::{at_least_one, momentum, non_negative, positive};
+        let (h, lr, o) = (&self.model.head, &self.lr_scheduler, &self.optimizer);
+        at_least_one("epochs", self.epochs)?;
+        at_least_one(
+            "dataloader.train.sampler.batch_size",
+            self.dataloader.train.sampler.batch_size,
+        )?;
+        at_least_one("model.head.num_prototypes", h.num_prototypes)?;
+        at_least_one("model.head.feat_dim", h.feat_dim)?;
+        at_least_one("model.head.sinkhorn_iterations", h.sinkhorn_iterations)?;
+        positive("model.head.epsilon", h.epsilon)?;
+        positive("model.head.temperature", f64::from(h.temperature))?;
+        non_negative(
+            "dataloader.train.dataset.color_strength",
+            f64::from(self.dataloader.train.dataset.color_strength),
+        )?;
+        positive("lr_scheduler.learning_rate", lr.learning_rate)?;
+        non_negative("lr_scheduler.start_lr", lr.start_lr)?;
+        non_negative("lr_scheduler.end_lr", lr.end_lr)?;
+        non_negative("lr_scheduler.eta_min", lr.eta_min)?;
+        if let Some(w) = lr.warmup_epochs {
+            non_negative("lr_scheduler.warmup_epochs", w)?;
         }
-        if h.num_prototypes == 0 || h.epsilon <= 0.0 || h.temperature <= 0.0 {
-            return bad("num_prototypes, epsilon and temperature must be positive".into());
-        }
-        if self.checkpoint.interval == 0 || self.checkpoint.keep == 0 {
-            return bad("checkpoint.interval and checkpoint.keep must be positive".into());
-        }
-        Ok(())
+        momentum("optimizer.momentum", o.momentum)?;
+        non_negative("optimizer.lars_weight_decay", o.lars_weight_decay)?;
+        positive("optimizer.lars_coeff", o.lars_coeff)?;
+        at_least_one("log_config.interval", self.log_config.interval)?;
+        at_least_one("checkpoint.interval", self.checkpoint.interval)?;
+        at_least_one("checkpoint.keep", self.checkpoint.keep)
     }
 
     fn backbone_config(&self) -> Result<ResNetConfig, ConfigError> {

@@ -208,7 +208,7 @@ fn bad_numbers_and_empty_tensors_are_one_line_errors() {
             .into_iter()
             .chain([s(&data)])
             .collect(),
-            "--k: must be at least 1",
+            "invalid value '0' for '--k <K>': must be at least 1",
         ),
         (
             lincls,
@@ -243,7 +243,7 @@ fn bad_numbers_and_empty_tensors_are_one_line_errors() {
                 "--data".into(),
                 s(&data.join("train")),
             ],
-            "--batch-size: must be at least 1",
+            "invalid value '0' for '--batch-size <BATCH_SIZE>': must be at least 1",
         ),
     ];
     for (bin, args, want) in cases {
@@ -327,4 +327,191 @@ fn a_file_without_tensors_is_said_so() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("holds no tensors"));
     assert!(!out.exists());
+}
+
+/// Every numeric flag has its range and every numeric config key its check: a value out of
+/// range is one line naming the flag or the key, exit code 2, before any work.
+#[test]
+fn numbers_out_of_range_are_named() {
+    let lincls = env!("CARGO_BIN_EXE_swav-lincls");
+    let train = env!("CARGO_BIN_EXE_swav-train");
+    let fetch = env!("CARGO_BIN_EXE_swav-fetch");
+    let tiny = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/swav/swav_tiny_cpu.yaml"
+    );
+    let clas = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/swav/swav_clas_r50.yaml"
+    );
+    let knn = ["knn", "--random-init", "18", "--data", "nowhere"];
+    let ltrain = ["train", "--random-init", "18", "--data", "nowhere"];
+    let flags: Vec<(&str, Vec<&str>, &str, &str)> = vec![
+        (lincls, knn.to_vec(), "--width", "0"),
+        (lincls, knn.to_vec(), "--batch-size", "0"),
+        (lincls, knn.to_vec(), "--workers", "0"),
+        (lincls, knn.to_vec(), "--resize", "0"),
+        (lincls, knn.to_vec(), "--size", "0"),
+        (lincls, knn.to_vec(), "--temperature", "0"),
+        (lincls, knn.to_vec(), "--temperature", "nan"),
+        (lincls, knn.to_vec(), "--dist-timeout", "0"),
+        (lincls, ltrain.to_vec(), "--epochs", "0"),
+        (lincls, ltrain.to_vec(), "--lr", "-0.1"),
+        (lincls, ltrain.to_vec(), "--lr", "inf"),
+        (lincls, ltrain.to_vec(), "--weight-decay", "-1"),
+        (lincls, ltrain.to_vec(), "--train-size", "0"),
+        (train, vec!["-c", tiny], "--max-epochs", "0"),
+        (train, vec!["bench-data"], "--batches", "0"),
+        (train, vec!["bench-data"], "--workers", "0"),
+        (train, vec!["bench-step", "-c", tiny], "--steps", "0"),
+        (
+            train,
+            vec!["check-step", "--weights", "w", "--reference", "r"],
+            "--loss-tolerance",
+            "-1",
+        ),
+        (
+            train,
+            vec!["check-step", "--weights", "w", "--reference", "r"],
+            "--codes-tolerance",
+            "nan",
+        ),
+        (train, vec!["bench-sinkhorn"], "--rows", "0"),
+        (train, vec!["bench-sinkhorn"], "--prototypes", "0"),
+        (train, vec!["bench-sinkhorn"], "--repeats", "0"),
+        (train, vec!["make-synthetic", "out"], "--size", "2"),
+        (
+            train,
+            vec!["make-synthetic", "out"],
+            "--train-per-class",
+            "0",
+        ),
+        (fetch, vec!["list"], "--connect-timeout", "0"),
+        (fetch, vec!["list"], "--read-timeout", "-5"),
+        (fetch, vec!["list"], "--retry-wait", "-1"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (bin, args, flag, value) in flags {
+        // `--lr=-0.1`: a value that starts with `-` needs the `=` form on any clap command line.
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.push(format!("{flag}={value}"));
+        let o = Command::new(bin)
+            .current_dir(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '{value}' for '{flag}")),
+            "{args:?}: {err}"
+        );
+    }
+    // Config keys, from the file or an override.
+    let keys: Vec<(&str, &str, &str, &str)> = vec![
+        (
+            train,
+            tiny,
+            "model.head.epsilon=.nan",
+            "model.head.epsilon NaN: must be a finite number above 0",
+        ),
+        (
+            train,
+            tiny,
+            "model.head.temperature=0",
+            "model.head.temperature 0: must be",
+        ),
+        (
+            train,
+            tiny,
+            "model.head.sinkhorn_iterations=0",
+            "model.head.sinkhorn_iterations 0: must be at least 1",
+        ),
+        (
+            train,
+            tiny,
+            "lr_scheduler.learning_rate=-1",
+            "lr_scheduler.learning_rate -1: must be",
+        ),
+        (
+            train,
+            tiny,
+            "lr_scheduler.eta_min=-1",
+            "lr_scheduler.eta_min -1: must be",
+        ),
+        (
+            train,
+            tiny,
+            "optimizer.momentum=1",
+            "optimizer.momentum 1: must be at least 0 and below 1",
+        ),
+        (
+            train,
+            tiny,
+            "optimizer.lars_coeff=0",
+            "optimizer.lars_coeff 0: must be",
+        ),
+        (
+            train,
+            tiny,
+            "log_config.interval=0",
+            "log_config.interval 0: must be at least 1",
+        ),
+        (
+            train,
+            tiny,
+            "dataloader.train.dataset.color_strength=-1",
+            "color_strength -1: must be",
+        ),
+        (
+            lincls,
+            clas,
+            "optimizer.momentum=-0.5",
+            "optimizer.momentum -0.5: must be",
+        ),
+        (
+            lincls,
+            clas,
+            "dataloader.train.sampler.batch_size=0",
+            "dataloader.train.sampler.batch_size 0: must be at least 1",
+        ),
+        (
+            lincls,
+            clas,
+            "optimizer.weight_decay=-1",
+            "optimizer.weight_decay -1: must be",
+        ),
+        (
+            lincls,
+            clas,
+            "dataloader.val.dataset.transforms.1.size=0",
+            "dataloader.val.dataset.transforms.1.size 0: must be at least 1",
+        ),
+    ];
+    for (bin, config, over, want) in keys {
+        let mut args = vec![];
+        if bin == lincls {
+            args.extend(["train", "--random-init", "50"]);
+        }
+        args.extend(["-c", config, "-o", over]);
+        if bin == lincls {
+            // Its data is read after the config is checked.
+            args.extend(["--data", "nowhere"]);
+        }
+        let o = Command::new(bin)
+            .current_dir(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        let last = err.trim_end().lines().last().unwrap_or_default();
+        assert!(last.contains(want), "{args:?}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
 }

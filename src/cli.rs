@@ -1,0 +1,155 @@
+//! What the binaries share on their command lines: flags parsed with usage errors on one line
+//! (exit code 2), and the ranges of numeric flags as clap value parsers, so that a value out
+//! of range is refused by name before any work starts.
+
+use std::ffi::OsString;
+
+/// The exit code of an error (bad input, I/O, a usage error); 1 is a check that ran and failed.
+pub const EXIT_ERROR: u8 = 2;
+
+/// Parse `tool`'s flags from the process's arguments. `--help` and `--version` print and exit
+/// 0; a usage error prints `tool: error: ...` on one line and exits 2.
+pub fn parse<P: clap::Parser>(tool: &str) -> P {
+    parse_from(tool, std::env::args_os())
+}
+
+/// [`parse`] with the arguments given (the first is the program's name).
+pub fn parse_from<P: clap::Parser, I, T>(tool: &str, args: I) -> P
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    P::try_parse_from(args).unwrap_or_else(|e| {
+        use clap::error::ErrorKind;
+        if matches!(
+            e.kind(),
+            ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        ) {
+            e.exit();
+        }
+        eprintln!("{tool}: error: {}", usage_line(&e));
+        std::process::exit(EXIT_ERROR.into())
+    })
+}
+
+/// clap's message without its `error: ` label and the lines of usage and tips after it, with
+/// a pointer to `--help`.
+fn usage_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("bad arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let tip = text
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("tip: "))
+        .map(|t| format!("; {t}"))
+        .unwrap_or_default();
+    format!("{first}{tip} (see --help)")
+}
+
+/// A whole number of at least 1 (sizes, counts, epochs, workers).
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(_) => Err("not a whole number".into()),
+    }
+}
+
+/// A finite number above 0 (learning rates, timeouts, temperatures).
+pub fn positive(s: &str) -> Result<f64, String> {
+    let x = number(s)?;
+    if x > 0.0 {
+        Ok(x)
+    } else {
+        Err("must be above 0".into())
+    }
+}
+
+/// A finite number of at least 0 (weight decays, tolerances, waits).
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    let x = number(s)?;
+    if x >= 0.0 {
+        Ok(x)
+    } else {
+        Err("must be 0 or more".into())
+    }
+}
+
+/// [`positive`] as an `f32`.
+pub fn positive_f32(s: &str) -> Result<f32, String> {
+    positive(s).and_then(to_f32)
+}
+
+/// [`non_negative`] as an `f32`.
+pub fn non_negative_f32(s: &str) -> Result<f32, String> {
+    non_negative(s).and_then(to_f32)
+}
+
+fn number(s: &str) -> Result<f64, String> {
+    let x: f64 = s.trim().parse().map_err(|_| "not a number".to_string())?;
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err("must be a finite number".into())
+    }
+}
+
+fn to_f32(x: f64) -> Result<f32, String> {
+    let y = x as f32;
+    if y.is_finite() {
+        Ok(y)
+    } else {
+        Err("too large".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(at_least_one("3"), Ok(3));
+        assert_eq!(at_least_one("0"), Err("must be at least 1".into()));
+        assert_eq!(at_least_one("-1"), Err("not a whole number".into()));
+        assert_eq!(positive("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "nan", "inf", "x"] {
+            assert!(positive(bad).is_err(), "{bad}");
+        }
+        assert_eq!(non_negative("0"), Ok(0.0));
+        assert!(non_negative("-0.1").is_err());
+        assert!(non_negative("NaN").is_err());
+        assert!(positive_f32("1e300").is_err());
+        assert_eq!(non_negative_f32("1e-6"), Ok(1e-6));
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct Flags {
+        #[arg(long, value_parser = at_least_one)]
+        k: usize,
+    }
+
+    #[test]
+    fn usage_errors_fit_on_one_line() {
+        let e = <Flags as clap::Parser>::try_parse_from(["t", "--k", "0"]).unwrap_err();
+        let line = usage_line(&e);
+        assert_eq!(
+            line,
+            "invalid value '0' for '--k <K>': must be at least 1 (see --help)"
+        );
+        let e = <Flags as clap::Parser>::try_parse_from(["t", "--kk", "1"]).unwrap_err();
+        let line = usage_line(&e);
+        assert!(
+            line.starts_with("unexpected argument '--kk' found"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+    }
+}
