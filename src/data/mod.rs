@@ -5,10 +5,9 @@ pub mod bench;
 pub mod dataset;
 pub mod decode;
 pub mod device;
-pub mod image;
 pub mod loader;
 pub mod multicrop;
-pub mod rng;
-pub mod simd;
 pub mod synthetic;
-pub mod transforms;
+
+/// The pixel work, in the Burn-free crate `swav-pixels` (optimised in every build profile).
+pub use swav_pixels::{image, rng, simd, transforms};

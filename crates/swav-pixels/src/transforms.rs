@@ -10,9 +10,9 @@
 //! against Pillow's output in `tests/it/transforms.rs`. Resizing uses `fast_image_resize`'s
 //! convolution with Pillow's bilinear filter (antialiased when shrinking, like Pillow).
 
-use super::image::{luma, RgbImage};
-use super::rng::Rng;
-use super::simd::fast;
+use crate::image::{luma, RgbImage};
+use crate::rng::Rng;
+use crate::simd::fast;
 use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 /// A crop box in full-image pixel coordinates: top row, left column, height, width.
