@@ -24,8 +24,9 @@ const LEGACY_PICKLES: usize = 5;
 /// Scan the pickles of a PyTorch container with the restricted machine in its torch dialect
 /// before pytorch-reader reads it: whatever `torch.load(weights_only=True)` would refuse to call
 /// is refused here, and so is data after the object pickle's `STOP` (a second pickle appended
-/// to the first). Zip: `data.pkl`; legacy: the five pickles before the storages; tar: the
-/// `sys_info` and `pickle` members.
+/// to the first). Zip: `data.pkl`; legacy: the five pickles before the storages; tar: every
+/// pickle of its four members (`sys_info`, `pickle`, and those between the raw data of
+/// `storages` and `tensors`).
 pub fn scan(bytes: &[u8], format: super::Format) -> Result<(), FormatError> {
     use super::pickle::{parse_dialect, Dialect};
     let whole = |data: &[u8], what: &str| -> Result<(), FormatError> {
@@ -76,14 +77,136 @@ pub fn scan(bytes: &[u8], format: super::Format) -> Result<(), FormatError> {
         }
         super::Format::TorchTar => {
             for (name, data) in tar_members(bytes)? {
-                if matches!(name.as_str(), "pickle" | "sys_info") {
-                    whole(data, &name)?;
+                match name.as_str() {
+                    "pickle" | "sys_info" => whole(data, &name)?,
+                    "storages" => scan_tar_storages(data)
+                        .map_err(|e| FormatError::Torch(format!("tar member storages: {e}")))?,
+                    "tensors" => scan_tar_tensors(data)
+                        .map_err(|e| FormatError::Torch(format!("tar member tensors: {e}")))?,
+                    _ => {}
                 }
             }
             Ok(())
         }
         _ => Ok(()),
     }
+}
+
+/// Bytes per element of the typed storages a tar container names (`torch.FloatStorage`, ...),
+/// as torch's `_element_size` gives them.
+const STORAGE_ELEMENT_BYTES: &[(&str, usize)] = &[
+    ("DoubleStorage", 8),
+    ("FloatStorage", 4),
+    ("HalfStorage", 2),
+    ("BFloat16Storage", 2),
+    ("LongStorage", 8),
+    ("IntStorage", 4),
+    ("ShortStorage", 2),
+    ("CharStorage", 1),
+    ("ByteStorage", 1),
+    ("BoolStorage", 1),
+    ("ComplexFloatStorage", 8),
+    ("ComplexDoubleStorage", 16),
+];
+/// Highest tensor rank a tar container's `tensors` member may declare (as pytorch-reader).
+const MAX_TAR_RANK: usize = 64;
+
+/// The pickles of a tar container's binary member, read in turn from `data`.
+struct TarMember<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> TarMember<'a> {
+    /// The next pickle, through the restricted machine.
+    fn pickle(&mut self) -> Result<super::pickle::Pickle, String> {
+        let p = super::pickle::parse_dialect(&self.data[self.at..], super::pickle::Dialect::Torch)
+            .map_err(|e| e.to_string())?;
+        self.at += p.end;
+        Ok(p)
+    }
+
+    /// A count pickle (a non-negative int).
+    fn count(&mut self, what: &str) -> Result<usize, String> {
+        let p = self.pickle()?;
+        match p.node(p.root) {
+            super::pickle::Node::Int(n) if *n >= 0 => Ok(*n as usize),
+            other => Err(format!("the {what} count is {other:?}, not a count")),
+        }
+    }
+
+    /// `n` raw bytes.
+    fn skip(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| format!("{what} runs past the end of the member"))?;
+        let bytes = &self.data[self.at..end];
+        self.at = end;
+        Ok(bytes)
+    }
+
+    fn i64(&mut self, what: &str) -> Result<i64, String> {
+        let b = self.skip(8, what)?;
+        Ok(i64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    /// Nothing after the last pickle.
+    fn end(&self) -> Result<(), String> {
+        match self.data.len() - self.at {
+            0 => Ok(()),
+            n => Err(format!("{n} bytes after its last pickle")),
+        }
+    }
+}
+
+/// The `storages` member: a count, per storage a `(key, location, storage type)` pickle, an i64
+/// element count and the bytes, then a pickle of the storage views. Every pickle goes through
+/// the restricted machine (torch's `_legacy_load` unpickles each).
+fn scan_tar_storages(data: &[u8]) -> Result<(), String> {
+    use super::pickle::{Global, Node};
+    let mut m = TarMember { data, at: 0 };
+    for i in 0..m.count("storage")? {
+        let meta = m.pickle()?;
+        let storage_type = match meta.node(meta.root) {
+            Node::Tuple(fields) if fields.len() == 3 => match meta.node(fields[2]) {
+                Node::Global(Global::Other(name) | Global::Torch(name)) => name.clone(),
+                other => return Err(format!("storage {i}: its type is {other:?}, not a class")),
+            },
+            other => return Err(format!("storage {i}: metadata {other:?}, not a 3-tuple")),
+        };
+        let element = storage_type
+            .strip_prefix("torch.")
+            .and_then(|t| STORAGE_ELEMENT_BYTES.iter().find(|(n, _)| *n == t))
+            .map(|(_, b)| *b)
+            .ok_or_else(|| format!("storage {i}: unknown storage type {storage_type}"))?;
+        let count = m.i64("a storage's element count")?;
+        let bytes = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(element))
+            .ok_or_else(|| format!("storage {i}: {count} elements"))?;
+        m.skip(bytes, "a storage")?;
+    }
+    m.pickle()?;
+    m.end()
+}
+
+/// The `tensors` member: a count, per tensor a `(key, storage key, tensor type)` pickle, an i32
+/// rank, 4 bytes of padding, the sizes, strides and storage offset as i64.
+fn scan_tar_tensors(data: &[u8]) -> Result<(), String> {
+    let mut m = TarMember { data, at: 0 };
+    for i in 0..m.count("tensor")? {
+        m.pickle()?;
+        let b = m.skip(8, "a tensor's rank")?;
+        let rank = i32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
+        let rank = usize::try_from(rank)
+            .ok()
+            .filter(|&r| r <= MAX_TAR_RANK)
+            .ok_or_else(|| format!("tensor {i}: rank {rank}"))?;
+        m.skip(16 * rank + 8, "a tensor's sizes, strides and offset")?;
+    }
+    m.end()
 }
 
 /// The regular members of a (ustar) tar archive: name and contents.

@@ -321,18 +321,18 @@ fn the_zip_crates_21_character_root_folder_bug_is_explained() {
 }
 
 /// Legacy `torch.save` files (pre-1.6 container) written with pickle protocols 2, 3, 4 and 5
-/// by real PyTorch are recognised as PyTorch files whatever the protocol and read exactly.
+/// by real PyTorch are recognised as PyTorch files whatever the protocol and read exactly; and
+/// so is the older tar container (written as torch 0.3 did, read back by torch 2.x).
 #[test]
 fn legacy_torch_files_of_every_pickle_protocol_are_read() {
-    for p in 2..=5 {
-        let ck =
-            swav::checkpoint::Checkpoint::open(crate::fixture(&format!("torch_legacy_p{p}.pt")))
-                .unwrap();
-        assert_eq!(
-            ck.format,
-            swav::checkpoint::Format::TorchLegacy,
-            "protocol {p}"
-        );
+    use swav::checkpoint::Format;
+    let files = (2..=5)
+        .map(|p| (format!("torch_legacy_p{p}.pt"), Format::TorchLegacy))
+        .chain([("torch_tar.pth".to_string(), Format::TorchTar)]);
+    for (file, format) in files {
+        let p = &file;
+        let ck = swav::checkpoint::Checkpoint::open(crate::fixture(&file)).unwrap();
+        assert_eq!(ck.format, format, "{p}");
         assert_eq!(ck.tensors.len(), 3, "protocol {p}");
         let w = ck.get("conv1.weight").unwrap();
         assert_eq!(w.shape, vec![2, 3, 2, 2]);

@@ -299,6 +299,25 @@ pub fn cases() -> Vec<Case> {
         bytes: legacy_called,
         expect: "refused pickle global posix.system",
     });
+    // The tar container (made by tests/fixtures/generate/make_torch_tar.py) with the call in
+    // the pickles between its raw data, or a pickle after its last one.
+    for (name, expect) in [
+        (
+            "torch_tar_storages_system.pth",
+            "tar member storages: refused pickle global posix.system",
+        ),
+        (
+            "torch_tar_tensors_system.pth",
+            "tar member tensors: refused pickle global posix.system",
+        ),
+        ("torch_tar_trailing.pth", "bytes after its last pickle"),
+    ] {
+        c.push(Case {
+            name,
+            bytes: std::fs::read(fixture(name)).unwrap(),
+            expect,
+        });
+    }
     // A second pickle after a Paddle file's.
     let mut paddle_appended = real.clone();
     paddle_appended.extend_from_slice(b"\x80\x02K\x01.");
