@@ -223,9 +223,13 @@ impl Global {
                 return Global::Torch(full);
             }
             let builtins = matches!(module, "builtins" | "__builtin__");
+            // numpy is outside torch's default weights-only allowlist (torch 2.6+ refuses
+            // numpy arrays and scalars in a checkpoint unless the caller allows them).
             if (builtins && name == "eval")
                 || module == "paddle.framework.io_utils"
                 || (module == "_codecs" && name != "encode")
+                || module == "numpy"
+                || module.starts_with("numpy.")
             {
                 return Global::Other(full);
             }
@@ -748,7 +752,8 @@ impl<'a> Machine<'a> {
                 b'c' => {
                     let module = self.text_line()?.to_string();
                     let name = self.text_line()?.to_string();
-                    self.push(Node::Global(Global::resolve(&module, &name, self.dialect)))?;
+                    let g = self.referable(Global::resolve(&module, &name, self.dialect))?;
+                    self.push(Node::Global(g))?;
                 }
                 0x93 => {
                     let name = self.pop()?;
@@ -756,7 +761,7 @@ impl<'a> Machine<'a> {
                     let (Node::Str(m), Node::Str(n)) = (self.node(module), self.node(name)) else {
                         return Err(self.malformed("STACK_GLOBAL needs two strings"));
                     };
-                    let g = Global::resolve(m, n, self.dialect);
+                    let g = self.referable(Global::resolve(m, n, self.dialect))?;
                     self.push(Node::Global(g))?;
                 }
                 b'R' => {
@@ -921,6 +926,22 @@ impl<'a> Machine<'a> {
     }
 
     /// Give a call of an allowlisted global its data-only meaning.
+    /// A global as `GLOBAL`/`STACK_GLOBAL` may name it. In the torch dialect, as in
+    /// `torch.load(weights_only=True)`, naming a global outside the allowlist is refused
+    /// already, called or not, except references into torch's own namespace (storage types,
+    /// dtypes, layouts, `torch.nn.parameter.Parameter`: arguments of the allowlisted calls),
+    /// which stay inert unless called. The other dialects refuse only calls.
+    fn referable(&self, g: Global) -> Result<Global, PickleError> {
+        match &g {
+            Global::Other(name)
+                if self.dialect == Dialect::Torch && !name.starts_with("torch.") =>
+            {
+                Err(PickleError::RefusedGlobal(name.clone()))
+            }
+            _ => Ok(g),
+        }
+    }
+
     fn call(&mut self, func: Id, args: Id) -> Result<Id, PickleError> {
         let Node::Global(g) = self.node(func).clone() else {
             return Err(self.malformed(format!("call of {}", kind(self.node(func)))));
@@ -1292,6 +1313,26 @@ pub mod emit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn torch_refuses_naming_a_global_outside_its_allowlist() {
+        // `posix.system` named and popped, never called; then `{}`.
+        let named = b"\x80\x02cposix\nsystem\n0}.";
+        assert_eq!(
+            parse_dialect(named, Dialect::Torch).unwrap_err(),
+            PickleError::RefusedGlobal("posix.system".into())
+        );
+        // Inert in the numpy/Paddle dialect, which refuses calls only.
+        assert!(parse(named).is_ok());
+        // STACK_GLOBAL too.
+        let stacked = b"\x80\x04\x8c\x08builtins\x8c\x04eval\x930}.";
+        assert_eq!(
+            parse_dialect(stacked, Dialect::Torch).unwrap_err(),
+            PickleError::RefusedGlobal("builtins.eval".into())
+        );
+        // References into torch's namespace (a storage type) stay allowed.
+        assert!(parse_dialect(b"\x80\x02ctorch\nFloatStorage\n0}.", Dialect::Torch).is_ok());
+    }
 
     #[test]
     fn refuses_os_system() {

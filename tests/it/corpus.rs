@@ -260,6 +260,10 @@ pub fn cases() -> Vec<Case> {
     appended.extend_from_slice(b"\x80\x02K\x01.");
     let evaluated =
         b"\x80\x02}X\x01\x00\x00\x00acbuiltins\neval\nX\x03\x00\x00\x001+1\x85Rs.".to_vec();
+    // `posix.system` only named (and popped), never called: torch's weights-only loader
+    // refuses the name itself.
+    let mut named = b"\x80\x02cposix\nsystem\n0".to_vec();
+    named.extend_from_slice(&data_pkl[2..]);
     for (name, pickle, expect) in [
         (
             "torch_posix_system.pth",
@@ -275,6 +279,17 @@ pub fn cases() -> Vec<Case> {
             "torch_second_pickle.pth",
             appended,
             "after the pickle's STOP",
+        ),
+        (
+            "torch_posix_system_named.pth",
+            named,
+            "refused pickle global posix.system",
+        ),
+        // numpy is outside torch's default weights-only allowlist too.
+        (
+            "torch_numpy_scalar.pth",
+            b"\x80\x02}X\x03\x00\x00\x00acccnumpy.core.multiarray\nscalar\ns.".to_vec(),
+            "refused pickle global numpy.core.multiarray.scalar",
         ),
     ] {
         c.push(Case {
