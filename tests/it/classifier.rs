@@ -131,17 +131,7 @@ fn classifier_logits_match_both_frameworks() {
 #[test]
 fn passl_evaluate_only_command_and_shape_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let root = swav::data::synthetic::write(
-        &dir.path().join("syn"),
-        &swav::data::synthetic::SyntheticConfig {
-            size: 64,
-            train_per_class: 1,
-            val_per_class: 2,
-            seed: 4,
-            quality: 90,
-        },
-    )
-    .unwrap();
+    let root = crate::image_set(&dir.path().join("syn"), 64, 1, 2, 4);
     let config = format!(
         "{}/configs/swav/swav_clas_r50.yaml",
         env!("CARGO_MANIFEST_DIR")

@@ -157,17 +157,7 @@ fn bad_numbers_and_empty_tensors_are_one_line_errors() {
     let lincls = env!("CARGO_BIN_EXE_swav-lincls");
     let train = env!("CARGO_BIN_EXE_swav-train");
     let dir = tempfile::tempdir().unwrap();
-    let data = swav::data::synthetic::write(
-        &dir.path().join("syn"),
-        &swav::data::synthetic::SyntheticConfig {
-            size: 32,
-            train_per_class: 1,
-            val_per_class: 1,
-            seed: 1,
-            quality: 90,
-        },
-    )
-    .unwrap();
+    let data = crate::image_set(&dir.path().join("syn"), 32, 1, 1, 1);
     let write = |name: &str, tensors: Vec<Tensor>| {
         let path = dir.path().join(name);
         let bytes = swav::checkpoint::safetensors::write(Vec::new(), &tensors, Default::default());

@@ -233,17 +233,7 @@ fn lincls_features_cli_reproduces_the_references() {
 
 /// The synthetic set at 48 pixels: 200 training and 100 validation images.
 fn synthetic_48(dir: &std::path::Path) -> std::path::PathBuf {
-    swav::data::synthetic::write(
-        &dir.join("syn"),
-        &swav::data::synthetic::SyntheticConfig {
-            size: 48,
-            train_per_class: 20,
-            val_per_class: 10,
-            seed: 0,
-            quality: 90,
-        },
-    )
-    .unwrap()
+    crate::image_set(&dir.join("syn"), 48, 20, 10, 0)
 }
 
 #[test]

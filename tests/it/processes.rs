@@ -337,17 +337,7 @@ fn launch_errors_are_one_line_within_the_timeout() {
 #[test]
 fn two_processes_evaluate_as_two_ranks_of_one_process() {
     let dir = tempfile::tempdir().unwrap();
-    let data = swav::data::synthetic::write(
-        &dir.path().join("syn"),
-        &swav::data::synthetic::SyntheticConfig {
-            size: 32,
-            train_per_class: 4,
-            val_per_class: 2,
-            seed: 3,
-            quality: 90,
-        },
-    )
-    .unwrap();
+    let data = crate::image_set(&dir.path().join("syn"), 32, 4, 2, 3);
     let limit = Duration::from_secs(300);
     // 40 training images in global batches of 14 (7 per rank): 14, 14, 12.
     let args = |out: &Path, extra: &[&str]| -> Vec<String> {
@@ -443,17 +433,7 @@ fn two_processes_evaluate_as_two_ranks_of_one_process() {
 #[test]
 fn a_step_too_small_anywhere_is_skipped_by_every_process() {
     let dir = tempfile::tempdir().unwrap();
-    let data = swav::data::synthetic::write(
-        &dir.path().join("syn"),
-        &swav::data::synthetic::SyntheticConfig {
-            size: 32,
-            train_per_class: 10,
-            val_per_class: 0,
-            seed: 5,
-            quality: 90,
-        },
-    )
-    .unwrap();
+    let data = crate::image_set(&dir.path().join("syn"), 32, 10, 0, 5);
     // Four images in five unreadable: parts of 8 images often hold fewer than 2 readable ones.
     let mut images: Vec<std::path::PathBuf> = walk(&data.join("train"));
     images.sort();

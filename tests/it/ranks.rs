@@ -528,17 +528,7 @@ fn random_resnet18() -> (Swav<F>, SwavConfig) {
 #[test]
 fn lincls_on_cpu_ranks_matches_one_rank() {
     let dir = tempfile::tempdir().unwrap();
-    let root = swav::data::synthetic::write(
-        &dir.path().join("syn"),
-        &swav::data::synthetic::SyntheticConfig {
-            size: 32,
-            train_per_class: 4,
-            val_per_class: 2,
-            seed: 3,
-            quality: 90,
-        },
-    )
-    .unwrap();
+    let root = crate::image_set(&dir.path().join("syn"), 32, 4, 2, 3);
     let (train, val) = lincls::splits(&root).unwrap();
     let base = LinearEvalConfig {
         epochs: 2,
