@@ -34,16 +34,23 @@ where
     })
 }
 
-/// clap's message without its `error: ` label and the lines of usage and tips after it, with
-/// a pointer to `--help`.
+/// clap's message on one line: without its `error: ` label, its details (the missing
+/// arguments, the possible values: the indented lines under it) joined to it, its tip kept, the
+/// usage lines left out, with a pointer to `--help`.
 fn usage_line(e: &clap::Error) -> String {
     let text = e.render().to_string();
-    let first = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("bad arguments");
+    let mut lines = text.lines().skip_while(|l| l.trim().is_empty());
+    let first = lines.next().map(str::trim).unwrap_or("bad arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
+    let details: Vec<&str> = lines
+        .take_while(|l| l.starts_with(char::is_whitespace) && !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let first = if details.is_empty() {
+        first.to_string()
+    } else {
+        format!("{} {}", first.trim_end_matches(':'), details.join(", "))
+    };
     let tip = text
         .lines()
         .map(str::trim)
@@ -101,12 +108,16 @@ fn number(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `x` (finite) as an `f32` that keeps its sign: too large, or a non-zero value too small to
+/// be an `f32` above 0, is an error.
 fn to_f32(x: f64) -> Result<f32, String> {
     let y = x as f32;
-    if y.is_finite() {
-        Ok(y)
-    } else {
+    if !y.is_finite() {
         Err("too large".into())
+    } else if x != 0.0 && y == 0.0 {
+        Err("too small to be told from 0".into())
+    } else {
+        Ok(y)
     }
 }
 
@@ -127,6 +138,8 @@ mod tests {
         assert!(non_negative("-0.1").is_err());
         assert!(non_negative("NaN").is_err());
         assert!(positive_f32("1e300").is_err());
+        assert!(positive_f32("1e-50").is_err());
+        assert_eq!(non_negative_f32("0"), Ok(0.0));
         assert_eq!(non_negative_f32("1e-6"), Ok(1e-6));
     }
 
@@ -134,6 +147,8 @@ mod tests {
     struct Flags {
         #[arg(long, value_parser = at_least_one)]
         k: usize,
+        #[arg(long, value_parser = ["a", "b"])]
+        pick: Option<String>,
     }
 
     #[test]
@@ -150,6 +165,15 @@ mod tests {
             line.starts_with("unexpected argument '--kk' found"),
             "{line}"
         );
+        assert!(!line.contains('\n'));
+        // The details clap puts under its first line are kept.
+        let e = <Flags as clap::Parser>::try_parse_from(["t"]).unwrap_err();
+        let line = usage_line(&e);
+        assert!(line.contains("--k <K>"), "{line}");
+        let e =
+            <Flags as clap::Parser>::try_parse_from(["t", "--k", "1", "--pick", "c"]).unwrap_err();
+        let line = usage_line(&e);
+        assert!(line.contains("possible values: a, b"), "{line}");
         assert!(!line.contains('\n'));
     }
 }

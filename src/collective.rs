@@ -190,6 +190,21 @@ impl<B: Backend> Communicator<B> {
         };
         progress.enter(*local);
         let out = self.all_reduce_sum_unwatched(t);
+        // NCCL's calls only queue work on the device: the wait for the other processes
+        // happens when the result is read. Wait here, inside the watched window, so that a
+        // stalled process is named after the timeout instead of leaving this rank blocked in a
+        // later read that nothing watches.
+        let out = match out {
+            Ok(sum) if self.nccl.is_some() => {
+                B::sync(&sum.device())
+                    .map(|()| sum)
+                    .map_err(|e| CollectiveError::AllReduce {
+                        rank: self.rank,
+                        detail: format!("{e:?}"),
+                    })
+            }
+            other => other,
+        };
         progress.leave(*local);
         if out.is_err() {
             // Most often a process of the run is gone: the session names it (and ends this

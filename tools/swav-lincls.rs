@@ -268,6 +268,10 @@ fn launched(args: &Args) -> Result<Option<Launch>, String> {
         return Ok(None);
     };
     let name = match &args.command {
+        Command::Train {
+            cache_features: true,
+            ..
+        } => "train --cache-features",
         Command::Train { .. } => return Ok(Some(l)),
         Command::Features { .. } => "features",
         Command::Evaluate { .. } => "evaluate",
@@ -275,21 +279,22 @@ fn launched(args: &Args) -> Result<Option<Launch>, String> {
     };
     Err(format!(
         "started as process {} of {} ({} variables): `swav-lincls {name}` runs in one process \
-         (only `train` runs across processes); give it several devices with --device instead",
+         (only `train` without --cache-features runs across processes); give it several \
+         devices with --device instead",
         l.rank, l.world, l.launcher
     ))
 }
 
 /// This process's part of a multi-process `train`: the settings every process must share are
 /// compared at the rendezvous (the linear-evaluation config but its workers, the data's size,
-/// the weights, the output).
+/// the weights, the classifier of --evaluate-only, the output).
 fn join<B: Backend>(
     launch: Launch,
     timeout: u64,
     frozen: &Frozen<B>,
     plan: &LinclsPlan,
     common: &Common,
-    evaluate_only: bool,
+    classifier: Option<&Path>,
 ) -> Result<Arc<Session>, String> {
     let mut linear = serde_json::to_value(&plan.cfg).map_err(|e| e.to_string())?;
     if let Some(m) = linear.as_object_mut() {
@@ -304,7 +309,7 @@ fn join<B: Backend>(
         "pretrained": common.pretrained,
         "random_init": common.random_init,
         "width": common.width,
-        "evaluate_only": evaluate_only,
+        "classifier": classifier,
     });
     let timeout = std::time::Duration::from_secs(timeout);
     swav::dist::join_launched(
@@ -399,7 +404,10 @@ fn run<B: Backend>(
             };
             let plan = request.resolve(eval_config(&common), feature_dim)?;
             let session = launch
-                .map(|l| join(l, args.dist_timeout, &frozen, &plan, &common, evaluate_only))
+                .map(|l| {
+                    let classifier = cls.as_deref().filter(|_| evaluate_only);
+                    join(l, args.dist_timeout, &frozen, &plan, &common, classifier)
+                })
                 .transpose()?;
             // Every process computes the same numbers; process 0 alone reports and writes them.
             let reports = session.as_ref().is_none_or(|s| s.process() == 0);

@@ -426,6 +426,11 @@ impl<A: AutodiffBackend, O: Optimizer<Linear<A>, A>> ClassifierRank<A, O> {
             Some(g) => g,
             None => sum_counts(&self.comm, [n, 0, 0], &self.device)?[0],
         };
+        if global == 0 {
+            // Every image of the batch was unreadable, in every process (the sum is the same on
+            // every rank, so all skip): no step, as one process skips an empty batch.
+            return Ok((0.0, 0));
+        }
         let head = self.head();
         let (grads, loss_sum) = if n == 0 {
             // An empty shard (a last batch smaller than the world) still takes part, with
@@ -559,6 +564,9 @@ pub fn train<A: AutodiffBackend>(
                         .map(|shard| Job::Step { shard, global, lr })
                         .collect();
                     if let Some(&Answer::LossSum(l, images)) = pool.round(jobs)?.first() {
+                        if images == 0 {
+                            continue;
+                        }
                         loss_sum += l;
                         seen += images;
                     }

@@ -271,7 +271,29 @@ fn launch_errors_are_one_line_within_the_timeout() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("`swav-lincls knn` runs in one process (only `train` runs across"),
+        stderr(&o).contains("`swav-lincls knn` runs in one process (only `train` without"),
+        "{}",
+        stderr(&o)
+    );
+    // Nor `train --cache-features`: said before any rendezvous.
+    let o = Command::new(LINCLS)
+        .args([
+            "train",
+            "--cache-features",
+            "--random-init",
+            "18",
+            "--data",
+            "nowhere",
+        ])
+        .env("RANK", "1")
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", free_port().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("`swav-lincls train --cache-features` runs in one process"),
         "{}",
         stderr(&o)
     );

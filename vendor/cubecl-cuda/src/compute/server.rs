@@ -285,6 +285,19 @@ impl ServerCommunication for CudaServer {
             let (nccl_comm_id, world, rank) =
                 match process_group_rank(&id, self.device_id) {
                     Some(group) => group,
+                    // A list with swav-rs's marker names a group spanning processes: without
+                    // its registration this device would wait for a rank that never comes.
+                    None if device_ids
+                        .iter()
+                        .any(|d| d.type_id == u16::MAX && d.index_id == u16::MAX) =>
+                    {
+                        return Err(ServerError::Generic {
+                            reason: "NCCL: this device is not part of the process group \
+                                     registered for these devices"
+                                .into(),
+                            backtrace: BackTrace::capture(),
+                        });
+                    }
                     None => {
                         let rank = device_ids
                             .iter()
