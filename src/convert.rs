@@ -9,7 +9,6 @@ use crate::checkpoint::{self, Checkpoint, CheckpointError, Format, FormatError};
 use crate::layout::{self, Layout, LayoutError, MapReport};
 use crate::tensor::{DType, Tensor};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -358,7 +357,7 @@ fn burn_record(input: &Path, output: &Path) -> Result<Summary, ConvertError> {
         tensors: report.loaded.len(),
         bytes: 0,
         mapping: MapReport::default(),
-        sha256: sha256_file(input).map_err(|e| input_err(e.to_string()))?,
+        sha256: crate::digest::sha256_file(input).map_err(|e| input_err(e.to_string()))?,
     })
 }
 
@@ -447,23 +446,6 @@ struct Meta<'a> {
     layout: Option<Layout>,
 }
 
-/// Hash a file with SHA-256, reading it through the page cache in large blocks (not through a
-/// memory map, which would count the whole file in this process's resident memory).
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(crate::hex::encode(&hasher.finalize()))
-}
-
 /// Write `tensors` to `output` atomically; returns the input's SHA-256.
 ///
 /// The hash is computed on a second thread while the output is written. safetensors
@@ -486,7 +468,7 @@ fn write(
     };
     let mut sha = String::new();
     std::thread::scope(|s| {
-        let hasher = s.spawn(|| sha256_file(&input));
+        let hasher = s.spawn(|| crate::digest::sha256_file(&input));
         let sha = &mut sha;
         match format {
             OutputFormat::SafetensorsZstd => {

@@ -518,7 +518,7 @@ impl Session {
         };
         let welcome = Msg::Welcome {
             orchestrator_port,
-            nccl_id: nccl_id.as_deref().map(crate::hex::encode),
+            nccl_id: nccl_id.as_deref().map(crate::digest::encode),
         };
         let mut peers = Vec::with_capacity(world);
         let mut readers = Vec::new();
@@ -653,7 +653,7 @@ impl Session {
         let _ = reader.get_ref().set_read_timeout(None);
         let nccl_id = nccl_id
             .map(|h| {
-                crate::hex::decode(&h)
+                crate::digest::decode(&h)
                     .ok_or_else(|| protocol(format!("NCCL id '{h}' is not hexadecimal")))
             })
             .transpose()?;

@@ -199,7 +199,7 @@ pub fn download(
     file.sync_all().map_err(|e| io_err(part, e))?;
     Ok(Downloaded {
         size,
-        sha256: crate::hex::encode(&state.hasher.finalize()),
+        sha256: crate::digest::encode(&state.hasher.finalize()),
         url,
         received: state.received,
         resumed_from: state.resumed_from,

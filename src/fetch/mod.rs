@@ -356,7 +356,7 @@ fn hash_source(a: &Artifact) -> &'static str {
 
 /// Check a cached file against the published or recorded size and hash, and its structure.
 pub fn verify_file(slot: &Slot, a: &Artifact, path: &Path) -> Result<Record, FetchError> {
-    let sha = convert::sha256_file(path).map_err(|e| io_err(path, e))?;
+    let sha = crate::digest::sha256_file(path).map_err(|e| io_err(path, e))?;
     let size = fs::metadata(path).map_err(|e| io_err(path, e))?.len();
     let record = slot.record();
     check_hash(a, record.as_ref(), path, &sha)?;

@@ -1,5 +1,26 @@
-//! Lowercase hexadecimal text of bytes (SHA-256 digests in metadata and fetch records, NCCL's
-//! unique id at a rendezvous), and back.
+//! Digests and their text, in one place for every layer: the SHA-256 of a file (conversion
+//! metadata, fetch verification) and lowercase hexadecimal text of bytes (digests in metadata
+//! and fetch records, NCCL's unique id at a rendezvous), and back.
+
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// Hash a file with SHA-256, reading it through the page cache in large blocks (not through a
+/// memory map, which would count the whole file in this process's resident memory).
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(encode(&hasher.finalize()))
+}
 
 /// `bytes` as lowercase hexadecimal, two digits per byte.
 pub fn encode(bytes: &[u8]) -> String {
