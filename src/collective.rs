@@ -255,6 +255,23 @@ impl<B: Backend> Communicator<B> {
         Ok(self.all_reduce_sum(slots)?.max())
     }
 
+    /// The sums over every rank of each rank's `counts` (every rank passes as many), summed on
+    /// `device` and read back to the host: exact while every sum stays below 2^24 (f32), as
+    /// counts of images and flags do.
+    pub fn sum_counts<const N: usize>(
+        &self,
+        counts: [usize; N],
+        device: &B::Device,
+    ) -> Result<[usize; N], CollectiveError> {
+        let t = Tensor::<B, 1>::from_data(
+            burn::tensor::TensorData::new(counts.iter().map(|&c| c as f32).collect(), [N]),
+            device,
+        );
+        let sum = self.all_reduce_sum(t)?.into_data().convert::<f32>();
+        let sum = sum.as_slice::<f32>().expect("f32 after convert");
+        Ok(std::array::from_fn(|i| sum[i] as usize))
+    }
+
     /// Every rank's `t` (each rank passes a tensor of the same length), row `r` from rank `r`:
     /// each rank writes its tensor into its own row of zeros and the rows are summed (exact:
     /// every element is one value plus zeros).

@@ -261,26 +261,6 @@ fn val_accuracy<J, R>(
     Ok((pct(t1), pct(t5)))
 }
 
-/// The sums over every rank of `comm`'s group of each rank's `counts` (exact below 2^24 in
-/// f32: validation sets are far smaller).
-fn sum_counts<B: Backend>(
-    comm: &Communicator<B>,
-    counts: [usize; 3],
-    device: &B::Device,
-) -> Result<[usize; 3], String> {
-    let t = Tensor::<B, 1>::from_data(
-        TensorData::new(counts.iter().map(|&c| c as f32).collect(), [3]),
-        device,
-    );
-    let sum = comm.all_reduce_sum(t).map_err(|e| e.to_string())?;
-    let v = sum
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| format!("{e:?}"))?;
-    Ok([v[0] as usize, v[1] as usize, v[2] as usize])
-}
-
 /// Labels of a batch (`missing` where an image has none).
 fn batch_labels(b: &Batch, missing: i64) -> Vec<i64> {
     b.labels
@@ -347,7 +327,7 @@ pub fn evaluate<I: Backend>(
                 let (a, b) = shard_hits(backbone, head, shard, device);
                 Ok([a, b, 0])
             }
-            EvalJob::Sum(counts) => sum_counts(comm, counts, device),
+            EvalJob::Sum(counts) => comm.sum_counts(counts, device).map_err(|e| e.to_string()),
         },
         || group.abort(),
         |pool| val_accuracy(pool, val, cfg, across.as_ref(), EvalJob::Hits, |h| h),
@@ -424,7 +404,13 @@ impl<A: AutodiffBackend, O: Optimizer<Linear<A>, A>> ClassifierRank<A, O> {
         let n = shard.len();
         let global = match global {
             Some(g) => g,
-            None => sum_counts(&self.comm, [n, 0, 0], &self.device)?[0],
+            None => {
+                let [global] = self
+                    .comm
+                    .sum_counts([n], &self.device)
+                    .map_err(|e| e.to_string())?;
+                global
+            }
         };
         if global == 0 {
             // Every image of the batch was unreadable, in every process (the sum is the same on
@@ -478,7 +464,11 @@ impl<A: AutodiffBackend, O: Optimizer<Linear<A>, A>> ClassifierRank<A, O> {
                 let (a, b) = shard_hits(&self.backbone, &self.head().valid(), shard, &self.device);
                 Answer::Counts([a, b, 0])
             }
-            Job::Sum(counts) => Answer::Counts(sum_counts(&self.comm, counts, &self.device)?),
+            Job::Sum(counts) => Answer::Counts(
+                self.comm
+                    .sum_counts(counts, &self.device)
+                    .map_err(|e| e.to_string())?,
+            ),
             Job::Head => Answer::Head(Box::new(self.head().valid())),
         })
     }

@@ -17,7 +17,6 @@ use crate::dist::Session;
 use crate::log::panic_message;
 use crate::model::swav::Swav;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
@@ -110,7 +109,8 @@ where
     /// `engine`.
     ///
     /// In a run of several processes (`session`), `starts` are this process's ranks (global
-    /// ranks `session.rank_of(w)`), talking to the others' through burn-collective.
+    /// ranks `session.rank_of(w)`), talking to the others' through the engine the session set
+    /// up (NCCL or burn-collective's global level).
     pub fn start(
         starts: Vec<RankStart<A>>,
         settings: StepSettings,
@@ -212,7 +212,7 @@ where
             group,
             engine,
             outstanding: std::cell::Cell::new(0),
-            agree: session.is_some(),
+            agree,
         })
     }
 
@@ -414,7 +414,12 @@ where
                     .ok_or_else(|| "its shard of the batch never came".to_string())?;
                 // One tensor per resolution, crop-major: one `[B, 3, s, s]` tensor per crop.
                 let n = batch.samples.len();
-                if agree && short_anywhere(&rank, n < MIN_SHARD)? {
+                // Whether any rank of the run is short: each passes 1 when its shard is.
+                let short = || {
+                    rank.comm
+                        .sum_counts([usize::from(n < MIN_SHARD)], &rank.device)
+                };
+                if agree && short().map_err(|e| e.to_string())?[0] > 0 {
                     if w == 0 {
                         let _ = replies.send((
                             w,
@@ -455,23 +460,4 @@ where
         }
     }
     Ok(())
-}
-
-/// Whether any rank of the run is `short` (one sum over every rank: each rank passes 1 when its
-/// shard is too small).
-fn short_anywhere<A: DifferentiableCollective>(
-    rank: &Rank<A>,
-    short: bool,
-) -> Result<bool, String> {
-    let flag = Tensor::<A::InnerBackend, 1>::from_data(
-        TensorData::new(vec![if short { 1.0f32 } else { 0.0 }], [1]),
-        &rank.device,
-    );
-    let sum = rank.comm.all_reduce_sum(flag).map_err(|e| e.to_string())?;
-    let total = sum
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| format!("{e:?}"))?;
-    Ok(total[0] > 0.0)
 }
