@@ -54,6 +54,14 @@ pub struct LoaderConfig {
     pub part: (usize, usize),
 }
 
+/// Part `p` of `parts` of `n` consecutive items: `[p·n/parts, (p+1)·n/parts)`. A rank's shard
+/// of a batch ([`Batch::split`]) and a process's part of a global batch (`LoaderConfig::part`)
+/// are cut by this one rule, so that a process's part split among its ranks gives the shards
+/// of the same ranks in one process.
+pub fn part_range(n: usize, p: usize, parts: usize) -> std::ops::Range<usize> {
+    p * n / parts..(p + 1) * n / parts
+}
+
 impl Default for LoaderConfig {
     fn default() -> Self {
         LoaderConfig {
@@ -111,12 +119,12 @@ impl Batch {
     }
 
     /// Split into `parts` batches of consecutive samples (data-parallel ranks' shards): part `w`
-    /// holds samples `[w·N/parts, (w+1)·N/parts)`, each crop tensor still crop-major.
+    /// holds samples [`part_range`]`(n, w, parts)`, each crop tensor still crop-major.
     pub fn split(self, parts: usize) -> Vec<Batch> {
         let n = self.len();
         (0..parts)
             .map(|w| {
-                let (start, end) = (w * n / parts, (w + 1) * n / parts);
+                let std::ops::Range { start, end } = part_range(n, w, parts);
                 let crops = self
                     .crops
                     .iter()
@@ -294,13 +302,11 @@ impl Loader {
         let mut q = self.queue.jobs.lock().expect("queue lock");
         while self.next_in < self.batches && self.next_in < self.next_out + self.prefetch {
             let b = self.next_in;
-            let (first, last) = (
-                b * self.batch_size,
-                ((b + 1) * self.batch_size).min(self.order.len()),
-            );
+            let first = b * self.batch_size;
+            let last = ((b + 1) * self.batch_size).min(self.order.len());
             let (p, parts) = self.part;
-            let start = first + p * (last - first) / parts;
-            let end = first + (p + 1) * (last - first) / parts;
+            let mine = part_range(last - first, p, parts);
+            let (start, end) = (first + mine.start, first + mine.end);
             for (slot, &sample) in self.order[start..end].iter().enumerate() {
                 q.0.push_back(Job {
                     batch: b,

@@ -681,6 +681,12 @@ impl Session {
         self.launch.rank
     }
 
+    /// This process's part of every global batch, `(process, processes)` (see
+    /// `LoaderConfig::part`).
+    pub fn part(&self) -> (usize, usize) {
+        (self.process(), self.processes())
+    }
+
     /// Ranks over every process.
     pub fn world(&self) -> usize {
         self.launch.world * self.ranks_per_process

@@ -234,10 +234,7 @@ fn val_accuracy<J, R>(
     hits: impl Fn(R) -> [usize; 3],
 ) -> Result<(f64, f64), String> {
     let (world, part) = across.map_or((pool.world(), (0, 1)), |a| {
-        (
-            a.session.world(),
-            (a.session.process(), a.session.processes()),
-        )
+        (a.session.world(), a.session.part())
     });
     let mut counts = [0usize; 3];
     for b in val_loader(val, cfg, world, part) {
@@ -495,9 +492,7 @@ pub fn train<A: AutodiffBackend>(
     let heads = Handout::new(vec![head; devices.len()]);
     let handout = frozen.handout();
     let session = frozen.session.as_deref();
-    let (world, part) = session.map_or((devices.len(), (0, 1)), |s| {
-        (s.world(), (s.process(), s.processes()))
-    });
+    let (world, part) = session.map_or((devices.len(), (0, 1)), |s| (s.world(), s.part()));
     let across = session.map(|session| Across {
         session,
         sum: Job::Sum,

@@ -196,7 +196,7 @@ where
     std::fs::create_dir_all(&output)
         .map_err(|e| TrainError::Data(format!("{}: {e}", output.display())))?;
     let existing = previous_checkpoint(&output, opts.resume)?;
-    let part = session.map_or((0, 1), |s| (s.process(), s.processes()));
+    let part = session.map_or((0, 1), Session::part);
     let data = TrainData::open(cfg, world, part, opts.workers)?;
     let model_cfg = cfg.model_config()?;
     let queue = queue_shape(cfg, world);
