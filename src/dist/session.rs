@@ -957,17 +957,20 @@ mod tests {
             master_addr: "127.0.0.1".into(),
             master_port: port,
         };
-        // NCCL's library is not on a CPU host: process 0's id maker stands in for
-        // `ncclGetUniqueId` (its 128 bytes are what the rendezvous carries).
-        let id: NcclId = || Ok((0..128).map(|i| i as u8 ^ 0xa5).collect());
         let join = Join {
             launch,
             ranks_per_process: 1,
             config: BTreeMap::new(),
             timeout: Duration::from_secs(20),
-            nccl_id: nccl.then_some(id),
+            nccl_id: nccl.then_some(fake_nccl_id as NcclId),
         };
         Session::join(join, Arc::new(|_| {}))
+    }
+
+    /// NCCL's library is not on a CPU host: process 0's id maker stands in for
+    /// `ncclGetUniqueId` (its 128 bytes are what the rendezvous carries).
+    fn fake_nccl_id() -> Result<Vec<u8>, String> {
+        Ok((0..128).map(|i| i as u8 ^ 0xa5).collect())
     }
 
     fn port() -> u16 {
@@ -983,7 +986,7 @@ mod tests {
         let master = std::thread::spawn(move || join(0, port, true));
         let worker = join(1, port, true).expect("process 1 joins");
         let master = master.join().expect("no panic").expect("process 0 joins");
-        let id: Vec<u8> = (0..128).map(|i| i as u8 ^ 0xa5).collect();
+        let id = fake_nccl_id().unwrap();
         for s in [&master, &worker] {
             assert_eq!(
                 s.engine,

@@ -84,6 +84,29 @@ fn finish(mut child: Child, limit: Duration, what: &str) -> (Output, Duration) {
     (child.wait_with_output().unwrap(), elapsed)
 }
 
+/// `tool` as both processes of a run of two on a fresh port, each with `args`, waited for
+/// (each within `limit`): their outputs, process 0's first.
+fn run_two(tool: &str, args: &[String], limit: Duration, what: &str) -> [Output; 2] {
+    let port = free_port();
+    let p1 = spawn_tool(tool, 1, 2, port, args);
+    let p0 = spawn_tool(tool, 0, 2, port, args);
+    let (o1, _) = finish(p1, limit, &format!("{what}: process 1"));
+    let (o0, _) = finish(p0, limit, &format!("{what}: process 0"));
+    [o0, o1]
+}
+
+/// Wait until the run writing `out` has made its first checkpoint.
+fn wait_for_first_checkpoint(out: &Path) {
+    let start = Instant::now();
+    while !out.join("checkpoints/epoch_0001").is_dir() {
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "no first checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -117,13 +140,8 @@ fn weights(run: &Path) -> Vec<(String, Vec<f32>)> {
 fn two_processes_train_as_two_ranks_of_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let (multi, single) = (dir.path().join("multi"), dir.path().join("single"));
-    let port = free_port();
     let a = args(&multi, 2, &["--dist-timeout", "60"]);
-    let p0 = spawn(0, 2, port, &a);
-    let p1 = spawn(1, 2, port, &a);
-    let limit = Duration::from_secs(300);
-    let (o1, _) = finish(p1, limit, "process 1");
-    let (o0, _) = finish(p0, limit, "process 0");
+    let [o0, o1] = run_two(TRAIN, &a, Duration::from_secs(300), "two processes");
     for (o, r) in [(&o0, 0), (&o1, 1)] {
         assert!(o.status.success(), "process {r}: {}", stderr(o));
     }
@@ -162,14 +180,7 @@ fn a_killed_or_stalled_process_ends_the_run_and_resume_continues() {
     let a = args(&out, 3, &["--dist-timeout", "20"]);
     let p0 = spawn(0, 2, port, &a);
     let mut p1 = spawn(1, 2, port, &a);
-    let start = Instant::now();
-    while !out.join("checkpoints/epoch_0001").is_dir() {
-        assert!(
-            start.elapsed() < Duration::from_secs(240),
-            "no first checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_first_checkpoint(&out);
     std::thread::sleep(Duration::from_millis(500));
     p1.kill().unwrap();
     let _ = p1.wait();
@@ -185,10 +196,7 @@ fn a_killed_or_stalled_process_ends_the_run_and_resume_continues() {
 
     // Both resume from the checkpoint of epoch 1 (or 2) and finish the run.
     let r = args(&out, 3, &["--dist-timeout", "60", "--resume"]);
-    let port = free_port();
-    let (p0, p1) = (spawn(0, 2, port, &r), spawn(1, 2, port, &r));
-    let (o1, _) = finish(p1, Duration::from_secs(300), "resumed process 1");
-    let (o0, _) = finish(p0, Duration::from_secs(300), "resumed process 0");
+    let [o0, o1] = run_two(TRAIN, &r, Duration::from_secs(300), "resumed");
     assert!(
         o0.status.success() && o1.status.success(),
         "{} / {}",
@@ -203,14 +211,7 @@ fn a_killed_or_stalled_process_ends_the_run_and_resume_continues() {
     let a = args(&stalled, 3, &["--dist-timeout", "5"]);
     let port = free_port();
     let (p0, mut p1) = (spawn(0, 2, port, &a), spawn(1, 2, port, &a));
-    let start = Instant::now();
-    while !stalled.join("checkpoints/epoch_0001").is_dir() {
-        assert!(
-            start.elapsed() < Duration::from_secs(240),
-            "no first checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_first_checkpoint(&stalled);
     let pid = p1.id().to_string();
     assert!(Command::new("kill")
         .args(["-STOP", &pid])
@@ -399,11 +400,7 @@ fn two_processes_evaluate_as_two_ranks_of_one_process() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let port = free_port();
-    let p1 = spawn_tool(LINCLS, 1, 2, port, &args(&two, &[]));
-    let p0 = spawn_tool(LINCLS, 0, 2, port, &args(&two, &[]));
-    let (o1, _) = finish(p1, limit, "lincls process 1");
-    let (o0, _) = finish(p0, limit, "lincls process 0");
+    let [o0, o1] = run_two(LINCLS, &args(&two, &[]), limit, "lincls");
     assert!(o0.status.success(), "{}", stderr(&o0));
     assert!(o1.status.success(), "{}", stderr(&o1));
     assert!(o1.stdout.is_empty(), "process 1 prints nothing");
@@ -435,11 +432,7 @@ fn two_processes_evaluate_as_two_ranks_of_one_process() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let port = free_port();
-    let p1 = spawn_tool(LINCLS, 1, 2, port, &args(&two, &eval));
-    let p0 = spawn_tool(LINCLS, 0, 2, port, &args(&two, &eval));
-    let (o1, _) = finish(p1, limit, "lincls --evaluate-only process 1");
-    let (o0, _) = finish(p0, limit, "lincls --evaluate-only process 0");
+    let [o0, o1] = run_two(LINCLS, &args(&two, &eval), limit, "lincls --evaluate-only");
     assert!(
         o0.status.success() && o1.status.success(),
         "{}",
@@ -471,12 +464,12 @@ fn a_step_too_small_anywhere_is_skipped_by_every_process() {
     );
     let mut a = args(&out, 1, &["--dist-timeout", "60", "-o", &root]);
     a.retain(|s| s != "-q");
-    let port = free_port();
-    let p1 = spawn(1, 2, port, &a);
-    let p0 = spawn(0, 2, port, &a);
-    let limit = Duration::from_secs(300);
-    let (o1, _) = finish(p1, limit, "process 1 of a run with unreadable images");
-    let (o0, _) = finish(p0, limit, "process 0 of a run with unreadable images");
+    let [o0, o1] = run_two(
+        TRAIN,
+        &a,
+        Duration::from_secs(300),
+        "a run with unreadable images",
+    );
     assert!(o1.status.success(), "{}", stderr(&o1));
     assert!(o0.status.success(), "{}", stderr(&o0));
     let skipped = stderr(&o0)
