@@ -14,10 +14,8 @@ cd "$(dirname "$0")/.."
 WORK="${BENCH_DIR:-/var/tmp/swav-bench}"
 VENV="${BENCH_VENV:-$WORK/venv}"
 mkdir -p "$WORK/out"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q numpy safetensors torch paddlepaddle
-fi
+. scripts/venv.sh
+python_venv "$VENV" numpy safetensors torch paddle=paddlepaddle
 PY="$VENV/bin/python"
 [ -f "$WORK/full/fair_swav_full.pth.tar" ] || "$PY" tests/fixtures/generate/make_fixtures.py "$WORK/full" --config full >/dev/null
 if [ ! -f "$WORK/big_p2.pdparams" ]; then

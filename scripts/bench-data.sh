@@ -10,11 +10,8 @@ WORK="${BENCH_DIR:-/var/tmp/swav-bench}"
 VENV="${BENCH_VENV:-$WORK/venv}"
 SECONDS_PEER="${SECONDS_PEER:-20}"
 mkdir -p "$WORK/photos"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q numpy pillow torch torchvision
-fi
-"$VENV/bin/python" -c "import torchvision" 2>/dev/null || "$VENV/bin/pip" install -q torchvision
+. scripts/venv.sh
+python_venv "$VENV" numpy PIL=pillow torch torchvision
 # 200 images: the five photos, 40 times.
 for i in $(seq 0 39); do for f in tests/fixtures/photos/*.jpg; do cp -n "$f" "$WORK/photos/$(basename "$f" .jpg)_$i.jpg"; done; done
 cargo build --release --locked --bins -q

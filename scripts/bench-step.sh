@@ -11,11 +11,8 @@ WORK="${BENCH_DIR:-/var/tmp/swav-bench}"
 VENV="${BENCH_VENV:-$WORK/venv}"
 STEPS="${STEPS:-10}"
 mkdir -p "$WORK"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q numpy pillow torch torchvision
-fi
-"$VENV/bin/python" -c "import torchvision" 2>/dev/null || "$VENV/bin/pip" install -q torchvision
+. scripts/venv.sh
+python_venv "$VENV" numpy PIL=pillow torch torchvision
 cargo build --release --locked --bin swav-train -q
 timed() {  # stdout of the command, then "cpu=NNN%" (user + system over wall)
   /usr/bin/time -f "cpu=%P" -o "$WORK/time.txt" "$@" 2>/dev/null | tail -1

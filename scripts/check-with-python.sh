@@ -6,10 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${BENCH_VENV:-/var/tmp/swav-bench/venv}"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q numpy safetensors torch paddlepaddle
-fi
+. scripts/venv.sh
+python_venv "$VENV" numpy safetensors torch paddle=paddlepaddle
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 cargo build --release --locked --bins -q
