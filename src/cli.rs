@@ -2,24 +2,15 @@
 //! (exit code 2), and the ranges of numeric flags as clap value parsers, so that a value out
 //! of range is refused by name before any work starts.
 
-use std::ffi::OsString;
-
-/// The exit code of an error (bad input, I/O, a usage error); 1 is a check that ran and failed.
+/// The exit code of a check that ran and failed (`swav-fetch verify`, `swav-train check-step`).
+pub const EXIT_CHECK_FAILED: u8 = 1;
+/// The exit code of an error (bad input, I/O, a usage error, a failed rank).
 pub const EXIT_ERROR: u8 = 2;
 
 /// Parse `tool`'s flags from the process's arguments. `--help` and `--version` print and exit
 /// 0; a usage error prints `tool: error: ...` on one line and exits 2.
 pub fn parse<P: clap::Parser>(tool: &str) -> P {
-    parse_from(tool, std::env::args_os())
-}
-
-/// [`parse`] with the arguments given (the first is the program's name).
-pub fn parse_from<P: clap::Parser, I, T>(tool: &str, args: I) -> P
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    P::try_parse_from(args).unwrap_or_else(|e| {
+    P::try_parse().unwrap_or_else(|e| {
         use clap::error::ErrorKind;
         if matches!(
             e.kind(),

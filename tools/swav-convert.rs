@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("swav-convert: error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(swav::cli::EXIT_ERROR)
         }
     }
 }

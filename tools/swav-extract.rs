@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             eprintln!("swav-extract: error: {}: {e}", a.checkpoint.display());
-            return ExitCode::from(2);
+            return ExitCode::from(swav::cli::EXIT_ERROR);
         }
     };
     match convert::extract(&checkpoint, &a.output, &opts) {
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("swav-extract: error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(swav::cli::EXIT_ERROR)
         }
     }
 }

@@ -85,7 +85,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("swav-fetch: error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(swav::cli::EXIT_ERROR)
         }
     }
 }
@@ -175,7 +175,7 @@ fn run(args: Args) -> Result<ExitCode, FetchError> {
             print(&json, text.join("\n"));
             // A check that ran and failed: exit code 1.
             Ok(if bad {
-                ExitCode::from(1)
+                ExitCode::from(swav::cli::EXIT_CHECK_FAILED)
             } else {
                 ExitCode::SUCCESS
             })

@@ -180,7 +180,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("swav-lincls: error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(swav::cli::EXIT_ERROR)
         }
     }
 }

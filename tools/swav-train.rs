@@ -183,7 +183,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("swav-train: error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(swav::cli::EXIT_ERROR)
         }
     }
 }
@@ -389,7 +389,7 @@ fn run(args: Args) -> Result<(), String> {
                     "swav-train: check failed: loss differs by {:.2e} (tolerance {loss_tolerance:.0e}), codes by {codes:.2e} (tolerance {codes_tolerance:.0e})",
                     r.loss_relative
                 );
-                std::process::exit(1);
+                std::process::exit(swav::cli::EXIT_CHECK_FAILED.into());
             }
             Ok(())
         }

@@ -37,7 +37,7 @@ pub fn join_launched(
     };
     let fatal: Fatal = std::sync::Arc::new(move |e| {
         eprintln!("{tool}: error: {e}");
-        std::process::exit(2);
+        std::process::exit(crate::cli::EXIT_ERROR.into());
     });
     Session::join(join, fatal).map(std::sync::Arc::new)
 }

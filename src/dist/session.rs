@@ -899,7 +899,7 @@ fn start_orchestrator() -> Result<u16, DistError> {
             );
             if let Err(e) = runtime.block_on(run) {
                 eprintln!("swav-rs: error: collective engine's orchestrator on port {port}: {e}");
-                std::process::exit(2);
+                std::process::exit(crate::cli::EXIT_ERROR.into());
             }
         })
         .map_err(|e| DistError::Engine(e.to_string()))?;
