@@ -27,7 +27,7 @@ paddle.save({"big": paddle.to_tensor(big), "small": paddle.to_tensor(np.ones(16,
 PY
 fi
 cargo build --release --locked --bins -q
-BIN=target/release/swav-convert
+BIN=${CARGO_TARGET_DIR:-target}/release/swav-convert
 
 inputs=(
   "$WORK/full/passl_swav_full.pdparams"

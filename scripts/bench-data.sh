@@ -16,8 +16,8 @@ python_venv "$VENV" numpy PIL=pillow torch torchvision
 for i in $(seq 0 39); do for f in tests/fixtures/photos/*.jpg; do cp -n "$f" "$WORK/photos/$(basename "$f" .jpg)_$i.jpg"; done; done
 cargo build --release --locked --bins -q
 peer=$("$VENV/bin/python" scripts/peer_multicrop.py "$WORK/photos" "$SECONDS_PEER")
-one=$(target/release/swav-train bench-data --data "$WORK/photos" --workers 1 --batch-size 20 --batches 15 --json)
-all=$(target/release/swav-train bench-data --data "$WORK/photos" --batch-size 20 --batches 30 --json)
+one=$(${CARGO_TARGET_DIR:-target}/release/swav-train bench-data --data "$WORK/photos" --workers 1 --batch-size 20 --batches 15 --json)
+all=$(${CARGO_TARGET_DIR:-target}/release/swav-train bench-data --data "$WORK/photos" --batch-size 20 --batches 30 --json)
 python3 - "$peer" "$one" "$all" <<'PY'
 import json, sys, os
 peer, one, allc = float(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])

@@ -19,7 +19,7 @@ timed() {  # stdout of the command, then "cpu=NNN%" (user + system over wall)
   cat "$WORK/time.txt"
 }
 peer=$(timed "$VENV/bin/python" scripts/peer_swav_train.py --data . --steps "$STEPS")
-ours=$(timed target/release/swav-train bench-step -c configs/swav/swav_tiny_cpu.yaml --steps "$STEPS")
+ours=$(timed ${CARGO_TARGET_DIR:-target}/release/swav-train bench-step -c configs/swav/swav_tiny_cpu.yaml --steps "$STEPS")
 python3 - "$peer" "$ours" <<'PY'
 import json, re, sys, os
 def parse(text):

@@ -18,7 +18,7 @@ trap 'rm -rf "$out"' EXIT
 for f in "$dir"/*.pdparams "$dir"/*.pd "$dir"/*.pth "$dir"/*.pth.tar; do
   [[ -f "$f" ]] || continue
   name=$(basename "$f")
-  target/release/swav-lincls features --pretrained "$f" --tensors "$dir/reference_full.safetensors" \
+  ${CARGO_TARGET_DIR:-target}/release/swav-lincls features --pretrained "$f" --tensors "$dir/reference_full.safetensors" \
     --batch-size 2 -o "$out/$name.safetensors" 2>/dev/null >/dev/null
 done
 "$PY" - "$dir/reference_full.safetensors" "$out" <<'PY'

@@ -11,7 +11,7 @@ python_venv "$VENV" numpy safetensors torch paddle=paddlepaddle
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 cargo build --release --locked --bins -q
-bin=target/release/swav-convert
+bin=${CARGO_TARGET_DIR:-target}/release/swav-convert
 F=tests/fixtures
 $bin "$F/passl_swav_tiny_epoch_3.pd" "$out/swav.pth" > /dev/null        # PASSL trainer checkpoint -> torch
 $bin "$F/fair_swav_tiny.pth.tar" "$out/swav.pdparams" > /dev/null       # facebookresearch -> PASSL

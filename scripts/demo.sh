@@ -14,7 +14,7 @@ out="${1:-demo-out}"
 shift || true
 mkdir -p "$out"
 cargo build --release --locked --bins -q ${FEATURES:+--features "$FEATURES"}
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 F=tests/fixtures
 
 echo "== 1. checkpoints"

@@ -2,6 +2,7 @@
 //! [`load`] (weights from any checkpoint format, through the layout table).
 
 pub mod batchnorm;
+pub mod conv;
 pub mod load;
 pub mod record;
 pub mod resnet;

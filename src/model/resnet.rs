@@ -5,6 +5,7 @@
 //! `layer{1-4}.blocks.{i}.{conv1,bn1,conv2,bn2,conv3,bn3}`, `downsample.{conv,bn}`.
 
 use super::batchnorm::BatchNorm;
+use super::conv::conv2d;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -177,13 +178,13 @@ impl<B: Backend> Block<B> {
     /// `relu(F(x) + shortcut(x))`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            Some(d) => d.bn.forward(conv2d(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(self.conv1.forward(x)));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = relu(self.bn1.forward(conv2d(&self.conv1, x)));
+        let out = self.bn2.forward(conv2d(&self.conv2, out));
         let out = match (&self.conv3, &self.bn3) {
-            (Some(c3), Some(b3)) => b3.forward(c3.forward(relu(out))),
+            (Some(c3), Some(b3)) => b3.forward(conv2d(c3, relu(out))),
             _ => out,
         };
         relu(out + identity)
@@ -213,7 +214,7 @@ impl<B: Backend> ResNet<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let x = self
             .maxpool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
+            .forward(relu(self.bn1.forward(conv2d(&self.conv1, x))));
         let mut x = x;
         for stage in [&self.layer1, &self.layer2, &self.layer3, &self.layer4] {
             for b in &stage.blocks {
