@@ -5,9 +5,9 @@
 //! column `kj`, at `(ci·kh + ki)·kw + kj` — and `q` columns per sample, sample `s` of a chunk
 //! at columns `s·q..(s+1)·q`. Two layouts of a sample's columns, chosen by shape:
 //!
-//! - **Rows** (`q = oh·ow`, one column per output pixel): each row of the matrix is copied an
-//!   output row at a time, with the zeros of the padding written around the copy. Many short
-//!   copies; used for small outputs.
+//! - **Table** (`q = oh·ow`, one column per output pixel): a table gives, for each kernel tap
+//!   and output pixel, the input pixel read or none (the padding); the matrix is filled an
+//!   element at a time. Used for small outputs.
 //! - **Grid** (`q = oh·wq`): the input plane is padded with zeros once and split into its
 //!   `stride_h × stride_w` phases (the rows `a, a + stride, …` and columns `b, b + stride, …`),
 //!   each `wq` columns wide. Every kernel tap then reads one phase at a fixed offset, for every
@@ -46,14 +46,10 @@ pub(crate) struct Plan {
 }
 
 enum Layout {
-    Rows {
-        /// For kernel row `ki` and output row `oh`, at `ki · oh_count + oh`: the input row
-        /// read, if inside the input.
-        rows: Vec<Option<usize>>,
-        /// Width of a column phase of an input row: `⌈width / stride⌉`.
-        phase_width: usize,
-        /// For kernel column `kj`: see [`Column`].
-        columns: Vec<Column>,
+    Table {
+        /// For kernel tap `t` (`ki · kw + kj`) and output pixel `j`, at `t · p + j`: the input
+        /// pixel read (`ih · width + iw`), or [`PADDING`].
+        read: Vec<usize>,
     },
     Grid {
         /// Columns of a phase (and of an output row in the patch matrix).
@@ -67,16 +63,8 @@ enum Layout {
     },
 }
 
-/// For a kernel column in the rows layout: the output columns `lo..hi` that read inside the
-/// input, the column phase they read (input columns `phase, phase + stride, …` side by side)
-/// and where in it the read starts.
-#[derive(Clone, Copy)]
-struct Column {
-    lo: usize,
-    hi: usize,
-    phase: usize,
-    start: usize,
-}
+/// A read of the padding in [`Layout::Table`].
+const PADDING: usize = usize::MAX;
 
 impl Plan {
     pub fn new(c: &Conv2d) -> Plan {
@@ -105,47 +93,25 @@ impl Plan {
             };
             (oh * wq, layout)
         } else {
-            let row = |oh: usize, ki: usize| {
-                let ih = (oh * sh + ki * dh) as isize - c.padding[0] as isize;
-                (0..c.height as isize).contains(&ih).then_some(ih as usize)
+            let at = |o: usize, k: usize, d: usize| {
+                let i = (o * c.stride[d] + k * c.dilation[d]) as isize - c.padding[d] as isize;
+                let n = [c.height, c.width][d];
+                (0..n as isize).contains(&i).then_some(i as usize)
             };
-            // Output column `ow` reads input column `ow · stride + off` = `(ow + q) · stride + b`:
-            // element `ow + q` of column phase `b`.
-            let column = |kj: usize| {
-                let sw = sw as isize;
-                let off = (kj * dw) as isize - c.padding[1] as isize;
-                let last = c.width as isize - 1 - off;
-                let hi = if last < 0 {
-                    0
-                } else {
-                    (last / sw + 1).min(ow as isize) as usize
-                };
-                let lo = if off >= 0 {
-                    0
-                } else {
-                    ((-off + sw - 1) / sw) as usize
-                };
-                let lo = lo.min(hi);
-                let start = if lo == hi {
-                    0
-                } else {
-                    (lo as isize + off.div_euclid(sw)) as usize
-                };
-                Column {
-                    lo,
-                    hi,
-                    phase: off.rem_euclid(sw) as usize,
-                    start,
+            let mut read = Vec::with_capacity(c.kernel[0] * c.kernel[1] * oh * ow);
+            for ki in 0..c.kernel[0] {
+                for kj in 0..c.kernel[1] {
+                    for o in 0..oh {
+                        for x in 0..ow {
+                            read.push(match (at(o, ki, 0), at(x, kj, 1)) {
+                                (Some(ih), Some(iw)) => ih * c.width + iw,
+                                _ => PADDING,
+                            });
+                        }
+                    }
                 }
-            };
-            let layout = Layout::Rows {
-                rows: (0..c.kernel[0])
-                    .flat_map(|ki| (0..oh).map(move |o| row(o, ki)))
-                    .collect(),
-                phase_width: c.width.div_ceil(sw),
-                columns: (0..c.kernel[1]).map(column).collect(),
-            };
-            (oh * ow, layout)
+            }
+            (oh * ow, Layout::Table { read })
         };
         let group = COLUMNS
             .div_ceil(q.max(1))
@@ -195,39 +161,11 @@ impl Plan {
                             cols[row(r)..][..self.q].copy_from_slice(&buf[at..][..self.q]);
                         }
                     }
-                    Layout::Rows {
-                        rows,
-                        phase_width,
-                        columns,
-                    } => {
-                        let pw = *phase_width;
-                        let phases: &[T] = if self.c.stride[1] == 1 {
-                            plane
-                        } else {
-                            buf.resize(self.c.stride[1] * h * pw, T::ZERO);
-                            split_columns(plane, (h, w, self.c.stride[1], pw), buf);
-                            buf
-                        };
-                        for (r, (ki, kj)) in self.tap_indices().enumerate() {
-                            let rows = &rows[ki * self.oh..][..self.oh];
-                            let Column {
-                                lo,
-                                hi,
-                                phase,
-                                start,
-                            } = columns[kj];
-                            let phase = &phases[phase * h * pw..][..h * pw];
+                    Layout::Table { read } => {
+                        for (r, read) in read.chunks_exact(self.q).enumerate() {
                             let dst = &mut cols[row(r)..][..self.q];
-                            for (dst, ih) in dst.chunks_exact_mut(self.ow).zip(rows) {
-                                match *ih {
-                                    None => dst.fill(T::ZERO),
-                                    Some(ih) => {
-                                        dst[..lo].fill(T::ZERO);
-                                        dst[hi..].fill(T::ZERO);
-                                        dst[lo..hi]
-                                            .copy_from_slice(&phase[ih * pw + start..][..hi - lo]);
-                                    }
-                                }
+                            for (d, &i) in dst.iter_mut().zip(read) {
+                                *d = if i == PADDING { T::ZERO } else { plane[i] };
                             }
                         }
                     }
@@ -258,37 +196,14 @@ impl Plan {
                         }
                         self.join_grid(buf, plane);
                     }
-                    Layout::Rows {
-                        rows,
-                        phase_width,
-                        columns,
-                    } => {
-                        let (pw, sw) = (*phase_width, self.c.stride[1]);
+                    Layout::Table { read } => {
                         plane.fill(T::ZERO);
-                        let phases: &mut [T] = if sw == 1 {
-                            plane
-                        } else {
-                            buf.clear();
-                            buf.resize(sw * h * pw, T::ZERO);
-                            buf
-                        };
-                        for (r, (ki, kj)) in self.tap_indices().enumerate() {
-                            let rows = &rows[ki * self.oh..][..self.oh];
-                            let Column {
-                                lo,
-                                hi,
-                                phase,
-                                start,
-                            } = columns[kj];
-                            let phase = &mut phases[phase * h * pw..][..h * pw];
-                            for (src, ih) in row(r).chunks_exact(self.ow).zip(rows) {
-                                if let Some(ih) = *ih {
-                                    add(&mut phase[ih * pw + start..][..hi - lo], &src[lo..hi]);
+                        for (r, read) in read.chunks_exact(self.q).enumerate() {
+                            for (v, &i) in row(r).iter().zip(read) {
+                                if i != PADDING {
+                                    plane[i] += *v;
                                 }
                             }
-                        }
-                        if sw != 1 {
-                            join_columns(buf, (h, w, sw, pw), plane);
                         }
                     }
                 }
@@ -296,17 +211,26 @@ impl Plan {
         }
     }
 
-    /// `(ki, kj)` of each kernel tap, in the order of the patch matrix's rows.
-    fn tap_indices(&self) -> impl Iterator<Item = (usize, usize)> {
-        let [kh, kw] = self.c.kernel;
-        (0..kh).flat_map(move |ki| (0..kw).map(move |kj| (ki, kj)))
-    }
-
-    /// Where input pixel `(ih, iw)` sits in the grid layout's phases.
-    fn grid_index(&self, ih: usize, iw: usize, wq: usize, phase_len: usize) -> usize {
+    /// `f(ih, iw, at)` for each input row `ih` and column phase: `iw` the phase's first input
+    /// column and `at` where that pixel sits in the grid layout's phases (the next pixels of the
+    /// phase, `iw + stride, …`, follow it).
+    fn grid_runs(&self, wq: usize, phase_len: usize, mut f: impl FnMut(usize, usize, usize)) {
         let [sh, sw] = self.c.stride;
-        let (y, x) = (ih + self.c.padding[0], iw + self.c.padding[1]);
-        ((y % sh) * sw + x % sw) * phase_len + (y / sh) * wq + x / sw
+        let [ph, pw] = self.c.padding;
+        for ih in 0..self.c.height {
+            let y = ih + ph;
+            for b in 0..sw {
+                // Input columns iw with (iw + pw) % sw == b, from the first.
+                let iw = (b + sw - pw % sw) % sw;
+                if iw < self.c.width {
+                    f(
+                        ih,
+                        iw,
+                        ((y % sh) * sw + b) * phase_len + (y / sh) * wq + (iw + pw) / sw,
+                    );
+                }
+            }
+        }
     }
 
     /// A plane padded with zeros and split into the grid layout's phases, into `buf`.
@@ -314,19 +238,20 @@ impl Plan {
         let Layout::Grid { wq, phase_len, .. } = self.layout else {
             unreachable!("grid layout")
         };
-        let (h, w) = (self.c.height, self.c.width);
+        let (w, sw) = (self.c.width, self.c.stride[1]);
         buf.clear();
-        buf.resize(self.c.stride[0] * self.c.stride[1] * phase_len, T::ZERO);
-        for ih in 0..h {
-            let src = &plane[ih * w..][..w];
-            if self.c.stride[1] == 1 {
-                let at = self.grid_index(ih, 0, wq, phase_len);
-                buf[at..at + w].copy_from_slice(src);
-            } else {
-                for (iw, v) in src.iter().enumerate() {
-                    buf[self.grid_index(ih, iw, wq, phase_len)] = *v;
+        buf.resize(self.c.stride[0] * sw * phase_len, T::ZERO);
+        if sw == 1 {
+            self.grid_runs(wq, phase_len, |ih, _, at| {
+                buf[at..at + w].copy_from_slice(&plane[ih * w..][..w]);
+            });
+        } else {
+            self.grid_runs(wq, phase_len, |ih, iw, at| {
+                let src = plane[ih * w..][..w].iter().skip(iw).step_by(sw);
+                for (d, v) in buf[at..].iter_mut().zip(src) {
+                    *d = *v;
                 }
-            }
+            });
         }
     }
 
@@ -336,34 +261,35 @@ impl Plan {
         let Layout::Grid { wq, phase_len, .. } = self.layout else {
             unreachable!("grid layout")
         };
-        let (h, w) = (self.c.height, self.c.width);
-        for ih in 0..h {
-            let dst = &mut plane[ih * w..][..w];
-            if self.c.stride[1] == 1 {
-                let at = self.grid_index(ih, 0, wq, phase_len);
-                dst.copy_from_slice(&buf[at..at + w]);
-            } else {
-                for (iw, d) in dst.iter_mut().enumerate() {
-                    *d = buf[self.grid_index(ih, iw, wq, phase_len)];
+        let (w, sw) = (self.c.width, self.c.stride[1]);
+        if sw == 1 {
+            self.grid_runs(wq, phase_len, |ih, _, at| {
+                plane[ih * w..][..w].copy_from_slice(&buf[at..at + w]);
+            });
+        } else {
+            self.grid_runs(wq, phase_len, |ih, iw, at| {
+                let dst = plane[ih * w..][..w].iter_mut().skip(iw).step_by(sw);
+                for (d, v) in dst.zip(&buf[at..]) {
+                    *d = *v;
                 }
-            }
+            });
         }
     }
 
-    /// Where the `g` samples `[c, oh, ow]` (one after the other) and the matrix `[c, g·q]`
-    /// hold each output row: (sample offset, matrix offset).
-    fn output_rows(&self, c: usize, g: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    /// `f(a, b)` for each output row: where the `g` samples `[c, oh, ow]` (one after the
+    /// other) hold it (`a`) and where the matrix `[c, g·q]` does (`b`).
+    fn output_rows(&self, c: usize, g: usize, mut f: impl FnMut(usize, usize)) {
         let (gq, wq) = (g * self.q, self.q / self.oh);
-        (0..g).flat_map(move |s| {
-            (0..c).flat_map(move |ch| {
-                (0..self.oh).map(move |o| {
-                    (
+        for s in 0..g {
+            for ch in 0..c {
+                for o in 0..self.oh {
+                    f(
                         ((s * c + ch) * self.oh + o) * self.ow,
                         ch * gq + s * self.q + o * wq,
-                    )
-                })
-            })
-        })
+                    );
+                }
+            }
+        }
     }
 
     /// The matrix `[c, g·q]` of `g` output-shaped samples `[c, oh, ow]`, zeros in the grid
@@ -376,10 +302,10 @@ impl Plan {
         matrix: &mut [T],
     ) {
         let wq = self.q / self.oh;
-        for (a, b) in self.output_rows(c, g) {
+        self.output_rows(c, g, |a, b| {
             matrix[b..b + self.ow].copy_from_slice(&samples[a..a + self.ow]);
             matrix[b + self.ow..b + wq].fill(T::ZERO);
-        }
+        });
     }
 
     /// The `g` output-shaped samples `[c, oh, ow]` of the matrix `[c, g·q]`.
@@ -390,9 +316,9 @@ impl Plan {
         matrix: &[T],
         samples: &mut [T],
     ) {
-        for (a, b) in self.output_rows(c, g) {
+        self.output_rows(c, g, |a, b| {
             samples[a..a + self.ow].copy_from_slice(&matrix[b..b + self.ow]);
-        }
+        });
     }
 }
 
@@ -400,40 +326,5 @@ impl Plan {
 fn add<T: Element>(dst: &mut [T], src: &[T]) {
     for (d, v) in dst.iter_mut().zip(src) {
         *d += *v;
-    }
-}
-
-/// The column phases of a plane `[h, w]` for a column stride `sw` (rows layout): phase `b`
-/// holds columns `b, b + sw, b + 2·sw, …` of every row, `[sw, h, pw]` with `pw = ⌈w / sw⌉`.
-fn split_columns<T: Element>(
-    plane: &[T],
-    (h, w, sw, pw): (usize, usize, usize, usize),
-    phases: &mut [T],
-) {
-    for b in 0..sw {
-        for ih in 0..h {
-            let row = &plane[ih * w..][..w];
-            let dst = &mut phases[(b * h + ih) * pw..][..pw];
-            for (d, v) in dst.iter_mut().zip(row.iter().skip(b).step_by(sw)) {
-                *d = *v;
-            }
-        }
-    }
-}
-
-/// The adjoint of [`split_columns`]: the phases added back into the plane.
-fn join_columns<T: Element>(
-    phases: &[T],
-    (h, w, sw, pw): (usize, usize, usize, usize),
-    plane: &mut [T],
-) {
-    for b in 0..sw {
-        for ih in 0..h {
-            let row = &mut plane[ih * w..][..w];
-            let src = &phases[(b * h + ih) * pw..][..pw];
-            for (d, v) in row.iter_mut().skip(b).step_by(sw).zip(src) {
-                *d += *v;
-            }
-        }
     }
 }

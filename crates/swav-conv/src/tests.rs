@@ -42,7 +42,9 @@ fn shapes() -> Vec<Conv2d> {
         // Column stride 3 on widths that are not multiples of it: phases of unequal lengths.
         conv([2, 2, 2], [7, 10], [3, 3], [3, 3], [1, 2], [1, 1]),
         conv([2, 2, 2], [5, 11], [2, 4], [1, 2], [1, 3], [1, 2]),
-        // Outputs 2 pixels wide: the rows layout with stride 1, with dilation.
+        // Narrower than the stride: phases without a pixel.
+        conv([2, 2, 2], [5, 2], [1, 1], [3, 3], [0, 0], [1, 1]),
+        // Outputs 2 pixels wide: the table layout, with stride 1, with dilation.
         conv([4, 2, 3], [3, 2], [3, 3], [1, 1], [1, 1], [1, 1]),
         conv([3, 2, 2], [5, 2], [2, 2], [1, 1], [1, 1], [2, 2]),
         // Padding wider than the kernel reaches: whole rows and columns of zeros.
