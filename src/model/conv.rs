@@ -1,6 +1,6 @@
 //! The model's convolutions. Burn's [`Conv2d`] module holds the weights (names, records and
 //! initialisation unchanged); [`conv2d`] runs it. On the CPU backend (Flex, `f32` or `f64`) the
-//! convolution and its two gradients are the matrix products of the `swav-conv` crate, and on
+//! convolution and its two gradients are the matrix products of the `swav-kernels` crate, and on
 //! `Autodiff<Flex>` they are one autodiff operation of their own — Burn's backend extension: a
 //! backward step registered for the backend, Burn's module and graph left as they are. Other
 //! backends (CUDA, NdArray), grouped convolutions, biases and asymmetric padding run Burn's
@@ -10,31 +10,26 @@
 //! input gradient as a transposed convolution by direct loops, ~52% of a CPU training step of
 //! the tiny configuration (the README's "CPU speed").
 
+use super::kernels::{cast, contiguous, cpu_backend, Cpu, Float, TrainedTensor};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Flex;
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
-use burn::tensor::backend::{Backend, BackendTypes};
-use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
-use burn_flex::{FlexTensor, Layout};
-use std::any::{Any, TypeId};
-use swav_conv::Conv2d as Geometry;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn_flex::FlexTensor;
+use swav_kernels::conv::Conv2d as Geometry;
 
-/// The training backend on the CPU.
-type Trained = Autodiff<Flex>;
-type TrainedTensor = <Trained as BackendTypes>::FloatTensorPrimitive;
-
-/// `conv.forward(x)`, through `swav-conv` on the CPU backend.
+/// `conv.forward(x)`, through `swav-kernels` on the CPU backend.
 pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let is = |t: TypeId| TypeId::of::<B>() == t;
-    let cpu = is(TypeId::of::<Trained>()) || is(TypeId::of::<Flex>());
+    let cpu = cpu_backend::<B>();
     let dtype = x.dtype();
     let same = dtype == conv.weight.val().dtype();
-    let geometry = match cpu && same && matches!(dtype, DType::F32 | DType::F64) {
+    let geometry = match cpu.is_some() && same && matches!(dtype, DType::F32 | DType::F64) {
         true => geometry(conv, x.dims()),
         false => None,
     };
@@ -45,22 +40,14 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         x.into_primitive().tensor(),
         conv.weight.val().into_primitive().tensor(),
     );
-    let y: B::FloatTensorPrimitive = if is(TypeId::of::<Flex>()) {
-        cast(forward(cast(x), cast(w), &geometry))
-    } else {
-        cast(tracked(cast(x), cast(w), geometry))
+    let y: B::FloatTensorPrimitive = match cpu {
+        Some(Cpu::Inference) => cast(forward(cast(x), cast(w), &geometry)),
+        _ => cast(tracked(cast(x), cast(w), geometry)),
     };
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 
-/// A value of a type known (by its `TypeId`) to be `To`.
-fn cast<From: 'static, To: 'static>(v: From) -> To {
-    let v: Box<dyn Any> = Box::new(v);
-    *v.downcast::<To>()
-        .expect("a type checked by TypeId to be the CPU backend's")
-}
-
-/// The shapes of `conv` on an input of `dims`, when `swav-conv` computes it: no groups, no
+/// The shapes of `conv` on an input of `dims`, when `swav-kernels` computes it: no groups, no
 /// bias, symmetric padding, an output of at least one pixel, the weight's input channels those
 /// of `x`.
 fn geometry<B: Backend>(conv: &Conv2d<B>, [n, c, h, w]: [usize; 4]) -> Option<Geometry> {
@@ -87,52 +74,12 @@ fn geometry<B: Backend>(conv: &Conv2d<B>, [n, c, h, w]: [usize; 4]) -> Option<Ge
     (plain && g.output_size().is_some()).then_some(g)
 }
 
-/// The element types of `swav-conv` as Flex stores them.
-trait Float: swav_conv::Element {
-    const DTYPE: DType;
-    fn view(t: &FlexTensor) -> &[Self];
-    fn tensor(values: Vec<Self>, shape: Vec<usize>) -> FlexTensor {
-        FlexTensor::new(
-            Self::bytes(values),
-            Layout::contiguous(Shape::from(shape)),
-            Self::DTYPE,
-        )
-    }
-    fn bytes(values: Vec<Self>) -> Bytes;
-}
-
-macro_rules! float {
-    ($t:ty, $d:expr) => {
-        impl Float for $t {
-            const DTYPE: DType = $d;
-            fn view(t: &FlexTensor) -> &[Self] {
-                t.as_slice::<$t>()
-                    .expect("a contiguous tensor of this element type")
-            }
-            fn bytes(values: Vec<Self>) -> Bytes {
-                Bytes::from_elems(values)
-            }
-        }
-    };
-}
-float!(f32, DType::F32);
-float!(f64, DType::F64);
-
-/// `t`, contiguous.
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.layout().contiguous_offsets().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
 /// The convolution of `x` by `w`.
 fn forward(x: FlexTensor, w: FlexTensor, g: &Geometry) -> FlexTensor {
     fn run<T: Float>(x: FlexTensor, w: FlexTensor, g: &Geometry) -> FlexTensor {
         let (x, w) = (contiguous(x), contiguous(w));
         let mut y = vec![T::ZERO; g.output_len()];
-        swav_conv::forward(g, T::view(&x), T::view(&w), &mut y);
+        swav_kernels::conv::forward(g, T::view(&x), T::view(&w), &mut y);
         let [oh, ow] = g.output_size().expect("checked by geometry()");
         T::tensor(y, vec![g.batch, g.out_channels, oh, ow])
     }
@@ -160,7 +107,7 @@ fn gradients(
         let (x, w, dy) = (contiguous(x), contiguous(w), contiguous(dy));
         let mut dx = want_dx.then(|| vec![T::ZERO; g.input_len()]);
         let mut dw = want_dw.then(|| vec![T::ZERO; g.weight_len()]);
-        swav_conv::backward(
+        swav_kernels::conv::backward(
             g,
             T::view(&x),
             T::view(&w),
@@ -228,6 +175,7 @@ fn tracked(x: TrainedTensor, w: TrainedTensor, g: Geometry) -> TrainedTensor {
 mod tests {
     //! The registered convolution against Burn's own, forward and both gradients, on the
     //! convolutions of a ResNet (stem, 3×3 with and without stride, 1×1 projections).
+    use super::super::kernels::Trained;
     use super::*;
     use burn::module::AutodiffModule;
     use burn::nn::conv::Conv2dConfig;

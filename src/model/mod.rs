@@ -3,7 +3,9 @@
 
 pub mod batchnorm;
 pub mod conv;
+mod kernels;
 pub mod load;
+pub mod pool;
 pub mod record;
 pub mod resnet;
 pub mod swav;

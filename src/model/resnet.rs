@@ -6,6 +6,7 @@
 
 use super::batchnorm::BatchNorm;
 use super::conv::conv2d;
+use super::pool::max_pool2d;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -212,9 +213,10 @@ pub struct ResNet<B: Backend> {
 impl<B: Backend> ResNet<B> {
     /// Global-average-pooled features `[N, C]` of images `[N, 3, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = self
-            .maxpool
-            .forward(relu(self.bn1.forward(conv2d(&self.conv1, x))));
+        let x = max_pool2d(
+            &self.maxpool,
+            relu(self.bn1.forward(conv2d(&self.conv1, x))),
+        );
         let mut x = x;
         for stage in [&self.layer1, &self.layer2, &self.layer3, &self.layer4] {
             for b in &stage.blocks {

@@ -21,32 +21,12 @@
 //! cut depends only on the shapes, and the weight gradient is summed in [`LANES`] fixed runs of
 //! chunks whose sums are added in order.
 //!
-//! A crate of its own so that it is optimised in every build profile (the workspace's
-//! `[profile.dev.package.swav-conv]`) and has no Burn in it; swav-rs's model registers it as the
-//! convolution of Burn's CPU backend (`swav::model::conv`).
+//! swav-rs's model registers it as the convolution of Burn's CPU backend
+//! (`swav::model::conv`).
 
+use crate::Element;
 use rayon::prelude::*;
 use std::ops::Range;
-
-/// The element types: `f32` and `f64` (those gemm multiplies).
-pub trait Element:
-    Copy + Send + Sync + PartialEq + std::fmt::Debug + std::ops::AddAssign + 'static
-{
-    /// 0.
-    const ZERO: Self;
-    /// 1.
-    const ONE: Self;
-}
-
-impl Element for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-}
-
-impl Element for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-}
 
 /// Columns a chunk's patch matrix aims at (samples are grouped until their outputs have as many
 /// pixels): below this, gemm spends more on packing than on multiplying.

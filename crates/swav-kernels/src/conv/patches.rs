@@ -16,7 +16,8 @@
 //!   products compute and the output drops; the gradients put zeros in them. Used when the extra
 //!   columns cost less than the copies they save.
 
-use crate::{Conv2d, Element, COLUMNS, MIN_CHUNKS};
+use super::{Conv2d, COLUMNS, MIN_CHUNKS};
+use crate::Element;
 use std::ops::Range;
 
 /// The grid layout is used when its extra columns are at most this fraction of the output's
