@@ -22,7 +22,7 @@
 //! every rank's input. The running statistics follow the global batch, the same on every rank.
 
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 use std::any::Any;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -104,7 +104,35 @@ impl<B: Backend> BatchNorm<B> {
         let x = input.reshape([n, c * hw]);
         let gamma = self.gamma.val().reshape([1, c]);
         let beta = self.beta.val().reshape([1, c]);
-        let y = if B::ad_enabled(&x.device()) {
+        let unsynchronised = || synchronised_ranks::<B>().is_none_or(|r| r.world() <= 1);
+        let y = if let Some((y, mean, var)) = unsynchronised()
+            .then(|| {
+                fused::training(
+                    x.clone(),
+                    self.gamma.val(),
+                    self.beta.val(),
+                    [n, c, hw],
+                    self.epsilon,
+                )
+            })
+            .flatten()
+        {
+            let count = (n * hw) as f64;
+            let bessel = if count > 1.0 {
+                count / (count - 1.0)
+            } else {
+                1.0
+            };
+            let stat = |v: Vec<f64>| {
+                Tensor::<B, 2>::from_data(
+                    TensorData::new(v, [1, c]).convert_dtype(y.dtype()),
+                    &y.device(),
+                )
+            };
+            let unbiased = var.iter().map(|v| v * bessel).collect();
+            self.update_running(stat(mean), stat(unbiased));
+            y
+        } else if B::ad_enabled(&x.device()) {
             let count = (n * hw) as f64;
             let channel_sum =
                 |t: Tensor<B, 2>| t.reshape([n * c, hw]).sum_dim(1).reshape([n, c]).sum_dim(0);
@@ -207,6 +235,169 @@ fn row<B: Backend>(values: Tensor<B, 2>, hw: usize) -> Tensor<B, 2> {
     (Tensor::ones([c, hw], &values.device()) * values.reshape([c, 1])).reshape([1, c * hw])
 }
 
+/// Batch normalisation with the batch's statistics on the CPU training backend
+/// (`Autodiff<Flex>`): one autodiff operation running `swav-kernels`' forward pass and
+/// gradients, where the formula above, as Burn tensor operations, makes ~15 passes over the
+/// activations and their gradients.
+mod fused {
+    use super::super::kernels::{cast, contiguous, cpu_backend, Cpu, Float, TrainedTensor};
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::Flex;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{DType, Tensor, TensorPrimitive};
+    use burn_flex::FlexTensor;
+    use std::sync::Arc;
+    use swav_kernels::batchnorm::{Shape, Statistics};
+
+    /// `(y, mean, biased variance)` of `x` (`[n, c·hw]`) normalised with its statistics, when
+    /// `B` is the CPU training backend and every tensor has one float type (`f32` or `f64`).
+    pub(super) fn training<B: Backend>(
+        x: Tensor<B, 2>,
+        gamma: Tensor<B, 1>,
+        beta: Tensor<B, 1>,
+        [n, c, hw]: [usize; 3],
+        epsilon: f64,
+    ) -> Option<(Tensor<B, 2>, Vec<f64>, Vec<f64>)> {
+        let dtype = x.dtype();
+        let same = gamma.dtype() == dtype && beta.dtype() == dtype;
+        if cpu_backend::<B>() != Some(Cpu::Training)
+            || !same
+            || !matches!(dtype, DType::F32 | DType::F64)
+        {
+            return None;
+        }
+        let shape = Shape {
+            batch: n,
+            channels: c,
+            spatial: hw,
+        };
+        let [x, gamma, beta] = [
+            x.into_primitive().tensor(),
+            gamma.into_primitive().tensor(),
+            beta.into_primitive().tensor(),
+        ]
+        .map(cast::<B::FloatTensorPrimitive, TrainedTensor>);
+        let (y, stats) = tracked(x, gamma, beta, shape, epsilon);
+        let y = Tensor::from_primitive(TensorPrimitive::Float(cast(y)));
+        Some((y, stats.mean.clone(), stats.var.clone()))
+    }
+
+    /// The forward pass on Flex's tensors.
+    fn forward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        s: &Shape,
+        epsilon: f64,
+    ) -> (FlexTensor, Statistics) {
+        fn run<T: Float>(
+            x: FlexTensor,
+            gamma: FlexTensor,
+            beta: FlexTensor,
+            s: &Shape,
+            epsilon: f64,
+        ) -> (FlexTensor, Statistics) {
+            let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+            let mut y = vec![T::ZERO; T::view(&x).len()];
+            let stats = swav_kernels::batchnorm::forward(
+                s,
+                T::view(&x),
+                T::view(&gamma),
+                T::view(&beta),
+                epsilon,
+                &mut y,
+            );
+            (T::tensor(y, x.layout().shape().to_vec()), stats)
+        }
+        match x.dtype() {
+            DType::F64 => run::<f64>(x, gamma, beta, s, epsilon),
+            _ => run::<f32>(x, gamma, beta, s, epsilon),
+        }
+    }
+
+    /// The backward step of [`tracked`]: its state is the input, γ, the statistics and the
+    /// shape.
+    #[derive(Debug)]
+    struct NormBackward;
+
+    impl Backward<Flex, 3> for NormBackward {
+        type State = (FlexTensor, FlexTensor, Arc<Statistics>, Shape);
+
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            fn run<T: Float>(
+                x: FlexTensor,
+                gamma: FlexTensor,
+                dy: FlexTensor,
+                stats: &Statistics,
+                s: &Shape,
+            ) -> [FlexTensor; 3] {
+                let (x, gamma, dy) = (contiguous(x), contiguous(gamma), contiguous(dy));
+                let mut dx = vec![T::ZERO; T::view(&x).len()];
+                let (dgamma, dbeta) = swav_kernels::batchnorm::backward(
+                    s,
+                    T::view(&x),
+                    T::view(&gamma),
+                    stats,
+                    T::view(&dy),
+                    &mut dx,
+                );
+                [
+                    T::tensor(dx, x.layout().shape().to_vec()),
+                    T::tensor(dgamma, vec![s.channels]),
+                    T::tensor(dbeta, vec![s.channels]),
+                ]
+            }
+            let dy = grads.consume::<Flex>(&ops.node);
+            let (x, gamma, stats, s) = ops.state;
+            let gradients = match x.dtype() {
+                DType::F64 => run::<f64>(x, gamma, dy, &stats, &s),
+                _ => run::<f32>(x, gamma, dy, &stats, &s),
+            };
+            for (node, grad) in ops.parents.into_iter().zip(gradients) {
+                if let Some(node) = node {
+                    grads.register::<Flex>(node.id, grad);
+                }
+            }
+        }
+    }
+
+    /// The normalisation on the autodiff backend, with [`NormBackward`] as its backward step.
+    fn tracked(
+        x: TrainedTensor,
+        gamma: TrainedTensor,
+        beta: TrainedTensor,
+        s: Shape,
+        epsilon: f64,
+    ) -> (TrainedTensor, Arc<Statistics>) {
+        let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+        match NormBackward
+            .prepare::<NoCheckpointing>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (y, stats) = forward(
+                    x.primitive.clone(),
+                    gamma.primitive.clone(),
+                    beta.primitive,
+                    &s,
+                    epsilon,
+                );
+                let stats = Arc::new(stats);
+                let state = (x.primitive, gamma.primitive, stats.clone(), s);
+                (prep.finish(state, y), stats)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (y, stats) = forward(x.primitive, gamma.primitive, beta.primitive, &s, epsilon);
+                (prep.finish(y), Arc::new(stats))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,5 +475,48 @@ mod tests {
             .zip(theirs.forward(xi).into_data().to_vec::<f64>().unwrap())
             .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
         assert!(d < 1e-12, "eval outputs differ by {d}");
+    }
+
+    /// On the CPU training backend the fused operation gives what the formula gives (on
+    /// NdArray in f64): output, the input's, γ's and β's gradients, running statistics.
+    #[test]
+    fn the_cpu_training_backend_matches_the_formula() {
+        type F = Autodiff<crate::backend::Cpu>;
+        fn run<B: burn::tensor::backend::AutodiffBackend>(values: &[f32]) -> Vec<Vec<f64>> {
+            let device = Default::default();
+            let data = TensorData::new(values.to_vec(), [4, 3, 5, 2]);
+            let x =
+                Tensor::<B, 4>::from_data(data.convert::<B::FloatElem>(), &device).require_grad();
+            let mut bn = BatchNorm::<B>::new(3, &device);
+            bn.gamma = Param::from_tensor(Tensor::from_floats([0.5, -1.0, 2.0], &device));
+            bn.beta = Param::from_tensor(Tensor::from_floats([0.1, 0.2, -0.3], &device));
+            let y = bn.forward(x.clone());
+            let w = Tensor::<B, 4>::ones([4, 3, 5, 2], &device)
+                .cumsum(3)
+                .cumsum(0);
+            let grads = (y.clone() * w).sum().backward();
+            let v = |t: TensorData| t.convert::<f64>().to_vec::<f64>().unwrap();
+            vec![
+                v(y.into_data()),
+                v(x.grad(&grads).unwrap().into_data()),
+                v(bn.gamma.grad(&grads).unwrap().into_data()),
+                v(bn.beta.grad(&grads).unwrap().into_data()),
+                v(bn.running_mean.value_sync().into_data()),
+                v(bn.running_var.value_sync().into_data()),
+            ]
+        }
+        let values: Vec<f32> = (0..120)
+            .map(|i| ((i * 37 % 23) as f32 - 9.0) * 0.25)
+            .collect();
+        let (ours, formula) = (run::<F>(&values), run::<A>(&values));
+        for (what, (a, b)) in ["y", "dx", "dgamma", "dbeta", "running mean", "running var"]
+            .iter()
+            .zip(ours.iter().zip(&formula))
+        {
+            let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            for (p, q) in a.iter().zip(b) {
+                assert!((p - q).abs() <= 2e-6 * scale, "{what}: {p} vs {q}");
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The CPU kernels of swav-rs's training step, apart from Burn: [`conv`] (a convolution and
-//! its two gradients as matrix products) and [`pool`] (max pooling and its gradient). They work
+//! its two gradients as matrix products), [`pool`] (max pooling and its gradient) and
+//! [`batchnorm`] (batch normalisation with the batch's statistics and its gradients). They work
 //! on contiguous NCHW buffers of `f32` or `f64`; swav-rs's model registers them as operations of
 //! Burn's CPU backend (`swav::model::conv`, `swav::model::pool`), where Burn 0.21's own are
 //! slow (see each module).
@@ -7,12 +8,22 @@
 //! A crate of its own so that it is optimised in every build profile (the workspace's
 //! `[profile.dev.package.swav-kernels]`: the tests' training steps run it) and has no Burn in it.
 
+pub mod batchnorm;
 pub mod conv;
 pub mod pool;
 
 /// The element types: `f32` and `f64` (those gemm multiplies).
 pub trait Element:
-    Copy + Send + Sync + PartialEq + PartialOrd + std::fmt::Debug + std::ops::AddAssign + 'static
+    Copy
+    + Send
+    + Sync
+    + PartialEq
+    + PartialOrd
+    + std::fmt::Debug
+    + std::ops::AddAssign
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + 'static
 {
     /// 0.
     const ZERO: Self;
@@ -20,16 +31,32 @@ pub trait Element:
     const ONE: Self;
     /// -∞.
     const NEG_INFINITY: Self;
+    /// The value as `f64` (exact).
+    fn to_f64(self) -> f64;
+    /// The nearest value to `v`.
+    fn from_f64(v: f64) -> Self;
 }
 
 impl Element for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     const NEG_INFINITY: Self = f32::NEG_INFINITY;
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
 }
 
 impl Element for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     const NEG_INFINITY: Self = f64::NEG_INFINITY;
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
 }
