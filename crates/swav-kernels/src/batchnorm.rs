@@ -51,6 +51,26 @@ fn sum2<T: Element>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
+/// `(Σ g, Σ g·(x − mean))` in `f64`, eight partial sums of each, in one pass.
+fn gradient_sums<T: Element>(g: &[T], x: &[T], mean: f64) -> (f64, f64) {
+    let (mut s, mut t) = ([0f64; 8], [0f64; 8]);
+    let (cg, cx) = (g.chunks_exact(8), x.chunks_exact(8));
+    let (rg, rx) = (cg.remainder(), cx.remainder());
+    for (g, x) in cg.zip(cx) {
+        for i in 0..8 {
+            let g = g[i].to_f64();
+            s[i] += g;
+            t[i] += g * (x[i].to_f64() - mean);
+        }
+    }
+    let (mut s, mut t) = (s.iter().sum::<f64>(), t.iter().sum::<f64>());
+    for (g, x) in rg.iter().zip(rx) {
+        s += g.to_f64();
+        t += g.to_f64() * (x.to_f64() - mean);
+    }
+    (s, t)
+}
+
 /// `y = a[c]·x + b[c]` channel by channel, sample by sample in parallel.
 fn affine<T: Element>(s: &Shape, x: &[T], a: &[T], b: &[T], y: &mut [T]) {
     let per = s.channels * s.spatial;
@@ -147,10 +167,8 @@ pub fn backward<T: Element>(
             let mean = stats.mean[c];
             let runs = s.runs(dy, c).zip(s.runs(x, c));
             runs.fold((0.0, 0.0), |(a, b), (g, x)| {
-                (
-                    a + sum2(g, g, |g, _| g),
-                    b + sum2(g, x, |g, x| g * (x - mean)),
-                )
+                let (s, t) = gradient_sums(g, x, mean);
+                (a + s, b + t)
             })
         })
         .unzip();

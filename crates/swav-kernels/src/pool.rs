@@ -95,24 +95,23 @@ pub fn forward<T: Element>(p: &MaxPool2d, x: &[T], y: &mut [T], argmax: &mut [u3
         .zip(y.par_chunks_mut(ohw).zip(argmax.par_chunks_mut(ohw)))
         .with_min_len(PLANES_PER_TASK)
         .for_each(|(x, (y, argmax))| {
-            let out = y.iter_mut().zip(argmax.iter_mut());
-            for ((y, a), (rows, cols)) in
-                out.zip(rows.iter().flat_map(|r| cols.iter().map(move |c| (r, c))))
-            {
-                let mut best = (T::NEG_INFINITY, rows[0] * p.width + cols[0]);
-                for &ih in rows {
-                    for &iw in cols {
-                        let i = ih * p.width + iw;
-                        let v = x[i];
-                        // A NaN (v != v) wins, as in PyTorch.
-                        #[allow(clippy::eq_op)]
-                        if v > best.0 || v != v {
-                            best = (v, i);
+            for (o, rows) in rows.iter().enumerate() {
+                for (q, cols) in cols.iter().enumerate() {
+                    let mut best = (T::NEG_INFINITY, rows[0] * p.width + cols[0]);
+                    for &ih in rows {
+                        let line = &x[ih * p.width..][..p.width];
+                        for &iw in cols {
+                            let v = line[iw];
+                            // A NaN (v != v) wins, as in PyTorch.
+                            #[allow(clippy::eq_op)]
+                            if v > best.0 || v != v {
+                                best = (v, ih * p.width + iw);
+                            }
                         }
                     }
+                    y[o * ow + q] = best.0;
+                    argmax[o * ow + q] = best.1 as u32;
                 }
-                *y = best.0;
-                *a = best.1 as u32;
             }
         });
 }
