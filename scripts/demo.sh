@@ -3,7 +3,7 @@
 #  1. checkpoints: a PASSL trainer checkpoint to PyTorch and to safetensors, the facebookresearch
 #     original back to PASSL, a backbone extracted (tests/fixtures/);
 #  2. SwAV pretraining of a tiny ResNet on the built-in synthetic image set, on the CPU
-#     (configs/swav/swav_tiny_cpu.yaml: 100 epochs, ~17 min on 2 cores; `epochs=6` for a 1-minute smoke run);
+#     (configs/swav/swav_tiny_cpu.yaml: 100 epochs, ~6 min on 2 cores; `epochs=6` for a smoke run of under a minute);
 #  3. the backbone extracted from the training checkpoint (PASSL's .pdparams and torchvision names);
 #  4. k-NN and linear evaluation of the SwAV features against the same network with random weights.
 # Usage: scripts/demo.sh [OUT] [extra swav-train -o overrides...]

@@ -102,38 +102,26 @@ impl<B: Backend> BatchNorm<B> {
         let (n, c) = (dims[0], dims[1]);
         let hw: usize = dims[2..].iter().product();
         let x = input.reshape([n, c * hw]);
+        let count = (n * hw) as f64;
+        let unsynchronised = || synchronised_ranks::<B>().is_none_or(|r| r.world() <= 1);
+        // An empty batch takes the formula (which updates nothing useful either).
+        let fused = (count > 0.0 && unsynchronised())
+            .then(|| {
+                let (gamma, beta) = (self.gamma.val(), self.beta.val());
+                fused::training(x.clone(), gamma, beta, [n, c, hw], self.epsilon)
+            })
+            .flatten();
         let gamma = self.gamma.val().reshape([1, c]);
         let beta = self.beta.val().reshape([1, c]);
-        let unsynchronised = || synchronised_ranks::<B>().is_none_or(|r| r.world() <= 1);
-        let y = if let Some((y, mean, var)) = unsynchronised()
-            .then(|| {
-                fused::training(
-                    x.clone(),
-                    self.gamma.val(),
-                    self.beta.val(),
-                    [n, c, hw],
-                    self.epsilon,
-                )
-            })
-            .flatten()
-        {
-            let count = (n * hw) as f64;
-            let bessel = if count > 1.0 {
-                count / (count - 1.0)
-            } else {
-                1.0
-            };
+        let y = if let Some((y, mean, var)) = fused {
+            let (device, dtype) = (y.device(), y.dtype());
             let stat = |v: Vec<f64>| {
-                Tensor::<B, 2>::from_data(
-                    TensorData::new(v, [1, c]).convert_dtype(y.dtype()),
-                    &y.device(),
-                )
+                Tensor::<B, 2>::from_data(TensorData::new(v, [1, c]), &device).cast(dtype)
             };
-            let unbiased = var.iter().map(|v| v * bessel).collect();
+            let unbiased = var.iter().map(|v| v * bessel(count)).collect();
             self.update_running(stat(mean), stat(unbiased));
             y
         } else if B::ad_enabled(&x.device()) {
-            let count = (n * hw) as f64;
             let channel_sum =
                 |t: Tensor<B, 2>| t.reshape([n * c, hw]).sum_dim(1).reshape([n, c]).sum_dim(0);
             // `mul_scalar`, not `div_scalar`: Burn 0.21's `div_scalar` backward rounds 1/count to f32.
@@ -148,12 +136,7 @@ impl<B: Backend> BatchNorm<B> {
                 }
                 _ => {
                     let var = m2.mul_scalar(1.0 / count);
-                    let bessel = if count > 1.0 {
-                        count / (count - 1.0)
-                    } else {
-                        1.0
-                    };
-                    self.update_running(mean, var.clone().mul_scalar(bessel));
+                    self.update_running(mean, var.clone().mul_scalar(bessel(count)));
                     (centered, var)
                 }
             };
@@ -183,6 +166,16 @@ impl<B: Backend> BatchNorm<B> {
         };
         blend(&self.running_mean, mean);
         blend(&self.running_var, unbiased_var);
+    }
+}
+
+/// Bessel's correction `n / (n − 1)`: the unbiased variance from the biased one of `n` values
+/// (1 for a single value).
+fn bessel(n: f64) -> f64 {
+    if n > 1.0 {
+        n / (n - 1.0)
+    } else {
+        1.0
     }
 }
 
@@ -240,7 +233,9 @@ fn row<B: Backend>(values: Tensor<B, 2>, hw: usize) -> Tensor<B, 2> {
 /// gradients, where the formula above, as Burn tensor operations, makes ~15 passes over the
 /// activations and their gradients.
 mod fused {
-    use super::super::kernels::{cast, contiguous, cpu_backend, Cpu, Float, TrainedTensor};
+    use super::super::kernels::{
+        cast, contiguous, cpu_backend, with_float, Cpu, Float, TrainedTensor,
+    };
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
@@ -312,10 +307,7 @@ mod fused {
             );
             (T::tensor(y, x.layout().shape().to_vec()), stats)
         }
-        match x.dtype() {
-            DType::F64 => run::<f64>(x, gamma, beta, s, epsilon),
-            _ => run::<f32>(x, gamma, beta, s, epsilon),
-        }
+        with_float!(x.dtype(), T => run::<T>(x, gamma, beta, s, epsilon))
     }
 
     /// The backward step of [`tracked`]: its state is the input, γ, the statistics and the
@@ -352,10 +344,7 @@ mod fused {
             }
             let dy = grads.consume::<Flex>(&ops.node);
             let (x, gamma, stats, s) = ops.state;
-            let gradients = match x.dtype() {
-                DType::F64 => run::<f64>(x, gamma, dy, &stats, &s),
-                _ => run::<f32>(x, gamma, dy, &stats, &s),
-            };
+            let gradients = with_float!(x.dtype(), T => run::<T>(x, gamma, dy, &stats, &s));
             for (node, grad) in ops.parents.into_iter().zip(gradients) {
                 if let Some(node) = node {
                     grads.register::<Flex>(node.id, grad);

@@ -10,7 +10,9 @@
 //! input gradient as a transposed convolution by direct loops, ~52% of a CPU training step of
 //! the tiny configuration (the README's "CPU speed").
 
-use super::kernels::{cast, contiguous, cpu_backend, Cpu, Float, TrainedTensor};
+use super::kernels::{
+    cast, contiguous, cpu_backend, symmetric_padding, with_float, Cpu, Float, TrainedTensor,
+};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -18,7 +20,6 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::Flex;
 use burn::nn::conv::Conv2d;
-use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::FlexTensor;
@@ -52,13 +53,7 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// of `x`.
 fn geometry<B: Backend>(conv: &Conv2d<B>, [n, c, h, w]: [usize; 4]) -> Option<Geometry> {
     let [co, ci, kh, kw] = conv.weight.dims();
-    let padding = match conv.padding {
-        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
-            [top, left]
-        }
-        PaddingConfig2d::Valid => [0, 0],
-        _ => return None,
-    };
+    let padding = symmetric_padding(&conv.padding)?;
     let g = Geometry {
         batch: n,
         in_channels: c,
@@ -83,10 +78,7 @@ fn forward(x: FlexTensor, w: FlexTensor, g: &Geometry) -> FlexTensor {
         let [oh, ow] = g.output_size().expect("checked by geometry()");
         T::tensor(y, vec![g.batch, g.out_channels, oh, ow])
     }
-    match x.dtype() {
-        DType::F64 => run::<f64>(x, w, g),
-        _ => run::<f32>(x, w, g),
-    }
+    with_float!(x.dtype(), T => run::<T>(x, w, g))
 }
 
 /// The gradients of `x` and `w` (each when asked for) given the output's gradient `dy`.
@@ -120,10 +112,7 @@ fn gradients(
             dw.map(|v| T::tensor(v, w.layout().shape().to_vec())),
         )
     }
-    match x.dtype() {
-        DType::F64 => run::<f64>(x, w, dy, g, (want_dx, want_dw)),
-        _ => run::<f32>(x, w, dy, g, (want_dx, want_dw)),
-    }
+    with_float!(x.dtype(), T => run::<T>(x, w, dy, g, (want_dx, want_dw)))
 }
 
 /// The backward step of [`tracked`]: its state is the input's and the weight's checkpoints and
@@ -179,6 +168,7 @@ mod tests {
     use super::*;
     use burn::module::AutodiffModule;
     use burn::nn::conv::Conv2dConfig;
+    use burn::nn::PaddingConfig2d;
     use burn::tensor::Distribution;
 
     fn check(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, hw: usize) {

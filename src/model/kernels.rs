@@ -3,6 +3,7 @@
 //! tensors and Flex's, and Flex's storage as slices of `f32` or `f64`.
 
 use burn::backend::{Autodiff, Flex};
+use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::{Backend, BackendTypes};
 use burn::tensor::{Bytes, DType, Shape};
 use burn_flex::{FlexTensor, Layout};
@@ -77,5 +78,34 @@ pub(super) fn contiguous(t: FlexTensor) -> FlexTensor {
         t
     } else {
         t.to_contiguous()
+    }
+}
+
+/// `$body` with `$T` the element type (`f32` or `f64`) of a Flex tensor of `$dtype` (one of
+/// the two: the operations check it before they run).
+macro_rules! with_float {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            burn::tensor::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            _ => {
+                type $T = f32;
+                $body
+            }
+        }
+    };
+}
+pub(super) use with_float;
+
+/// `[top, left]` of a padding the kernels take: symmetric, explicit or none.
+pub(super) fn symmetric_padding(padding: &PaddingConfig2d) -> Option<[usize; 2]> {
+    match *padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            Some([top, left])
+        }
+        PaddingConfig2d::Valid => Some([0, 0]),
+        _ => None,
     }
 }

@@ -1,20 +1,22 @@
 //! The model's max pooling. Burn's [`MaxPool2d`] module holds the settings; [`max_pool2d`] runs
 //! it: on the CPU backend (Flex, `f32` or `f64`) through `swav-kernels` (one autodiff operation
 //! on `Autodiff<Flex>`, its backward step adding each output's gradient at its maximum), on
-//! other backends and for settings the kernel does not take (asymmetric padding, ceil mode,
-//! padding over half the kernel) through Burn's own [`MaxPool2d::forward`].
+//! other backends and for settings the kernel does not take (asymmetric or `Same` padding,
+//! ceil mode, padding over half the kernel, windows without an input pixel) through Burn's own
+//! [`MaxPool2d::forward`].
 //!
 //! Why: Flex pools through a generic 3-D pooling with `i64` indices, ~8% of a CPU training step
 //! of the tiny configuration once the convolutions were fast.
 
-use super::kernels::{cast, contiguous, cpu_backend, Cpu, Float, TrainedTensor};
+use super::kernels::{
+    cast, contiguous, cpu_backend, symmetric_padding, with_float, Cpu, Float, TrainedTensor,
+};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Flex;
 use burn::nn::pool::MaxPool2d;
-use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::FlexTensor;
@@ -41,13 +43,7 @@ pub fn max_pool2d<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4>
 
 /// The shapes of `pool` on an input of `dims`, when `swav-kernels` computes it.
 fn geometry(pool: &MaxPool2d, [n, c, h, w]: [usize; 4]) -> Option<Geometry> {
-    let padding = match pool.padding {
-        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
-            [top, left]
-        }
-        PaddingConfig2d::Valid => [0, 0],
-        _ => return None,
-    };
+    let padding = symmetric_padding(&pool.padding)?;
     let g = Geometry {
         batch: n,
         channels: c,
@@ -71,13 +67,10 @@ fn forward(x: FlexTensor, g: &Geometry) -> (FlexTensor, Vec<u32>) {
         swav_kernels::pool::forward(g, T::view(&x), &mut y, &mut argmax);
         (T::tensor(y, vec![g.batch, g.channels, oh, ow]), argmax)
     }
-    match x.dtype() {
-        DType::F64 => run::<f64>(x, g),
-        _ => run::<f32>(x, g),
-    }
+    with_float!(x.dtype(), T => run::<T>(x, g))
 }
 
-/// The backward step of [`tracked`]: its state is the argmax, the shapes and the dtype.
+/// The backward step of [`tracked`]: its state is the argmax and the shapes.
 #[derive(Debug)]
 struct PoolBackward;
 
@@ -97,10 +90,7 @@ impl Backward<Flex, 1> for PoolBackward {
             return;
         };
         let (argmax, g) = ops.state;
-        let dx = match dy.dtype() {
-            DType::F64 => run::<f64>(dy, &argmax, &g),
-            _ => run::<f32>(dy, &argmax, &g),
-        };
+        let dx = with_float!(dy.dtype(), T => run::<T>(dy, &argmax, &g));
         grads.register::<Flex>(node.id, dx);
     }
 }
@@ -126,6 +116,7 @@ mod tests {
     use super::super::kernels::Trained;
     use super::*;
     use burn::nn::pool::MaxPool2dConfig;
+    use burn::nn::PaddingConfig2d;
     use burn::tensor::TensorData;
 
     #[test]

@@ -33,21 +33,16 @@ impl Shape {
     }
 }
 
-/// `Σ f(a_i, b_i)` in `f64`, eight partial sums.
-fn sum2<T: Element>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
+/// `Σ f(v)` over `v` in `f64`, eight partial sums.
+fn sum<T: Element>(v: &[T], f: impl Fn(f64) -> f64) -> f64 {
     let mut acc = [0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
+    let chunks = v.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|x| f(x.to_f64())).sum();
+    for x in chunks {
         for i in 0..8 {
-            acc[i] += f(x[i].to_f64(), y[i].to_f64());
+            acc[i] += f(x[i].to_f64());
         }
     }
-    let tail: f64 = ra
-        .iter()
-        .zip(rb)
-        .map(|(x, y)| f(x.to_f64(), y.to_f64()))
-        .sum();
     acc.iter().sum::<f64>() + tail
 }
 
@@ -118,10 +113,10 @@ pub fn forward<T: Element>(
     let (mean, var): (Vec<f64>, Vec<f64>) = (0..s.channels)
         .into_par_iter()
         .map(|c| {
-            let mean = s.runs(x, c).map(|r| sum2(r, r, |v, _| v)).sum::<f64>() / m;
+            let mean = s.runs(x, c).map(|r| sum(r, |v| v)).sum::<f64>() / m;
             let m2: f64 = s
                 .runs(x, c)
-                .map(|r| sum2(r, r, |v, _| (v - mean) * (v - mean)))
+                .map(|r| sum(r, |v| (v - mean) * (v - mean)))
                 .sum();
             (mean, if m > 0.0 { m2 / m } else { 0.0 })
         })
@@ -172,28 +167,24 @@ pub fn backward<T: Element>(
             })
         })
         .unzip();
-    // dx = k·dy − k·inv_std²·(Σ dy·(x − μ))/M·x + k·(inv_std²·μ·Σ dy·(x − μ) − Σ dy)/M,
-    // k = γ·inv_std.
-    let mut a = Vec::with_capacity(s.channels);
-    let mut b = Vec::with_capacity(s.channels);
-    let mut d = Vec::with_capacity(s.channels);
-    for c in 0..s.channels {
-        let (inv, mean) = (stats.inv_std[c], stats.mean[c]);
-        let k = gamma[c].to_f64() * inv;
-        let t = inv * inv * sum_dy_xc[c] / m;
-        a.push(T::from_f64(k));
-        b.push(T::from_f64(-k * t));
-        d.push(T::from_f64(k * (t * mean - sum_dy[c] / m)));
-    }
+    // dx = k·dy − k·t·(x − μ) − k·Σ dy/M, with k = γ·inv_std and t = inv_std²·Σ dy·(x − μ)/M
+    // (x − μ) first, as PyTorch does: no cancellation between large terms.
+    let coefficients: Vec<[T; 4]> = (0..s.channels)
+        .map(|c| {
+            let (inv, mean) = (stats.inv_std[c], stats.mean[c]);
+            let k = gamma[c].to_f64() * inv;
+            let t = inv * inv * sum_dy_xc[c] / m;
+            [k, -k * t, -k * sum_dy[c] / m, mean].map(T::from_f64)
+        })
+        .collect();
     let per = s.channels * s.spatial;
     dx.par_chunks_mut(per.max(1))
         .zip(dy.par_chunks(per.max(1)).zip(x.par_chunks(per.max(1))))
         .for_each(|(dx, (dy, x))| {
-            for c in 0..s.channels {
+            for (c, &[a, b, d, mean]) in coefficients.iter().enumerate() {
                 let r = c * s.spatial..(c + 1) * s.spatial;
-                let (a, b, d) = (a[c], b[c], d[c]);
                 for ((dx, dy), x) in dx[r.clone()].iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                    *dx = a * *dy + b * *x + d;
+                    *dx = a * *dy + b * (*x - mean) + d;
                 }
             }
         });

@@ -159,7 +159,8 @@ fn matmul<T: Element>(
         return;
     }
     // SAFETY: the three assertions above keep every element gemm reads or writes inside the
-    // slices; `dst` is borrowed mutably, so it overlaps neither operand; T is f32 or f64.
+    // slices (all strides are non-negative); `dst` is borrowed mutably, so it overlaps neither
+    // operand; T is f32 or f64 (`Element` is sealed).
     unsafe {
         gemm::gemm(
             m,
@@ -198,6 +199,11 @@ fn check_lengths<T>(c: &Conv2d, x: &[T], w: &[T], y: usize) {
 pub fn forward<T: Element>(c: &Conv2d, x: &[T], w: &[T], y: &mut [T]) {
     let pl = Plan::new(c);
     check_lengths(c, x, w, y.len());
+    if pl.per_in == 0 || pl.k == 0 {
+        // No input channel (or no pixel): every output is an empty sum.
+        y.fill(T::ZERO);
+        return;
+    }
     if y.is_empty() {
         return;
     }

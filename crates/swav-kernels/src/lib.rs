@@ -2,7 +2,7 @@
 //! its two gradients as matrix products), [`pool`] (max pooling and its gradient) and
 //! [`batchnorm`] (batch normalisation with the batch's statistics and its gradients). They work
 //! on contiguous NCHW buffers of `f32` or `f64`; swav-rs's model registers them as operations of
-//! Burn's CPU backend (`swav::model::conv`, `swav::model::pool`), where Burn 0.21's own are
+//! Burn's CPU backend (`swav::model::{conv, pool, batchnorm}`), where Burn 0.21's own are
 //! slow (see each module).
 //!
 //! A crate of its own so that it is optimised in every build profile (the workspace's
@@ -12,9 +12,16 @@ pub mod batchnorm;
 pub mod conv;
 pub mod pool;
 
-/// The element types: `f32` and `f64` (those gemm multiplies).
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// The element types: `f32` and `f64` (those gemm multiplies; sealed).
 pub trait Element:
-    Copy
+    sealed::Sealed
+    + Copy
     + Send
     + Sync
     + PartialEq
@@ -22,6 +29,7 @@ pub trait Element:
     + std::fmt::Debug
     + std::ops::AddAssign
     + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
     + 'static
 {

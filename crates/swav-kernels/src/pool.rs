@@ -29,9 +29,9 @@ pub struct MaxPool2d {
 
 impl MaxPool2d {
     /// The output's height and width, or `None` when the kernel, stride or dilation is 0, the
-    /// padding is over half the kernel (PyTorch's rule: every window then holds an input
-    /// pixel), the dilated kernel does not fit in the padded input, or a plane has 2³² pixels
-    /// or more.
+    /// padding is over half the kernel (PyTorch's rule), the dilated kernel does not fit in the
+    /// padded input, a window holds no input pixel (with dilation, or an empty input), or a
+    /// plane has 2³² pixels or more.
     pub fn output_size(&self) -> Option<[usize; 2]> {
         let dim = |i: usize, n: usize| {
             if self.stride[i] == 0 || self.kernel[i] == 0 || self.dilation[i] == 0 {
@@ -46,7 +46,10 @@ impl MaxPool2d {
         };
         let plane = self.height.checked_mul(self.width)?;
         (u32::try_from(plane).is_ok()).then_some(())?;
-        Some([dim(0, self.height)?, dim(1, self.width)?])
+        let size = [dim(0, self.height)?, dim(1, self.width)?];
+        let n = [self.height, self.width];
+        let filled = |d: usize| (0..size[d]).all(|o| self.window(d, o, n[d]).next().is_some());
+        (filled(0) && filled(1)).then_some(size)
     }
 
     /// Elements of the input.
@@ -234,8 +237,15 @@ mod tests {
     }
 
     #[test]
-    fn padding_over_half_the_kernel_has_no_output() {
+    fn padding_over_half_the_kernel_or_empty_windows_have_no_output() {
         assert_eq!(pool(3, 2, 2, [5, 5]).output_size(), None);
         assert_eq!(pool(3, 2, 1, [1, 1]).output_size(), Some([1, 1]));
+        // Dilation 3 over a 2×2 input padded by 1: the window reads rows -1 and 2 only.
+        let dilated = MaxPool2d {
+            dilation: [3, 3],
+            ..pool(2, 1, 1, [2, 2])
+        };
+        assert_eq!(dilated.output_size(), None);
+        assert_eq!(pool(2, 1, 1, [0, 3]).output_size(), None);
     }
 }

@@ -14,7 +14,10 @@
 //!   output pixel: a row of the matrix is *one* copy of `oh·wq` elements. An output row has
 //!   `wq - ow` extra columns (a few pixels of the padding; `wq = ow` for 1×1 kernels), which the
 //!   products compute and the output drops; the gradients put zeros in them. Used when the extra
-//!   columns cost less than the copies they save.
+//!   columns cost less than the copies they save. (The extra columns read real pixels of the
+//!   next row: an infinite input makes the weight gradient NaN at every tap, where the
+//!   definition would keep some taps finite. A step with non-finite activations is lost
+//!   either way.)
 
 use super::{Conv2d, COLUMNS, MIN_CHUNKS};
 use crate::Element;
@@ -114,10 +117,7 @@ impl Plan {
             }
             (oh * ow, Layout::Table { read })
         };
-        let group = COLUMNS
-            .div_ceil(q.max(1))
-            .min(c.batch.div_ceil(MIN_CHUNKS))
-            .max(1);
+        let group = COLUMNS.div_ceil(q.max(1)).min(c.batch / MIN_CHUNKS).max(1);
         Plan {
             c: *c,
             oh,

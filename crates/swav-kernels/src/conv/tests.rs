@@ -34,9 +34,9 @@ fn shapes() -> Vec<Conv2d> {
         conv([5, 4, 6], [3, 4], [1, 1], [1, 1], [0, 0], [1, 1]),
         // A projection shortcut: 1×1, stride 2.
         conv([3, 4, 2], [5, 5], [1, 1], [2, 2], [0, 0], [1, 1]),
-        // One output pixel: 3 samples a chunk, 7 chunks, 7 lanes.
+        // One output pixel: 2 samples a chunk, 10 chunks, 8 lanes.
         conv([20, 3, 2], [2, 2], [3, 3], [2, 2], [1, 1], [1, 1]),
-        // Outputs of 4 pixels, 67 samples: chunks of 9, the last short; 8 lanes.
+        // Outputs of 2×2 pixels (grid: 2×3 columns), 67 samples: chunks of 8, the last of 3.
         conv([67, 2, 3], [4, 4], [3, 3], [2, 2], [1, 1], [1, 1]),
         conv([2, 2, 3], [9, 8], [2, 3], [2, 1], [0, 2], [2, 2]),
         // Column stride 3 on widths that are not multiples of it: phases of unequal lengths.
@@ -199,6 +199,14 @@ fn results_do_not_depend_on_the_threads() {
     for threads in [2, 3, 5] {
         assert!(run(threads) == one, "{threads} threads differ from one");
     }
+}
+
+#[test]
+fn no_input_channel_gives_zeros() {
+    let c = conv([2, 0, 3], [4, 4], [3, 3], [1, 1], [1, 1], [1, 1]);
+    let mut y = vec![7.0f32; c.output_len()];
+    forward(&c, &[], &[], &mut y);
+    assert!(!y.is_empty() && y.iter().all(|&v| v == 0.0));
 }
 
 #[test]
