@@ -280,34 +280,25 @@ mod fused {
         Some((y, stats.mean.clone(), stats.var.clone()))
     }
 
-    /// The forward pass on Flex's tensors.
-    fn forward(
+    /// The forward pass on Flex's tensors, in `T`.
+    fn forward<T: Float>(
         x: FlexTensor,
         gamma: FlexTensor,
         beta: FlexTensor,
         s: &Shape,
         epsilon: f64,
     ) -> (FlexTensor, Statistics) {
-        fn run<T: Float>(
-            x: FlexTensor,
-            gamma: FlexTensor,
-            beta: FlexTensor,
-            s: &Shape,
-            epsilon: f64,
-        ) -> (FlexTensor, Statistics) {
-            let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
-            let mut y = vec![T::ZERO; T::view(&x).len()];
-            let stats = swav_kernels::batchnorm::forward(
-                s,
-                T::view(&x),
-                T::view(&gamma),
-                T::view(&beta),
-                epsilon,
-                &mut y,
-            );
-            (T::tensor(y, x.layout().shape().to_vec()), stats)
-        }
-        with_float!(x.dtype(), T => run::<T>(x, gamma, beta, s, epsilon))
+        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        let mut y = vec![T::ZERO; T::view(&x).len()];
+        let stats = swav_kernels::batchnorm::forward(
+            s,
+            T::view(&x),
+            T::view(&gamma),
+            T::view(&beta),
+            epsilon,
+            &mut y,
+        );
+        (T::tensor(y, x.layout().shape().to_vec()), stats)
     }
 
     /// The backward step of [`tracked`]: its state is the input, γ, the statistics and the
@@ -362,25 +353,24 @@ mod fused {
         epsilon: f64,
     ) -> (TrainedTensor, Arc<Statistics>) {
         let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+        let dtype = x.primitive.dtype();
         match NormBackward
             .prepare::<NoCheckpointing>(nodes)
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (y, stats) = forward(
-                    x.primitive.clone(),
-                    gamma.primitive.clone(),
-                    beta.primitive,
-                    &s,
-                    epsilon,
-                );
+                let (x, gamma) = (x.primitive, gamma.primitive);
+                let (y, stats) = with_float!(dtype, T => {
+                    forward::<T>(x.clone(), gamma.clone(), beta.primitive, &s, epsilon)
+                });
                 let stats = Arc::new(stats);
-                let state = (x.primitive, gamma.primitive, stats.clone(), s);
+                let state = (x, gamma, stats.clone(), s);
                 (prep.finish(state, y), stats)
             }
             OpsKind::UnTracked(prep) => {
-                let (y, stats) = forward(x.primitive, gamma.primitive, beta.primitive, &s, epsilon);
+                let (x, gamma, beta) = (x.primitive, gamma.primitive, beta.primitive);
+                let (y, stats) = with_float!(dtype, T => forward::<T>(x, gamma, beta, &s, epsilon));
                 (prep.finish(y), Arc::new(stats))
             }
         }

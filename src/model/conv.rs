@@ -42,7 +42,9 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         conv.weight.val().into_primitive().tensor(),
     );
     let y: B::FloatTensorPrimitive = match cpu {
-        Some(Cpu::Inference) => cast(forward(cast(x), cast(w), &geometry)),
+        Some(Cpu::Inference) => {
+            with_float!(dtype, T => cast(forward::<T>(cast(x), cast(w), &geometry)))
+        }
         _ => cast(tracked(cast(x), cast(w), geometry)),
     };
     Tensor::from_primitive(TensorPrimitive::Float(y))
@@ -69,50 +71,38 @@ fn geometry<B: Backend>(conv: &Conv2d<B>, [n, c, h, w]: [usize; 4]) -> Option<Ge
     (plain && g.output_size().is_some()).then_some(g)
 }
 
-/// The convolution of `x` by `w`.
-fn forward(x: FlexTensor, w: FlexTensor, g: &Geometry) -> FlexTensor {
-    fn run<T: Float>(x: FlexTensor, w: FlexTensor, g: &Geometry) -> FlexTensor {
-        let (x, w) = (contiguous(x), contiguous(w));
-        let mut y = vec![T::ZERO; g.output_len()];
-        swav_kernels::conv::forward(g, T::view(&x), T::view(&w), &mut y);
-        let [oh, ow] = g.output_size().expect("checked by geometry()");
-        T::tensor(y, vec![g.batch, g.out_channels, oh, ow])
-    }
-    with_float!(x.dtype(), T => run::<T>(x, w, g))
+/// The convolution of `x` by `w`, in `T`.
+fn forward<T: Float>(x: FlexTensor, w: FlexTensor, g: &Geometry) -> FlexTensor {
+    let (x, w) = (contiguous(x), contiguous(w));
+    let mut y = vec![T::ZERO; g.output_len()];
+    swav_kernels::conv::forward(g, T::view(&x), T::view(&w), &mut y);
+    let [oh, ow] = g.output_size().expect("checked by geometry()");
+    T::tensor(y, vec![g.batch, g.out_channels, oh, ow])
 }
 
-/// The gradients of `x` and `w` (each when asked for) given the output's gradient `dy`.
-fn gradients(
+/// The gradients of `x` and `w` (each when asked for) given the output's gradient `dy`, in `T`.
+fn gradients<T: Float>(
     x: FlexTensor,
     w: FlexTensor,
     dy: FlexTensor,
     g: &Geometry,
     (want_dx, want_dw): (bool, bool),
 ) -> (Option<FlexTensor>, Option<FlexTensor>) {
-    fn run<T: Float>(
-        x: FlexTensor,
-        w: FlexTensor,
-        dy: FlexTensor,
-        g: &Geometry,
-        (want_dx, want_dw): (bool, bool),
-    ) -> (Option<FlexTensor>, Option<FlexTensor>) {
-        let (x, w, dy) = (contiguous(x), contiguous(w), contiguous(dy));
-        let mut dx = want_dx.then(|| vec![T::ZERO; g.input_len()]);
-        let mut dw = want_dw.then(|| vec![T::ZERO; g.weight_len()]);
-        swav_kernels::conv::backward(
-            g,
-            T::view(&x),
-            T::view(&w),
-            T::view(&dy),
-            dx.as_deref_mut(),
-            dw.as_deref_mut(),
-        );
-        (
-            dx.map(|v| T::tensor(v, x.layout().shape().to_vec())),
-            dw.map(|v| T::tensor(v, w.layout().shape().to_vec())),
-        )
-    }
-    with_float!(x.dtype(), T => run::<T>(x, w, dy, g, (want_dx, want_dw)))
+    let (x, w, dy) = (contiguous(x), contiguous(w), contiguous(dy));
+    let mut dx = want_dx.then(|| vec![T::ZERO; g.input_len()]);
+    let mut dw = want_dw.then(|| vec![T::ZERO; g.weight_len()]);
+    swav_kernels::conv::backward(
+        g,
+        T::view(&x),
+        T::view(&w),
+        T::view(&dy),
+        dx.as_deref_mut(),
+        dw.as_deref_mut(),
+    );
+    (
+        dx.map(|v| T::tensor(v, x.layout().shape().to_vec())),
+        dw.map(|v| T::tensor(v, w.layout().shape().to_vec())),
+    )
 }
 
 /// The backward step of [`tracked`]: its state is the input's and the weight's checkpoints and
@@ -134,7 +124,8 @@ impl Backward<Flex, 2> for ConvBackward {
         let (x, w, g) = ops.state;
         let x: FlexTensor = checkpointer.retrieve_node_output(x);
         let w: FlexTensor = checkpointer.retrieve_node_output(w);
-        let (dx, dw) = gradients(x, w, dy, &g, (node_x.is_some(), node_w.is_some()));
+        let want = (node_x.is_some(), node_w.is_some());
+        let (dx, dw) = with_float!(x.dtype(), T => gradients::<T>(x, w, dy, &g, want));
         if let (Some(node), Some(dx)) = (node_x, dx) {
             grads.register::<Flex>(node.id, dx);
         }
@@ -153,10 +144,15 @@ fn tracked(x: TrainedTensor, w: TrainedTensor, g: Geometry) -> TrainedTensor {
     {
         OpsKind::Tracked(mut prep) => {
             let (xs, ws) = (prep.checkpoint(&x), prep.checkpoint(&w));
-            let y = forward(x.primitive, w.primitive, &g);
+            let y =
+                with_float!(x.primitive.dtype(), T => forward::<T>(x.primitive, w.primitive, &g));
             prep.finish((xs, ws, g), y)
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive, w.primitive, &g)),
+        OpsKind::UnTracked(prep) => {
+            let y =
+                with_float!(x.primitive.dtype(), T => forward::<T>(x.primitive, w.primitive, &g));
+            prep.finish(y)
+        }
     }
 }
 

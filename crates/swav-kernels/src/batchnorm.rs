@@ -271,11 +271,7 @@ mod tests {
         let dy: Vec<f32> = data(s.len(), 4).into_iter().map(|v| v as f32).collect();
         let (gamma, beta) = (vec![1.25f32; 6], vec![0.5f32; 6]);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            crate::on_threads(threads, || {
                 let (mut y, mut dx) = (vec![0f32; s.len()], vec![0f32; s.len()]);
                 let stats = forward(&s, &x, &gamma, &beta, 1e-5, &mut y);
                 let grads = backward(&s, &x, &gamma, &stats, &dy, &mut dx);

@@ -62,12 +62,13 @@ impl Conv2d {
     /// the dilated kernel does not fit in the padded input.
     pub fn output_size(&self) -> Option<[usize; 2]> {
         let dim = |i: usize, n: usize| {
-            if self.stride[i] == 0 || self.kernel[i] == 0 || self.dilation[i] == 0 {
-                return None;
-            }
-            let span = self.dilation[i] * (self.kernel[i] - 1) + 1;
-            let padded = n + 2 * self.padding[i];
-            (padded >= span).then(|| (padded - span) / self.stride[i] + 1)
+            let (k, s, p, d) = (
+                self.kernel[i],
+                self.stride[i],
+                self.padding[i],
+                self.dilation[i],
+            );
+            crate::output_positions(n, k, s, p, d)
         };
         Some([dim(0, self.height)?, dim(1, self.width)?])
     }

@@ -12,6 +12,35 @@ pub mod batchnorm;
 pub mod conv;
 pub mod pool;
 
+/// Output positions along one dimension of a sliding window (a convolution's kernel or a
+/// pooling window) over `n` input positions: `None` when the kernel, stride or dilation is 0
+/// or the dilated kernel does not fit in the padded input.
+fn output_positions(
+    n: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Option<usize> {
+    if stride == 0 || kernel == 0 || dilation == 0 {
+        return None;
+    }
+    let span = dilation * (kernel - 1) + 1;
+    let padded = n + 2 * padding;
+    (padded >= span).then(|| (padded - span) / stride + 1)
+}
+
+/// `f()` on a rayon pool of `threads` threads (the tests' check that results do not depend on
+/// the threads).
+#[cfg(test)]
+fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+        .install(f)
+}
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}

@@ -34,15 +34,15 @@ impl MaxPool2d {
     /// plane has 2³² pixels or more.
     pub fn output_size(&self) -> Option<[usize; 2]> {
         let dim = |i: usize, n: usize| {
-            if self.stride[i] == 0 || self.kernel[i] == 0 || self.dilation[i] == 0 {
-                return None;
-            }
-            if 2 * self.padding[i] > self.kernel[i] {
-                return None;
-            }
-            let span = self.dilation[i] * (self.kernel[i] - 1) + 1;
-            let padded = n + 2 * self.padding[i];
-            (padded >= span).then(|| (padded - span) / self.stride[i] + 1)
+            let (k, s, p, d) = (
+                self.kernel[i],
+                self.stride[i],
+                self.padding[i],
+                self.dilation[i],
+            );
+            // PyTorch's rule: the padding is at most half the kernel.
+            (2 * p <= k).then_some(())?;
+            crate::output_positions(n, k, s, p, d)
         };
         let plane = self.height.checked_mul(self.width)?;
         (u32::try_from(plane).is_ok()).then_some(())?;

@@ -183,11 +183,7 @@ fn results_do_not_depend_on_the_threads() {
         .map(|v| v as f32)
         .collect();
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        crate::on_threads(threads, || {
             let mut y = vec![0.0f32; c.output_len()];
             let (mut dx, mut dw) = (vec![0.0f32; x.len()], vec![0.0f32; w.len()]);
             forward(&c, &x, &w, &mut y);
