@@ -61,16 +61,8 @@ impl Conv2d {
     /// The output's height and width, or `None` when the kernel, stride or dilation is 0 or
     /// the dilated kernel does not fit in the padded input.
     pub fn output_size(&self) -> Option<[usize; 2]> {
-        let dim = |i: usize, n: usize| {
-            let (k, s, p, d) = (
-                self.kernel[i],
-                self.stride[i],
-                self.padding[i],
-                self.dilation[i],
-            );
-            crate::output_positions(n, k, s, p, d)
-        };
-        Some([dim(0, self.height)?, dim(1, self.width)?])
+        let size = [self.height, self.width];
+        crate::output_size(size, self.kernel, self.stride, self.padding, self.dilation)
     }
 
     /// Elements of the input.

@@ -12,22 +12,25 @@ pub mod batchnorm;
 pub mod conv;
 pub mod pool;
 
-/// Output positions along one dimension of a sliding window (a convolution's kernel or a
-/// pooling window) over `n` input positions: `None` when the kernel, stride or dilation is 0
-/// or the dilated kernel does not fit in the padded input.
-fn output_positions(
-    n: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-    dilation: usize,
-) -> Option<usize> {
-    if stride == 0 || kernel == 0 || dilation == 0 {
-        return None;
-    }
-    let span = dilation * (kernel - 1) + 1;
-    let padded = n + 2 * padding;
-    (padded >= span).then(|| (padded - span) / stride + 1)
+/// The output size `[h, w]` of a sliding window (a convolution's kernel or a pooling window)
+/// over an input of `size` (height, width): `None` when a kernel, stride or dilation is 0 or
+/// the dilated kernel does not fit in the padded input.
+fn output_size(
+    size: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+) -> Option<[usize; 2]> {
+    let dim = |i: usize| {
+        if stride[i] == 0 || kernel[i] == 0 || dilation[i] == 0 {
+            return None;
+        }
+        let span = dilation[i] * (kernel[i] - 1) + 1;
+        let padded = size[i] + 2 * padding[i];
+        (padded >= span).then(|| (padded - span) / stride[i] + 1)
+    };
+    Some([dim(0)?, dim(1)?])
 }
 
 /// `f()` on a rayon pool of `threads` threads (the tests' check that results do not depend on

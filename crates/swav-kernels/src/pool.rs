@@ -33,21 +33,14 @@ impl MaxPool2d {
     /// padded input, a window holds no input pixel (with dilation, or an empty input), or a
     /// plane has 2³² pixels or more.
     pub fn output_size(&self) -> Option<[usize; 2]> {
-        let dim = |i: usize, n: usize| {
-            let (k, s, p, d) = (
-                self.kernel[i],
-                self.stride[i],
-                self.padding[i],
-                self.dilation[i],
-            );
-            // PyTorch's rule: the padding is at most half the kernel.
-            (2 * p <= k).then_some(())?;
-            crate::output_positions(n, k, s, p, d)
-        };
+        // PyTorch's rule: the padding is at most half the kernel.
+        (0..2)
+            .all(|i| 2 * self.padding[i] <= self.kernel[i])
+            .then_some(())?;
         let plane = self.height.checked_mul(self.width)?;
         (u32::try_from(plane).is_ok()).then_some(())?;
-        let size = [dim(0, self.height)?, dim(1, self.width)?];
         let n = [self.height, self.width];
+        let size = crate::output_size(n, self.kernel, self.stride, self.padding, self.dilation)?;
         let filled = |d: usize| (0..size[d]).all(|o| self.window(d, o, n[d]).next().is_some());
         (filled(0) && filled(1)).then_some(size)
     }
