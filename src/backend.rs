@@ -10,6 +10,14 @@ pub type Cpu = burn::backend::Flex;
 #[cfg(feature = "cuda-backend")]
 pub type Cuda = burn::backend::Cuda;
 
+/// A CUDA device by index.
+#[cfg(feature = "cuda-backend")]
+pub use burn::backend::cuda::CudaDevice;
+
+/// The device type of backend `B` (the [`with_backend!`](crate::with_backend) macro names it
+/// through this crate, so that its users need no `burn` dependency of their own).
+pub type DeviceOf<B> = <B as burn::tensor::backend::BackendTypes>::Device;
+
 /// Which devices a run uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Devices {
@@ -84,7 +92,7 @@ macro_rules! with_backend {
         match $devices {
             $crate::backend::Devices::Cpu(n) => {
                 type $B = $crate::backend::Cpu;
-                let $list: Vec<<$B as burn::tensor::backend::BackendTypes>::Device> =
+                let $list: Vec<$crate::backend::DeviceOf<$B>> =
                     (0..*n).map(|_| Default::default()).collect();
                 $body
             }
@@ -93,9 +101,9 @@ macro_rules! with_backend {
                 Err(e) => Err(e),
                 Ok(()) => {
                     type $B = $crate::backend::Cuda;
-                    let $list: Vec<<$B as burn::tensor::backend::BackendTypes>::Device> = ids
+                    let $list: Vec<$crate::backend::DeviceOf<$B>> = ids
                         .iter()
-                        .map(|&i| burn::backend::cuda::CudaDevice::new(i))
+                        .map(|&i| $crate::backend::CudaDevice::new(i))
                         .collect();
                     $body
                 }
