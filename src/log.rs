@@ -1,6 +1,27 @@
 //! Structured log lines (logfmt): `tool event=kind key=value ...`, a value quoted (Rust string
 //! syntax) when it is empty or holds whitespace or a quote, so a line splits back into its
-//! fields.
+//! fields; and the `log_config:` section of PASSL's configs ([`LogSection`]), which training and
+//! evaluation share.
+
+use serde::{Deserialize, Serialize};
+
+/// `log_config:` (PASSL `LogHook`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub name: String,
+    /// Iterations between metric lines.
+    pub interval: usize,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            name: "LogHook".into(),
+            interval: 50,
+        }
+    }
+}
 
 /// ` key=value`, the value quoted when it needs to be.
 pub fn field(key: &str, value: &str) -> String {

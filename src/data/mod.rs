@@ -7,6 +7,7 @@ pub mod decode;
 pub mod device;
 pub mod loader;
 pub mod multicrop;
+pub mod settings;
 pub mod synthetic;
 
 /// The pixel work, in the Burn-free crate `swav-pixels` (optimised in every build profile).

@@ -5,7 +5,8 @@
 
 use super::linear::LinearEvalConfig;
 use crate::config::{self, ConfigError};
-use crate::train::config::{LoaderSection, LogSection, SamplerSection};
+use crate::data::settings::{LoaderSection, SamplerSection};
+use crate::log::LogSection;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,8 @@ use super::step::SwavLoss;
 use crate::config;
 pub use crate::config::ConfigError;
 use crate::data::multicrop::MultiCrop;
+pub use crate::data::settings::{LoaderSection, SamplerSection};
+pub use crate::log::LogSection;
 use crate::model::resnet::ResNetConfig;
 use crate::model::swav::{HeadConfig, SwavConfig};
 use serde::{Deserialize, Serialize};
@@ -184,45 +186,6 @@ pub struct TrainLoaderSection {
     pub dataset: DatasetSection,
 }
 
-/// `dataloader.train.loader:`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoaderSection {
-    /// Decode/augment threads; 0: all cores.
-    pub num_workers: usize,
-    /// Accepted for PASSL compatibility; batches are always handed over without a copy.
-    pub use_shared_memory: bool,
-}
-
-impl Default for LoaderSection {
-    fn default() -> Self {
-        LoaderSection {
-            num_workers: 0,
-            use_shared_memory: true,
-        }
-    }
-}
-
-/// `dataloader.train.sampler:`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SamplerSection {
-    /// Images per device per step.
-    pub batch_size: usize,
-    pub shuffle: bool,
-    pub drop_last: bool,
-}
-
-impl Default for SamplerSection {
-    fn default() -> Self {
-        SamplerSection {
-            batch_size: 128,
-            shuffle: true,
-            drop_last: true,
-        }
-    }
-}
-
 /// `dataloader.train.dataset:` (PASSL `MultiCropDataset`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -337,24 +300,6 @@ impl Default for OptimizerHookSection {
         OptimizerHookSection {
             name: "SwAVOptimizerHook".into(),
             freeze_prototypes_iters: 313,
-        }
-    }
-}
-
-/// `log_config:` (PASSL `LogHook`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSection {
-    pub name: String,
-    /// Iterations between metric lines.
-    pub interval: usize,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        LogSection {
-            name: "LogHook".into(),
-            interval: 50,
         }
     }
 }
