@@ -21,7 +21,7 @@ timed() {  # stdout of the command, then "cpu=NNN%" (user + system over wall)
 peer=$(timed "$VENV/bin/python" scripts/peer_swav_train.py --data . --steps "$STEPS")
 ours=$(timed ${CARGO_TARGET_DIR:-target}/release/swav-train bench-step -c configs/swav/swav_tiny_cpu.yaml --steps "$STEPS")
 python3 - "$peer" "$ours" <<'PY'
-import json, re, sys, os
+import json, sys, os
 def parse(text):
     lines = text.strip().splitlines()
     return json.loads(lines[0]), lines[1].split("=")[1]

@@ -353,26 +353,18 @@ mod fused {
         epsilon: f64,
     ) -> (TrainedTensor, Arc<Statistics>) {
         let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
-        let dtype = x.primitive.dtype();
+        let (xp, gp) = (x.primitive, gamma.primitive);
+        let (y, stats) = with_float!(xp.dtype(), T => {
+            forward::<T>(xp.clone(), gp.clone(), beta.primitive, &s, epsilon)
+        });
+        let stats = Arc::new(stats);
         match NormBackward
             .prepare::<NoCheckpointing>(nodes)
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => {
-                let (x, gamma) = (x.primitive, gamma.primitive);
-                let (y, stats) = with_float!(dtype, T => {
-                    forward::<T>(x.clone(), gamma.clone(), beta.primitive, &s, epsilon)
-                });
-                let stats = Arc::new(stats);
-                let state = (x, gamma, stats.clone(), s);
-                (prep.finish(state, y), stats)
-            }
-            OpsKind::UnTracked(prep) => {
-                let (x, gamma, beta) = (x.primitive, gamma.primitive, beta.primitive);
-                let (y, stats) = with_float!(dtype, T => forward::<T>(x, gamma, beta, &s, epsilon));
-                (prep.finish(y), Arc::new(stats))
-            }
+            OpsKind::Tracked(prep) => (prep.finish((xp, gp, stats.clone(), s), y), stats),
+            OpsKind::UnTracked(prep) => (prep.finish(y), stats),
         }
     }
 }

@@ -28,8 +28,8 @@ use swav_kernels::conv::Conv2d as Geometry;
 /// `conv.forward(x)`, through `swav-kernels` on the CPU backend.
 pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let cpu = cpu_backend::<B>();
-    let dtype = x.dtype();
-    let same = dtype == conv.weight.val().dtype();
+    let (dtype, w) = (x.dtype(), conv.weight.val());
+    let same = dtype == w.dtype();
     let geometry = match cpu.is_some() && same && matches!(dtype, DType::F32 | DType::F64) {
         true => geometry(conv, x.dims()),
         false => None,
@@ -37,10 +37,7 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let Some(geometry) = geometry else {
         return conv.forward(x);
     };
-    let (x, w) = (
-        x.into_primitive().tensor(),
-        conv.weight.val().into_primitive().tensor(),
-    );
+    let (x, w) = (x.into_primitive().tensor(), w.into_primitive().tensor());
     let y: B::FloatTensorPrimitive = match cpu {
         Some(Cpu::Inference) => {
             with_float!(dtype, T => cast(forward::<T>(cast(x), cast(w), &geometry)))
@@ -137,6 +134,8 @@ impl Backward<Flex, 2> for ConvBackward {
 
 /// The convolution on the autodiff backend, with [`ConvBackward`] as its backward step.
 fn tracked(x: TrainedTensor, w: TrainedTensor, g: Geometry) -> TrainedTensor {
+    let (xp, wp) = (x.primitive.clone(), w.primitive.clone());
+    let y = with_float!(xp.dtype(), T => forward::<T>(xp, wp, &g));
     match ConvBackward
         .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
         .compute_bound()
@@ -144,15 +143,9 @@ fn tracked(x: TrainedTensor, w: TrainedTensor, g: Geometry) -> TrainedTensor {
     {
         OpsKind::Tracked(mut prep) => {
             let (xs, ws) = (prep.checkpoint(&x), prep.checkpoint(&w));
-            let y =
-                with_float!(x.primitive.dtype(), T => forward::<T>(x.primitive, w.primitive, &g));
             prep.finish((xs, ws, g), y)
         }
-        OpsKind::UnTracked(prep) => {
-            let y =
-                with_float!(x.primitive.dtype(), T => forward::<T>(x.primitive, w.primitive, &g));
-            prep.finish(y)
-        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
     }
 }
 

@@ -35,7 +35,10 @@ pub fn max_pool2d<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4>
     };
     let x = x.into_primitive().tensor();
     let y: B::FloatTensorPrimitive = match cpu {
-        Some(Cpu::Inference) => cast(forward(cast(x), &geometry).0),
+        Some(Cpu::Inference) => {
+            let x: FlexTensor = cast(x);
+            with_float!(x.dtype(), T => cast(forward::<T>(x, &geometry).0))
+        }
         _ => cast(tracked(cast(x), geometry)),
     };
     Tensor::from_primitive(TensorPrimitive::Float(y))
@@ -57,17 +60,22 @@ fn geometry(pool: &MaxPool2d, [n, c, h, w]: [usize; 4]) -> Option<Geometry> {
     (!pool.ceil_mode && g.output_size().is_some()).then_some(g)
 }
 
-/// The pooling of `x` and each output's argmax in its plane.
-fn forward(x: FlexTensor, g: &Geometry) -> (FlexTensor, Vec<u32>) {
-    fn run<T: Float>(x: FlexTensor, g: &Geometry) -> (FlexTensor, Vec<u32>) {
-        let x = contiguous(x);
-        let [oh, ow] = g.output_size().expect("checked by geometry()");
-        let mut y = vec![T::ZERO; g.output_len()];
-        let mut argmax = vec![0; y.len()];
-        swav_kernels::pool::forward(g, T::view(&x), &mut y, &mut argmax);
-        (T::tensor(y, vec![g.batch, g.channels, oh, ow]), argmax)
-    }
-    with_float!(x.dtype(), T => run::<T>(x, g))
+/// The pooling of `x` and each output's argmax in its plane, in `T`.
+fn forward<T: Float>(x: FlexTensor, g: &Geometry) -> (FlexTensor, Vec<u32>) {
+    let x = contiguous(x);
+    let [oh, ow] = g.output_size().expect("checked by geometry()");
+    let mut y = vec![T::ZERO; g.output_len()];
+    let mut argmax = vec![0; y.len()];
+    swav_kernels::pool::forward(g, T::view(&x), &mut y, &mut argmax);
+    (T::tensor(y, vec![g.batch, g.channels, oh, ow]), argmax)
+}
+
+/// The gradient of the pooling that gave `argmax`, given the output's gradient `dy`, in `T`.
+fn gradient<T: Float>(dy: FlexTensor, argmax: &[u32], g: &Geometry) -> FlexTensor {
+    let dy = contiguous(dy);
+    let mut dx = vec![T::ZERO; g.input_len()];
+    swav_kernels::pool::backward(g, T::view(&dy), argmax, &mut dx);
+    T::tensor(dx, vec![g.batch, g.channels, g.height, g.width])
 }
 
 /// The backward step of [`tracked`]: its state is the argmax and the shapes.
@@ -78,35 +86,28 @@ impl Backward<Flex, 1> for PoolBackward {
     type State = (Arc<Vec<u32>>, Geometry);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        fn run<T: Float>(dy: FlexTensor, argmax: &[u32], g: &Geometry) -> FlexTensor {
-            let dy = contiguous(dy);
-            let mut dx = vec![T::ZERO; g.input_len()];
-            swav_kernels::pool::backward(g, T::view(&dy), argmax, &mut dx);
-            T::tensor(dx, vec![g.batch, g.channels, g.height, g.width])
-        }
         let [node] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
         let Some(node) = node else {
             return;
         };
         let (argmax, g) = ops.state;
-        let dx = with_float!(dy.dtype(), T => run::<T>(dy, &argmax, &g));
+        let dx = with_float!(dy.dtype(), T => gradient::<T>(dy, &argmax, &g));
         grads.register::<Flex>(node.id, dx);
     }
 }
 
 /// The pooling on the autodiff backend, with [`PoolBackward`] as its backward step.
 fn tracked(x: TrainedTensor, g: Geometry) -> TrainedTensor {
+    let xp = x.primitive.clone();
+    let (y, argmax) = with_float!(xp.dtype(), T => forward::<T>(xp, &g));
     match PoolBackward
         .prepare::<NoCheckpointing>([x.node.clone()])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => {
-            let (y, argmax) = forward(x.primitive, &g);
-            prep.finish((Arc::new(argmax), g), y)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive, &g).0),
+        OpsKind::Tracked(prep) => prep.finish((Arc::new(argmax), g), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
     }
 }
 

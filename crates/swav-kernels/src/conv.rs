@@ -202,19 +202,13 @@ pub fn forward<T: Element>(c: &Conv2d, x: &[T], w: &[T], y: &mut [T]) {
     }
     let (co, k) = (c.out_channels, pl.k);
     y.par_chunks_mut(pl.group * pl.per_out)
-        .zip(x.par_chunks(pl.group * pl.per_in.max(1)))
+        .zip(x.par_chunks(pl.group * pl.per_in))
         .for_each_init(
             || (Vec::new(), Vec::new(), Vec::new()),
             |(cols, out, phases), (y, x)| {
                 let g = y.len() / pl.per_out;
                 let gq = g * pl.q;
-                let cols: &[T] = if pl.pointwise && g == 1 {
-                    x
-                } else {
-                    cols.resize(k * gq, T::ZERO);
-                    pl.im2col(x, g, cols, phases);
-                    cols
-                };
+                let cols = pl.patch_matrix(x, g, cols, phases);
                 let product = |dst: &mut [T]| {
                     matmul(
                         (co, gq, k),
@@ -329,13 +323,7 @@ fn lane<T: Element>(
             &dyt_buf
         };
         if let Some(dw) = &mut dw {
-            let cols: &[T] = if pl.pointwise && g == 1 {
-                xs
-            } else {
-                cols_buf.resize(k * gq, T::ZERO);
-                pl.im2col(xs, g, &mut cols_buf, &mut phases);
-                &cols_buf
-            };
+            let cols = pl.patch_matrix(xs, g, &mut cols_buf, &mut phases);
             // dW[co, k] (+)= dY[co, gq] · colsᵀ[gq, k]
             matmul(
                 (co, k, gq),

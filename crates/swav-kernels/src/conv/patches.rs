@@ -147,6 +147,23 @@ impl Plan {
             .map(move |s| s..(s + self.group).min(end))
     }
 
+    /// The patch matrix `[k, g·q]` of the `g` samples of `x`: `x` itself for one sample of a
+    /// 1×1 convolution with stride 1 and no padding, else [`Plan::im2col`] into `cols`.
+    pub fn patch_matrix<'a, T: Element>(
+        &self,
+        x: &'a [T],
+        g: usize,
+        cols: &'a mut Vec<T>,
+        phases: &mut Vec<T>,
+    ) -> &'a [T] {
+        if self.pointwise && g == 1 {
+            return x;
+        }
+        cols.resize(self.k * g * self.q, T::ZERO);
+        self.im2col(x, g, cols, phases);
+        cols
+    }
+
     /// The patch matrix `[k, g·q]` of the `g` samples of `x`; `buf` holds a plane's phases.
     pub fn im2col<T: Element>(&self, x: &[T], g: usize, cols: &mut [T], buf: &mut Vec<T>) {
         let (h, w, gq) = (self.c.height, self.c.width, g * self.q);
