@@ -7,6 +7,7 @@
 use crate::atomic;
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Format, FormatError};
 use crate::layout::{self, Layout, LayoutError, MapReport};
+use crate::selection::{select, SelectError, Selected, Selection};
 use crate::tensor::{DType, Tensor};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -19,6 +20,9 @@ pub enum ConvertError {
     /// The input could not be read.
     #[error(transparent)]
     Read(#[from] CheckpointError),
+    /// The model's tensors could not be picked out of the input.
+    #[error(transparent)]
+    Select(#[from] SelectError),
     /// The output could not be written.
     #[error("{}: {source}", path.display())]
     Write { path: PathBuf, source: FormatError },
@@ -77,135 +81,6 @@ impl OutputFormat {
             OutputFormat::BurnRecord => Layout::Burn,
         }
     }
-}
-
-/// How to pick and rename tensors.
-#[derive(Debug, Clone, Default)]
-pub struct Selection {
-    /// Take tensors under this top-level key (`state_dict`); `None` = detect.
-    pub key: Option<String>,
-    /// Prefixes to remove from names (`module.` is removed automatically when all names have it).
-    pub strip_prefix: Vec<String>,
-    /// Layout of the input; `None` = detect.
-    pub from_layout: Option<Layout>,
-}
-
-/// The model tensors of a checkpoint, with what was done to find them.
-#[derive(Debug, Clone)]
-pub struct Selected {
-    /// Tensors, names relative to the model.
-    pub tensors: Vec<Tensor>,
-    /// The key they were found under.
-    pub key: Option<String>,
-    /// Prefixes removed.
-    pub stripped: Vec<String>,
-    /// Their layout.
-    pub layout: Layout,
-}
-
-/// Top-level keys under which training checkpoints keep the model.
-pub const MODEL_KEYS: &[&str] = &["state_dict", "model", "model_state_dict", "module"];
-
-fn top_segment(name: &str) -> &str {
-    name.split('.').next().unwrap_or(name)
-}
-
-/// Pick the model's tensors from a checkpoint and detect their layout.
-pub fn select(ck: &Checkpoint, sel: &Selection) -> Result<Selected, ConvertError> {
-    let input_err = |message: String| ConvertError::Input {
-        path: ck.path.clone(),
-        message,
-    };
-    if ck.tensors.is_empty() {
-        return Err(input_err("the checkpoint holds no tensors".into()));
-    }
-    let tops: std::collections::BTreeSet<&str> =
-        ck.tensors.iter().map(|t| top_segment(&t.name)).collect();
-    let key = match &sel.key {
-        Some(k) => {
-            if !tops.contains(k.as_str()) {
-                let found: Vec<&str> = tops.iter().copied().take(8).collect();
-                return Err(input_err(format!(
-                    "no key '{k}' in the checkpoint (top-level keys: {})",
-                    found.join(", ")
-                )));
-            }
-            Some(k.clone())
-        }
-        None => MODEL_KEYS
-            .iter()
-            .find(|k| tops.contains(**k) && (tops.len() > 1 || **k == "state_dict"))
-            .map(|k| k.to_string()),
-    };
-    let mut tensors: Vec<Tensor> = match &key {
-        Some(k) => {
-            let p = format!("{k}.");
-            ck.tensors
-                .iter()
-                .filter_map(|t| t.name.strip_prefix(&p).map(|n| t.clone().renamed(n)))
-                .collect()
-        }
-        None => ck.tensors.clone(),
-    };
-    let mut stripped = Vec::new();
-    let mut prefixes = sel.strip_prefix.clone();
-    if tensors.iter().all(|t| t.name.starts_with("module.")) {
-        prefixes.push("module.".into());
-    }
-    for p in prefixes {
-        let p = if p.ends_with('.') { p } else { format!("{p}.") };
-        let mut any = false;
-        tensors = tensors
-            .into_iter()
-            .map(|t| match t.name.strip_prefix(&p) {
-                Some(n) => {
-                    any = true;
-                    let n = n.to_string();
-                    t.renamed(n)
-                }
-                None => t,
-            })
-            .collect();
-        if !any {
-            return Err(input_err(format!("no tensor name starts with '{p}'")));
-        }
-        stripped.push(p);
-    }
-    // The names decide; a layout recorded in safetensors metadata (ours) settles names that
-    // every layout shares (a bare `linear.weight`), and a lone classifier's `linear`/`fc` in a
-    // file torch.save wrote are torch's.
-    let recorded = ck
-        .values
-        .iter()
-        .find(|(k, _)| k == "__metadata__.layout")
-        .and_then(|(_, v)| match v.as_str() {
-            Some("torch") => Some(Layout::Torch),
-            Some("paddle") => Some(Layout::Paddle),
-            Some("burn") => Some(Layout::Burn),
-            _ => None,
-        });
-    let torch_file = matches!(
-        ck.format,
-        Format::TorchZip | Format::TorchLegacy | Format::TorchTar
-    );
-    let names = || tensors.iter().map(|t| t.name.as_str());
-    let layout = match (sel.from_layout, layout::detect(names()), recorded) {
-        (Some(l), _, _) => l,
-        (None, Ok(l), _) => l,
-        (None, Err(_), Some(l)) => l,
-        (None, Err(source), None) => {
-            layout::lone_classifier(names(), torch_file).ok_or(ConvertError::Layout {
-                path: ck.path.clone(),
-                source,
-            })?
-        }
-    };
-    Ok(Selected {
-        tensors,
-        key,
-        stripped,
-        layout,
-    })
 }
 
 /// Options of [`convert`].
@@ -292,7 +167,7 @@ pub fn convert(
         }
         return burn_record(input, output);
     }
-    let ck = Checkpoint::open(input)?;
+    let ck = crate::model::open(input)?;
     let as_named = opts.layout.is_none() && opts.selection.from_layout.is_none();
     let (sel, to, renamed) = match select(&ck, &opts.selection) {
         Ok(sel) => {
@@ -300,7 +175,7 @@ pub fn convert(
             (sel, to, true)
         }
         // Not a SwAV model's names and no layout asked for: convert the container only.
-        Err(ConvertError::Layout {
+        Err(SelectError::Layout {
             source: LayoutError::Undetected,
             ..
         }) if as_named => {
@@ -311,7 +186,7 @@ pub fn convert(
             };
             (select(&ck, &selection)?, to, false)
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     emit(Job {
         ck: &ck,
@@ -335,14 +210,15 @@ fn burn_record(input: &Path, output: &Path) -> Result<Summary, ConvertError> {
     };
     let (model, config, report) =
         load::load::<CpuBackend>(input, &device, false).map_err(|e| match e {
-            load::LoadError::Checkpoint(c) => c,
+            load::LoadError::Read(e) => ConvertError::Read(e),
+            load::LoadError::Select(e) => ConvertError::Select(e),
             other => input_err(other.to_string()),
         })?;
     record::save(model, &config, output).map_err(|message| ConvertError::Input {
         path: output.to_path_buf(),
         message,
     })?;
-    let format = Checkpoint::open(input)
+    let format = crate::model::open(input)
         .map(|c| c.format)
         .map_err(ConvertError::from)?;
     Ok(Summary {
@@ -599,7 +475,7 @@ pub fn extract(
     opts: &ExtractOptions,
 ) -> Result<Summary, ConvertError> {
     let out_format = OutputFormat::from_path(output)?;
-    let ck = Checkpoint::open(input)?;
+    let ck = crate::model::open(input)?;
     let sel = select(
         &ck,
         &Selection {
@@ -673,7 +549,7 @@ pub struct Inspection {
 
 /// Describe a checkpoint without converting it.
 pub fn inspect(input: &Path) -> Result<Inspection, ConvertError> {
-    let ck = Checkpoint::open(input)?;
+    let ck = crate::model::open(input)?;
     let sel = select(&ck, &Selection::default()).ok();
     Ok(Inspection {
         path: ck.path.clone(),

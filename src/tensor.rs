@@ -224,9 +224,10 @@ impl Storage {
     fn raw(&self) -> io::Result<Cow<'_, [u8]>> {
         Ok(match self {
             Storage::Mapped { buf, range } => Cow::Borrowed(&buf.bytes()[range.clone()]),
-            Storage::Latin1 { buf, range, len } => Cow::Owned(
-                crate::checkpoint::pickle::decode_latin1(&buf.bytes()[range.clone()], *len),
-            ),
+            Storage::Latin1 { buf, range, len } => Cow::Owned(crate::latin1::decode_latin1(
+                &buf.bytes()[range.clone()],
+                *len,
+            )),
             Storage::Owned(v) => Cow::Borrowed(v.as_slice()),
             Storage::Torch(t) => Cow::Owned(t.read()?),
             Storage::Cast { from, to } => Cow::Owned(cast_floats(&from.bytes()?, from.dtype, *to)?),
@@ -513,7 +514,7 @@ fn stream_latin1<W: io::Write + ?Sized>(
         }
         let part = &src[at..end];
         let n = part.iter().filter(|&&b| !(0x80..0xc0).contains(&b)).count();
-        w.write_all(&crate::checkpoint::pickle::decode_latin1(part, n))?;
+        w.write_all(&crate::latin1::decode_latin1(part, n))?;
         done(at..end);
         at = end;
     }

@@ -5,8 +5,9 @@
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use swav::convert::{self, ConvertOptions, Selection};
+use swav::convert::{self, ConvertOptions};
 use swav::layout::Layout;
+use swav::selection::Selection;
 use swav::tensor::DType;
 
 #[derive(Parser)]

@@ -6,7 +6,6 @@
 //! legacy), [`safetensors`] (`.safetensors`, `.safetensors.zst`). Data flows one way: file →
 //! [`Checkpoint`] (tensors + plain values) → [`crate::layout`] → a writer or the model.
 
-pub mod burn;
 pub mod numpy;
 pub mod paddle;
 pub mod pickle;
@@ -89,10 +88,10 @@ impl Checkpoint {
     /// Read a checkpoint, detecting its format from its content.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint, CheckpointError> {
         let path = path.as_ref();
-        if let Some(record) = burn::record_path(path) {
-            return burn::read(&record);
-        }
         let err = |e: FormatError| CheckpointError::new(path, e);
+        if sniff::names_burn_record(path) {
+            return Err(err(burn_record_unsupported()));
+        }
         let buf = map_file(path).map_err(err)?;
         let bytes: &[u8] = buf.bytes();
         let format = sniff::sniff(bytes).map_err(err)?;
@@ -114,11 +113,7 @@ impl Checkpoint {
                 let data = safetensors::decompress(bytes).map_err(err)?;
                 safetensors::read(Arc::new(data), &mut ck).map_err(err)?
             }
-            Format::BurnRecord => {
-                return Err(err(FormatError::Unsupported(
-                    "a Burn record is read by its .mpk name".into(),
-                )))
-            }
+            Format::BurnRecord => return Err(err(burn_record_unsupported())),
         }
         Ok(ck)
     }
@@ -132,6 +127,15 @@ impl Checkpoint {
     pub fn total_bytes(&self) -> usize {
         self.tensors.iter().map(|t| t.byte_len()).sum()
     }
+}
+
+/// A Burn record needs the module it was saved from: it is read by `swav::model::open`.
+fn burn_record_unsupported() -> FormatError {
+    FormatError::Unsupported(
+        "a Burn record (.mpk, or a training checkpoint or output folder) is read through the \
+         SwAV model: use swav-rs built with its default `model` feature"
+            .into(),
+    )
 }
 
 /// Memory-map a file (an empty file gives an empty buffer).

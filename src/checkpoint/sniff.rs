@@ -23,6 +23,14 @@ pub enum Format {
     BurnRecord,
 }
 
+/// Whether a path names a Burn record: an `.mpk` file, a training checkpoint folder (with its
+/// `model.mpk`) or a training output folder (with its `checkpoints/`).
+pub fn names_burn_record(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == "mpk")
+        || (path.is_dir()
+            && (path.join("model.mpk").is_file() || path.join("checkpoints").is_dir()))
+}
+
 impl Format {
     /// Human name.
     pub fn describe(self) -> &'static str {

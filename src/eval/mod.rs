@@ -391,7 +391,7 @@ pub(crate) fn write_tensors(
 
 /// Labels (`labels` `[N]`, integers ≥ 0) from a safetensors file.
 pub fn read_labels(path: &std::path::Path) -> Result<Vec<i64>, String> {
-    let ck = crate::checkpoint::Checkpoint::open(path).map_err(|e| e.to_string())?;
+    let ck = crate::model::open(path).map_err(|e| e.to_string())?;
     let t = ck
         .get("labels")
         .ok_or_else(|| format!("{}: no tensor named `labels`", path.display()))?;
@@ -431,7 +431,7 @@ pub fn read_labels(path: &std::path::Path) -> Result<Vec<i64>, String> {
 
 /// Preprocessed images (`images`, NCHW f32) from a safetensors file, on the host.
 pub fn read_images(path: &std::path::Path) -> Result<TensorData, String> {
-    let ck = crate::checkpoint::Checkpoint::open(path).map_err(|e| e.to_string())?;
+    let ck = crate::model::open(path).map_err(|e| e.to_string())?;
     let t = ck
         .get("images")
         .ok_or_else(|| format!("{}: no tensor named `images`", path.display()))?;

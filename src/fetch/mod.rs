@@ -14,8 +14,8 @@ pub use download::HttpOptions;
 pub use registry::{Artifact, Registry};
 
 use crate::checkpoint::Checkpoint;
-use crate::convert::{self, Selection};
 use crate::layout::{self, Layout};
+use crate::selection::{select, Selection};
 use cache::{Record, Slot};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -462,9 +462,9 @@ pub fn check_structure(a: &Artifact, path: &Path) -> Result<(), FetchError> {
     } else {
         Layout::Torch
     };
-    let sel = match convert::select(&ck, &Selection::default()) {
+    let sel = match select(&ck, &Selection::default()) {
         Ok(s) => s,
-        Err(_) => convert::select(
+        Err(_) => select(
             &ck,
             &Selection {
                 from_layout: Some(fallback),

@@ -6,9 +6,9 @@
 //! file had in excess.
 
 use super::swav::{Swav, SwavConfig};
-use crate::checkpoint::Checkpoint;
-use crate::convert::{self, ConvertError, Selection};
-use crate::layout::{self, Layout};
+use crate::checkpoint::CheckpointError;
+use crate::layout::{self, Layout, LayoutError};
+use crate::selection::{select, SelectError, Selection};
 use crate::tensor::Tensor as FileTensor;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
@@ -21,8 +21,20 @@ use thiserror::Error;
 /// Why weights could not be loaded.
 #[derive(Debug, Error)]
 pub enum LoadError {
+    /// The file could not be read.
     #[error(transparent)]
-    Checkpoint(#[from] ConvertError),
+    Read(#[from] CheckpointError),
+    /// Its model tensors could not be picked out.
+    #[error(transparent)]
+    Select(#[from] SelectError),
+    /// Its names could not be mapped to the Burn layout.
+    #[error("{}: {source}", path.display())]
+    Layout {
+        path: std::path::PathBuf,
+        #[source]
+        source: LayoutError,
+    },
+    /// The model could not be built from it or take its tensors.
     #[error("{}: {message}", path.display())]
     Model {
         path: std::path::PathBuf,
@@ -69,14 +81,14 @@ pub struct BurnTensors {
 
 /// The model's tensors of a checkpoint, named in the Burn layout of a full SwAV model.
 pub fn burn_tensors(path: &Path) -> Result<BurnTensors, LoadError> {
-    let ck = Checkpoint::open(path).map_err(ConvertError::from)?;
-    let sel = convert::select(&ck, &Selection::default())?;
+    let ck = super::open(path)?;
+    let sel = select(&ck, &Selection::default())?;
     let from = sel.layout;
     let tensors = if from == Layout::Burn {
         sel.tensors
     } else {
         layout::map(sel.tensors, from, Layout::Burn)
-            .map_err(|source| ConvertError::Layout {
+            .map_err(|source| LoadError::Layout {
                 path: path.to_path_buf(),
                 source,
             })?

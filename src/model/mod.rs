@@ -5,10 +5,13 @@ pub mod batchnorm;
 pub mod conv;
 mod kernels;
 pub mod load;
+pub mod open;
 pub mod pool;
 pub mod record;
 pub mod resnet;
 pub mod swav;
+
+pub use open::open;
 
 /// The CPU backend used by default and in tests ([`crate::backend::Cpu`]).
 pub type CpuBackend = crate::backend::Cpu;

@@ -13,6 +13,7 @@
 //! initialised.
 
 use super::step::Queue;
+pub use crate::model::open::{checkpoints_dir, latest, list};
 use crate::model::record::{self, Recorder};
 use crate::model::swav::{Swav, SwavConfig};
 use burn::module::AutodiffModule;
@@ -24,11 +25,6 @@ use std::path::{Path, PathBuf};
 
 /// Format tag in `state.json`.
 pub const FORMAT: &str = "swav-rs training checkpoint 1";
-
-/// The folder of checkpoints under an output folder.
-pub fn checkpoints_dir(output: &Path) -> PathBuf {
-    output.join("checkpoints")
-}
 
 /// One epoch's summary, kept in the checkpoint for plots and diagnostics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,36 +138,6 @@ fn sync(path: &Path) -> Result<(), String> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| io(path, e))
-}
-
-/// Complete checkpoint folders, oldest first.
-pub fn list(root: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("epoch_"))
-                && p.join("state.json").is_file()
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-/// The checkpoint `latest` names, else the newest complete one; `None` when there is none.
-pub fn latest(output: &Path) -> Option<PathBuf> {
-    let root = checkpoints_dir(output);
-    if let Ok(name) = std::fs::read_to_string(root.join("latest")) {
-        let dir = root.join(name.trim());
-        if dir.join("state.json").is_file() {
-            return Some(dir);
-        }
-    }
-    list(&root).pop()
 }
 
 /// Read `state.json` of a checkpoint folder.

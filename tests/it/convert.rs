@@ -3,8 +3,9 @@
 use crate::fixture;
 use std::collections::BTreeMap;
 use swav::checkpoint::Checkpoint;
-use swav::convert::{self, ConvertOptions, ExtractOptions, Selection};
+use swav::convert::{self, ConvertOptions, ExtractOptions};
 use swav::layout::{self, Layout};
+use swav::selection::{select, Selection};
 use swav::tensor::{cast_floats, DType};
 
 /// name -> (dtype, shape, canonical bytes), in torch layout without `module.`, tracked buffers left out.
@@ -12,7 +13,7 @@ type Flat = BTreeMap<String, (DType, Vec<usize>, Vec<u8>)>;
 
 fn torch_flat(path: &std::path::Path) -> Flat {
     let ck = Checkpoint::open(path).unwrap_or_else(|e| panic!("{e}"));
-    let sel = convert::select(&ck, &Selection::default()).unwrap();
+    let sel = select(&ck, &Selection::default()).unwrap();
     let tensors = if sel.layout == Layout::Torch {
         sel.tensors
     } else {
@@ -88,7 +89,7 @@ fn every_format_and_layout_round_trips_bit_exact() {
                     convert::convert(&fixture(src), &path, &opts).unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(s.to_layout, Some(l));
                 let back = Checkpoint::open(&path).unwrap();
-                let sel = convert::select(&back, &Selection::default()).unwrap();
+                let sel = select(&back, &Selection::default()).unwrap();
                 assert_eq!(
                     sel.layout, l,
                     "{src} -> {out} ({l}) detected as {}",
