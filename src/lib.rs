@@ -1,27 +1,40 @@
 //! swav-rs: SwAV checkpoints, conversion between PaddlePaddle (PASSL), PyTorch
-//! (facebookresearch/swav, torchvision) and Burn, and the tools around them.
+//! (facebookresearch/swav, torchvision) and Burn, pretraining and evaluation, and the tools
+//! around them.
 //!
-//! Data flows one way: a file is read by [`checkpoint`] into named [`tensor::Tensor`]s, the
-//! names and shapes are mapped between conventions by [`layout`], and [`convert`] writes
-//! them out again (or hands them to the model).
+//! Two crates. [`swav_formats`] holds everything that needs no Burn, re-exported here under
+//! the same names: [`tensor`], [`checkpoint`] (containers), [`layout`] (naming conventions),
+//! [`selection`] (a checkpoint's model tensors), [`convert`] and [`fetch`]. This crate adds the
+//! Burn layers (feature `model`, on by default): [`model`] (the SwAV module, weights into it,
+//! Burn records, [`model::open`] for any path a tool takes), [`data`], [`train`], [`eval`].
+//!
+//! Data flows one way: file → [`checkpoint`] → [`layout`] → [`selection`] → [`model`] →
+//! [`train`] / [`eval`]; [`convert`], extraction and [`fetch`] use those layers and are used by
+//! none (`tests/it/layers.rs` checks it).
 
-pub mod atomic;
-pub mod backend;
-pub mod checkpoint;
+pub use swav_formats::{
+    atomic, checkpoint, digest, fetch, latin1, layout, report, selection, tensor,
+};
+
 pub mod cli;
-pub mod collective;
-pub mod config;
 pub mod convert;
-pub mod data;
-pub mod digest;
-pub mod dist;
-pub mod eval;
-pub mod fetch;
-pub mod latin1;
-pub mod layout;
 pub mod log;
+
+#[cfg(feature = "model")]
+pub mod backend;
+#[cfg(feature = "model")]
+pub mod collective;
+#[cfg(feature = "model")]
+pub mod config;
+#[cfg(feature = "model")]
+pub mod data;
+#[cfg(feature = "model")]
+pub mod dist;
+#[cfg(feature = "model")]
+pub mod eval;
+#[cfg(feature = "model")]
 pub mod model;
+#[cfg(feature = "model")]
 pub mod plot;
-pub mod selection;
-pub mod tensor;
+#[cfg(feature = "model")]
 pub mod train;

@@ -4,6 +4,7 @@
 //! evaluation share.
 
 use serde::{Deserialize, Serialize};
+pub use swav_formats::report::field;
 
 /// `log_config:` (PASSL `LogHook`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,15 +21,6 @@ impl Default for LogSection {
             name: "LogHook".into(),
             interval: 50,
         }
-    }
-}
-
-/// ` key=value`, the value quoted when it needs to be.
-pub fn field(key: &str, value: &str) -> String {
-    if value.is_empty() || value.contains(char::is_whitespace) || value.contains('"') {
-        format!(" {key}={value:?}")
-    } else {
-        format!(" {key}={value}")
     }
 }
 

@@ -4,11 +4,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
-use swav::checkpoint::{paddle, Checkpoint, Format};
+use swav_formats::checkpoint::{paddle, Checkpoint, Format};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = swav::checkpoint::pickle::parse(data);
-    let buf: swav::tensor::Buffer = Arc::new(data.to_vec());
+    let _ = swav_formats::checkpoint::pickle::parse(data);
+    let buf: swav_formats::tensor::Buffer = Arc::new(data.to_vec());
     let mut ck = Checkpoint {
         path: "fuzz".into(),
         format: Format::Pickle,

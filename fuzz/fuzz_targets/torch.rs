@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use swav::checkpoint::{sniff, torch, Checkpoint};
+use swav_formats::checkpoint::{sniff, torch, Checkpoint};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(format) = sniff::sniff(data) {

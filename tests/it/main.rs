@@ -7,6 +7,7 @@ mod corpus;
 mod data;
 mod fetch;
 mod hostile;
+mod layers;
 mod model;
 mod pretrain;
 mod processes;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The built-in registry.
-pub const BUILTIN: &str = include_str!("../../configs/weights.toml");
+pub const BUILTIN: &str = include_str!("../../../../configs/weights.toml");
 
 /// One downloadable file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

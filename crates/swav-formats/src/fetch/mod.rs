@@ -122,7 +122,7 @@ impl Reporter {
         }
         let mut line = format!("swav-fetch event={kind} name={}", self.name);
         for (k, v) in fields {
-            line.push_str(&crate::log::field(k, v));
+            line.push_str(&crate::report::field(k, v));
         }
         match self.bar.lock().ok().and_then(|b| b.clone()) {
             Some(bar) if !bar.is_hidden() => bar.println(line),
