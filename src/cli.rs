@@ -7,6 +7,18 @@ pub const EXIT_CHECK_FAILED: u8 = 1;
 /// The exit code of an error (bad input, I/O, a usage error, a failed rank).
 pub const EXIT_ERROR: u8 = 2;
 
+/// The end of every binary's `main`: the exit code `result` carries, or its error on one line
+/// (`tool: error: ...`) and [`EXIT_ERROR`].
+pub fn finish<E: std::fmt::Display>(
+    tool: &str,
+    result: Result<std::process::ExitCode, E>,
+) -> std::process::ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("{tool}: error: {e}");
+        std::process::ExitCode::from(EXIT_ERROR)
+    })
+}
+
 /// Parse `tool`'s flags from the process's arguments. `--help` and `--version` print and exit
 /// 0; a usage error prints `tool: error: ...` on one line and exits 2.
 pub fn parse<P: clap::Parser>(tool: &str) -> P {

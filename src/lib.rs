@@ -10,7 +10,7 @@
 //!
 //! Data flows one way: file → [`checkpoint`] → [`layout`] → [`selection`] → [`model`] →
 //! [`train`] / [`eval`]; [`convert`], extraction and [`fetch`] use those layers and are used by
-//! none (`tests/it/layers.rs` checks it).
+//! none (`tests/it/layers.rs` checks it). [`commands`], on top, is what the Burn binaries run.
 
 pub use swav_formats::{
     atomic, checkpoint, digest, fetch, latin1, layout, report, selection, tensor,
@@ -24,6 +24,8 @@ pub mod log;
 pub mod backend;
 #[cfg(feature = "model")]
 pub mod collective;
+#[cfg(feature = "model")]
+pub mod commands;
 #[cfg(feature = "model")]
 pub mod config;
 #[cfg(feature = "model")]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use swav::convert::{self, ConvertOptions};
 use swav::layout::Layout;
+use swav::report::json;
 use swav::selection::Selection;
 use swav::tensor::DType;
 
@@ -50,17 +51,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args: Args = swav::cli::parse("swav-convert");
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("swav-convert: error: {e}");
-            ExitCode::from(swav::cli::EXIT_ERROR)
-        }
-    }
+    swav::cli::finish("swav-convert", run(swav::cli::parse("swav-convert")))
 }
 
-fn run(args: Args) -> Result<(), convert::ConvertError> {
+fn run(args: Args) -> Result<ExitCode, convert::ConvertError> {
     if let Some(file) = args.inspect {
         let report = convert::inspect(&file)?;
         if args.json {
@@ -71,7 +65,7 @@ fn run(args: Args) -> Result<(), convert::ConvertError> {
         } else {
             print!("{}", report.to_text());
         }
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let (input, output) = (
         args.input.expect("required"),
@@ -93,10 +87,6 @@ fn run(args: Args) -> Result<(), convert::ConvertError> {
         add_prefix: args.add_prefix,
     };
     let s = convert::convert(&input, &output, &opts)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&s).expect("serializable"));
-    } else {
-        println!("{}", s.describe());
-    }
-    Ok(())
+    println!("{}", if args.json { json(&s) } else { s.describe() });
+    Ok(ExitCode::SUCCESS)
 }

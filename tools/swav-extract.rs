@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use swav::convert::{self, ExtractOptions};
 use swav::layout::Layout;
+use swav::report::json;
 use swav::tensor::DType;
 
 #[derive(Parser)]
@@ -41,7 +42,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let a: Args = swav::cli::parse("swav-extract");
+    swav::cli::finish("swav-extract", run(swav::cli::parse("swav-extract")))
+}
+
+fn run(a: Args) -> Result<ExitCode, String> {
     let opts = ExtractOptions {
         prefix: a.prefix,
         remove_prefix: a.remove_prefix,
@@ -50,25 +54,9 @@ fn main() -> ExitCode {
         key: a.key,
     };
     // A registry name reads the verified cached file (fetched first unless offline).
-    let checkpoint = match swav::fetch::resolve_weights(&a.checkpoint) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("swav-extract: error: {}: {e}", a.checkpoint.display());
-            return ExitCode::from(swav::cli::EXIT_ERROR);
-        }
-    };
-    match convert::extract(&checkpoint, &a.output, &opts) {
-        Ok(s) if a.json => {
-            println!("{}", serde_json::to_string(&s).expect("serializable"));
-            ExitCode::SUCCESS
-        }
-        Ok(s) => {
-            println!("{}", s.describe());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("swav-extract: error: {e}");
-            ExitCode::from(swav::cli::EXIT_ERROR)
-        }
-    }
+    let checkpoint = swav::fetch::resolve_weights(&a.checkpoint)
+        .map_err(|e| format!("{}: {e}", a.checkpoint.display()))?;
+    let s = convert::extract(&checkpoint, &a.output, &opts).map_err(|e| e.to_string())?;
+    println!("{}", if a.json { json(&s) } else { s.describe() });
+    Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use swav::cli::{non_negative, positive};
+use swav::fetch::show::{self, Verification};
 use swav::fetch::{self, FetchError, FetchOptions, Registry};
+use swav::report::json;
 
 #[derive(Parser)]
 #[command(
@@ -80,14 +82,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args: Args = swav::cli::parse("swav-fetch");
-    match run(args) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("swav-fetch: error: {e}");
-            ExitCode::from(swav::cli::EXIT_ERROR)
-        }
-    }
+    swav::cli::finish("swav-fetch", run(swav::cli::parse("swav-fetch")))
 }
 
 fn secs(s: f64) -> Result<Duration, FetchError> {
@@ -111,91 +106,27 @@ fn run(args: Args) -> Result<ExitCode, FetchError> {
     opts.http.read_timeout = secs(c.read_timeout)?;
     opts.http.retries = c.retries;
     opts.http.retry_wait = secs(c.retry_wait)?;
-    let print = |v: &dyn erased::Json, text: String| {
-        if c.json {
-            println!("{}", v.json());
-        } else {
-            println!("{text}");
-        }
-    };
+    let print = |json: String, text: String| println!("{}", if c.json { json } else { text });
     match args.command {
         Some(Command::List) => {
             let rows = fetch::list(&registry, &opts.root);
-            let mut text = format!(
-                "{:32} {:17} {:8} {:6} {:>10}  state",
-                "name", "source", "kind", "top1", "MB"
-            );
-            for r in &rows {
-                let state = match (r.cached, r.verified, r.partial) {
-                    (true, true, _) => "cached, verified".to_string(),
-                    (true, false, _) => "cached, not verified".to_string(),
-                    (false, _, p) if p > 0 => format!("partial ({:.1} MB)", p as f64 / 1e6),
-                    _ => "-".to_string(),
-                };
-                text.push_str(&format!(
-                    "\n{:32} {:17} {:8} {:6} {:>10}  {state}",
-                    r.name,
-                    r.source,
-                    r.kind,
-                    r.top1.map(|t| format!("{t:.1}")).unwrap_or_default(),
-                    r.size
-                        .map(|s| format!("{:.1}", s as f64 / 1e6))
-                        .unwrap_or_else(|| "?".into()),
-                ));
-            }
-            print(&rows, text);
-            Ok(ExitCode::SUCCESS)
+            print(json(&rows), show::listing(&rows));
         }
         Some(Command::Verify { name }) => {
-            let results = fetch::verify(&registry, &opts.root, name.as_deref())?;
-            let mut bad = false;
-            let mut text = Vec::new();
-            let mut json = Vec::new();
-            for (n, r) in &results {
-                match r {
-                    Ok(rec) => {
-                        text.push(format!(
-                            "{n}: ok ({} bytes, sha256 {}, {})",
-                            rec.size, rec.sha256, rec.hash_source
-                        ));
-                        json.push(serde_json::json!({"name": n, "ok": true, "sha256": rec.sha256, "size": rec.size}));
-                    }
-                    Err(e) => {
-                        bad = true;
-                        text.push(format!("{n}: FAILED: {e}"));
-                        json.push(
-                            serde_json::json!({"name": n, "ok": false, "error": e.to_string()}),
-                        );
-                    }
-                }
+            let v = Verification::new(&fetch::verify(&registry, &opts.root, name.as_deref())?);
+            print(json(&v.rows), v.text.clone());
+            if v.failed() {
+                return Ok(ExitCode::from(swav::cli::EXIT_CHECK_FAILED));
             }
-            if results.is_empty() {
-                text.push("nothing cached".into());
-            }
-            print(&json, text.join("\n"));
-            // A check that ran and failed: exit code 1.
-            Ok(if bad {
-                ExitCode::from(swav::cli::EXIT_CHECK_FAILED)
-            } else {
-                ExitCode::SUCCESS
-            })
         }
         Some(Command::Rm { name }) => {
             let dir = fetch::remove(&registry, &opts.root, &name)?;
-            print(
-                &serde_json::json!({"removed": dir}),
-                format!("removed {}", dir.display()),
-            );
-            Ok(ExitCode::SUCCESS)
+            let text = format!("removed {}", dir.display());
+            print(json(&serde_json::json!({"removed": dir})), text);
         }
         Some(Command::Gc) => {
             let g = fetch::gc(&opts.root)?;
-            let text = format!(
-                "removed {} partial downloads and {} empty folders ({} bytes)",
-                g.partials, g.folders, g.bytes
-            );
-            print(&g, text);
-            Ok(ExitCode::SUCCESS)
+            print(json(&g), g.describe());
         }
         None => {
             let artifact = match (&args.name, &args.url) {
@@ -218,27 +149,8 @@ fn run(args: Args) -> Result<ExitCode, FetchError> {
                 swav::convert::convert(&f.path, out, &Default::default())
                     .map_err(|e| FetchError::Other(e.to_string()))?;
             }
-            let text = format!(
-                "{} ({} bytes, sha256 {}, {})",
-                f.path.display(),
-                f.size,
-                f.sha256,
-                f.status
-            );
-            print(&f, text);
-            Ok(ExitCode::SUCCESS)
+            print(json(&f), f.describe());
         }
     }
-}
-
-mod erased {
-    /// Anything printable as JSON.
-    pub trait Json {
-        fn json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).expect("serializable")
-        }
-    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,21 +1,18 @@
 //! `swav-train`: SwAV pretraining (`swav-train -c configs/swav/*.yaml [-o key=value]...`) and
 //! its data tools: `swav-train bench-data --data DIR --workers N` measures the image pipeline
-//! alone; `swav-train make-synthetic OUT` writes the built-in synthetic image set.
+//! alone; `swav-train make-synthetic OUT` writes the built-in synthetic image set. Flags only:
+//! the work is `swav::commands::train` and `swav::data`.
 
-use burn::backend::Autodiff;
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use swav::backend::Devices;
-use swav::cli::{at_least_one, non_negative};
+use std::time::Duration;
+use swav::cli::{at_least_one, non_negative, EXIT_CHECK_FAILED};
 use swav::collective::Engine;
-use swav::data::{bench, dataset::Dataset, loader, multicrop::MultiCrop, synthetic};
-use swav::dist::Launch;
+use swav::commands::train::{self as cmd, RunFlags};
+use swav::data::{bench, loader::LoaderConfig, multicrop::MultiCrop, synthetic};
+use swav::report::{field, json, Reporter};
 use swav::train::config::TrainConfig;
-use swav::train::trainer::{self, Event, TrainOptions};
 
 #[derive(Parser)]
 #[command(
@@ -51,7 +48,7 @@ struct TrainArgs {
     workers: Option<usize>,
     /// Collective engine of several devices: auto (NCCL for CUDA devices when its library
     /// loads, burn-collective otherwise), nccl, or burn-collective.
-    #[arg(long, default_value = "auto", value_parser = parse_engine)]
+    #[arg(long, default_value = "auto", value_parser = str::parse::<Engine>)]
     collective: Engine,
     /// Seconds the rendezvous of a multi-process run (torchrun / SLURM variables) and each of its
     /// collectives may wait for the other processes before the run ends with an error.
@@ -89,16 +86,16 @@ enum Command {
         #[arg(long, default_value_t = 10, value_parser = at_least_one)]
         batches: usize,
         /// Crop sides per group.
-        #[arg(long, value_delimiter = ',', default_value = "224,96")]
+        #[arg(long, value_delimiter = ',', default_values_t = MultiCrop::default().size_crops)]
         size_crops: Vec<usize>,
         /// Crops per group.
-        #[arg(long, value_delimiter = ',', default_value = "2,6")]
+        #[arg(long, value_delimiter = ',', default_values_t = MultiCrop::default().num_crops)]
         num_crops: Vec<usize>,
         /// Smallest area fraction per group.
-        #[arg(long, value_delimiter = ',', default_value = "0.14,0.05")]
+        #[arg(long, value_delimiter = ',', default_values_t = MultiCrop::default().min_scale_crops)]
         min_scale_crops: Vec<f64>,
         /// Largest area fraction per group.
-        #[arg(long, value_delimiter = ',', default_value = "1,0.14")]
+        #[arg(long, value_delimiter = ',', default_values_t = MultiCrop::default().max_scale_crops)]
         max_scale_crops: Vec<f64>,
         /// Decode JPEGs at full size even when crops would allow a DCT-scaled decode.
         #[arg(long)]
@@ -179,148 +176,41 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match run(swav::cli::parse("swav-train")) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("swav-train: error: {e}");
-            ExitCode::from(swav::cli::EXIT_ERROR)
-        }
-    }
+    swav::cli::finish("swav-train", run(swav::cli::parse("swav-train")))
 }
 
-/// Event as one logfmt line: `swav-train event=epoch epoch=3 loss=4.21 ...`.
-fn logfmt(e: &Event) -> String {
-    let mut line = String::from("swav-train");
-    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(e) {
-        for (k, v) in m {
-            let v = match v {
-                serde_json::Value::String(s) => s,
-                serde_json::Value::Number(n) => match n.as_f64() {
-                    Some(f) if n.is_f64() => format!("{f:.6}"),
-                    _ => n.to_string(),
-                },
-                other => other.to_string(),
-            };
-            line.push_str(&swav::log::field(&k, &v));
-        }
-    }
-    line
-}
-
-fn parse_engine(s: &str) -> Result<Engine, String> {
-    s.parse()
-}
-
-fn pretrain(a: TrainArgs) -> Result<(), String> {
+fn pretrain(a: TrainArgs) -> Result<ExitCode, String> {
     let path = a
         .config
         .ok_or("a config is needed: swav-train -c configs/swav/swav_tiny_cpu.yaml (see --help)")?;
     let cfg = TrainConfig::load(&path, &a.overrides).map_err(|e| e.to_string())?;
     if a.print_config {
         print!("{}", cfg.to_yaml());
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
-    cfg.validate()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let launch = Launch::from_env().map_err(|e| e.to_string())?;
-    let device = match (&a.device, &launch) {
-        (Some(d), Some(l)) => l.device_flag(d),
-        (Some(d), None) => d.clone(),
-        (None, Some(l)) => l.default_device(&cfg.device),
-        (None, None) => cfg.device.clone(),
-    };
-    let devices = Devices::parse(&device)?;
-    let session = match launch {
-        None => None,
-        Some(launch) => {
-            let nccl_id = swav::collective::process_engine(&devices, a.collective)
-                .map_err(|e| format!("--collective {}: {e}", a.collective))?;
-            let timeout = std::time::Duration::from_secs(a.dist_timeout);
-            Some(
-                swav::dist::join_launched(
-                    launch,
-                    devices.len(),
-                    &cfg,
-                    timeout,
-                    nccl_id,
-                    "swav-train",
-                )
-                .map_err(|e| e.to_string())?,
-            )
-        }
-    };
-    let opts = TrainOptions {
-        session,
+    let flags = RunFlags {
+        device: a.device,
+        dist_timeout: Duration::from_secs(a.dist_timeout),
         resume: a.resume,
         workers: a.workers,
         max_epochs: a.max_epochs,
         pretrained: a.pretrained,
         collective: a.collective,
-        ..Default::default()
     };
-    let bar = if a.quiet || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
-    };
-    bar.set_style(
-        ProgressStyle::with_template("epoch {prefix} [{wide_bar}] {pos}/{len} {msg} eta {eta}")
-            .expect("valid template"),
-    );
-    let quiet = a.quiet;
-    let mut on_event = |e: &Event| {
-        match e {
-            Event::Start {
-                iterations_per_epoch,
-                ..
-            } => bar.set_length(*iterations_per_epoch as u64),
-            Event::Iteration {
-                epoch,
-                step_in_epoch,
-                loss,
-                lr,
-                images_per_second,
-                ..
-            } => {
-                bar.set_prefix(epoch.to_string());
-                bar.set_position(*step_in_epoch as u64 + 1);
-                bar.set_message(format!(
-                    "loss {loss:.4} lr {lr:.4} {images_per_second:.1} img/s"
-                ));
-                if !bar.is_hidden() {
-                    return;
-                }
-            }
-            Event::Epoch(_) => bar.reset(),
-            _ => {}
-        }
-        if !quiet {
-            let line = logfmt(e);
-            if bar.is_hidden() {
-                eprintln!("{line}");
-            } else {
-                bar.println(line);
-            }
-        }
-    };
-    let summary = swav::with_backend!(&devices, |B, list| {
-        trainer::train::<Autodiff<B>>(&cfg, &list, &opts, &mut on_event).map_err(|e| e.to_string())
-    })?;
-    bar.finish_and_clear();
-    if let Some(c) = &summary.checkpoint {
-        let plot = swav::plot::write_training_plot(&summary.output)?;
+    let done = cmd::pretrain(&cfg, &path, &flags, &Reporter::new("swav-train", a.quiet))?;
+    if let (Some(c), Some(plot)) = (&done.summary.checkpoint, &done.plot) {
         println!(
             "trained {} epochs; checkpoint {}; plot {}\nbackbone: swav-extract {} --remove-prefix -o backbone.pdparams (or .pth, .safetensors)",
-            summary.history.len(),
+            done.summary.history.len(),
             c.display(),
             plot.display(),
-            summary.output.display()
+            done.summary.output.display()
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(args: Args) -> Result<ExitCode, String> {
     let Some(command) = args.command else {
         return pretrain(args.train);
     };
@@ -332,26 +222,15 @@ fn run(args: Args) -> Result<(), String> {
             device,
         } => {
             let cfg = TrainConfig::load(&config, &overrides).map_err(|e| e.to_string())?;
-            cfg.validate()
-                .map_err(|e| format!("{}: {e}", config.display()))?;
-            let devices = Devices::parse(&device)?;
-            let r = swav::with_backend!(&devices, |B, list| {
-                Ok::<_, String>(swav::train::bench::steps::<Autodiff<B>>(
-                    &cfg,
-                    &list[0],
-                    steps,
-                    |i, seconds| {
-                        eprintln!(
-                            "swav-train event=bench_step{}{}{}",
-                            swav::log::field("step", &i.to_string()),
-                            swav::log::field("warmup", &(i == 0).to_string()),
-                            swav::log::field("seconds", &format!("{seconds:.3}"))
-                        )
-                    },
-                ))
+            let r = cmd::bench_steps(&cfg, &config, &device, steps, |i, seconds| {
+                eprintln!(
+                    "swav-train event=bench_step{}{}{}",
+                    field("step", &i.to_string()),
+                    field("warmup", &(i == 0).to_string()),
+                    field("seconds", &format!("{seconds:.3}"))
+                )
             })?;
-            println!("{}", serde_json::to_string(&r).expect("serialisable"));
-            Ok(())
+            println!("{}", json(&r));
         }
         Command::BenchSinkhorn {
             rows,
@@ -359,16 +238,12 @@ fn run(args: Args) -> Result<(), String> {
             repeats,
             device,
         } => {
-            let devices = Devices::parse(&device)?;
             for r in rows {
-                let b = swav::with_backend!(&devices, |B, list| {
-                    Ok::<_, String>(swav::train::bench::sinkhorn::<B>(
-                        r, prototypes, repeats, &list[0],
-                    ))
-                })?;
-                println!("{}", serde_json::to_string(&b).expect("serialisable"));
+                println!(
+                    "{}",
+                    json(&cmd::bench_sinkhorn(r, prototypes, repeats, &device)?)
+                );
             }
-            Ok(())
         }
         Command::CheckStep {
             weights,
@@ -377,26 +252,16 @@ fn run(args: Args) -> Result<(), String> {
             loss_tolerance,
             codes_tolerance,
         } => {
-            let devices = Devices::parse(&device)?;
-            let r = swav::with_backend!(&devices, |B, list| {
-                swav::train::bench::check::<Autodiff<B>>(&weights, &reference, &list[0])
-            })?;
-            println!("{}", serde_json::to_string(&r).expect("serialisable"));
-            let codes = r.codes_max_abs.iter().copied().fold(0.0, f64::max);
-            if !(r.loss_relative <= loss_tolerance && codes <= codes_tolerance) {
-                // A check that ran and failed: exit code 1.
-                eprintln!(
-                    "swav-train: check failed: loss differs by {:.2e} (tolerance {loss_tolerance:.0e}), codes by {codes:.2e} (tolerance {codes_tolerance:.0e})",
-                    r.loss_relative
-                );
-                std::process::exit(swav::cli::EXIT_CHECK_FAILED.into());
+            let r = cmd::check_step(&weights, &reference, &device)?;
+            println!("{}", json(&r));
+            if let Err(why) = r.within(loss_tolerance, codes_tolerance) {
+                eprintln!("swav-train: check failed: {why}");
+                return Ok(ExitCode::from(EXIT_CHECK_FAILED));
             }
-            Ok(())
         }
         Command::Plot { output } => {
             let p = swav::plot::write_training_plot(&output)?;
             println!("wrote {}", p.display());
-            Ok(())
         }
         Command::MakeSynthetic {
             out,
@@ -418,7 +283,6 @@ fn run(args: Args) -> Result<(), String> {
                 out.display(),
                 synthetic::CLASSES.len()
             );
-            Ok(())
         }
         Command::BenchData {
             data,
@@ -430,28 +294,8 @@ fn run(args: Args) -> Result<(), String> {
             min_scale_crops,
             max_scale_crops,
             no_dct_scaling,
-            json,
+            json: as_json,
         } => {
-            let _tmp;
-            let root = match data {
-                Some(d) => d,
-                None => {
-                    _tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-                    let root = _tmp.path().join("synthetic");
-                    synthetic::write(
-                        &root,
-                        &synthetic::SyntheticConfig {
-                            size: 256,
-                            train_per_class: 20,
-                            val_per_class: 0,
-                            ..Default::default()
-                        },
-                    )
-                    .map_err(|e| e.to_string())?;
-                    root.join("train")
-                }
-            };
-            let ds = Arc::new(Dataset::open(&root).map_err(|e| e.to_string())?);
             let mc = MultiCrop {
                 size_crops,
                 num_crops,
@@ -460,32 +304,16 @@ fn run(args: Args) -> Result<(), String> {
                 dct_scaling: !no_dct_scaling,
                 ..Default::default()
             };
-            mc.validate()?;
-            let mut cfg = loader::LoaderConfig {
+            let mut loader = LoaderConfig {
                 batch_size,
                 ..Default::default()
             };
             if let Some(w) = workers {
-                cfg.workers = w.max(1);
+                loader.workers = w;
             }
-            let r = bench::run(
-                ds.clone(),
-                loader::Pipeline::MultiCrop(mc.clone()),
-                &cfg,
-                batches,
-            )
-            .map_err(|e| format!("{}: {e}", root.display()))?;
-            if json {
-                println!("{}", serde_json::to_string(&r).expect("serializable"));
-            } else {
-                println!(
-                    "{} images ({} crops each: {:?}x{:?}) in {:.2} s: {:.1} images/s with {} workers ({:.1} per worker, {:?}){}",
-                    r.images, r.crops_per_image, mc.num_crops, mc.size_crops, r.seconds, r.images_per_second, r.workers,
-                    r.images_per_second_per_worker, r.simd,
-                    if r.skipped > 0 { format!(", {} unreadable images skipped", r.skipped) } else { String::new() }
-                );
-            }
-            Ok(())
+            let r = bench::run_folder(data.as_deref(), &mc, &loader, batches)?;
+            println!("{}", if as_json { json(&r) } else { r.describe(&mc) });
         }
     }
+    Ok(ExitCode::SUCCESS)
 }

@@ -80,3 +80,58 @@ pub fn run(
         simd: super::simd::detected(),
     })
 }
+
+/// `swav-train bench-data`: multi-crop loading of `data` (an image folder; `None`: a small
+/// built-in synthetic set, 256-pixel images, made in a temporary folder) in batches of
+/// `loader.batch_size` images.
+pub fn run_folder(
+    data: Option<&std::path::Path>,
+    multicrop: &super::multicrop::MultiCrop,
+    loader: &LoaderConfig,
+    batches: usize,
+) -> Result<BenchResult, String> {
+    use super::synthetic;
+    multicrop.validate()?;
+    let tmp;
+    let root = match data {
+        Some(d) => d.to_path_buf(),
+        None => {
+            tmp = tempfile::tempdir().map_err(|e| format!("a temporary folder: {e}"))?;
+            let root = tmp.path().join("synthetic");
+            let cfg = synthetic::SyntheticConfig {
+                size: 256,
+                train_per_class: 20,
+                val_per_class: 0,
+                ..Default::default()
+            };
+            synthetic::write(&root, &cfg).map_err(|e| format!("{}: {e}", root.display()))?;
+            root.join("train")
+        }
+    };
+    let ds = Arc::new(Dataset::open(&root).map_err(|e| e.to_string())?);
+    run(ds, Pipeline::MultiCrop(multicrop.clone()), loader, batches)
+        .map_err(|e| format!("{}: {e}", root.display()))
+}
+
+impl BenchResult {
+    /// One line for the terminal, naming the crops `multicrop` made.
+    pub fn describe(&self, multicrop: &super::multicrop::MultiCrop) -> String {
+        let skipped = if self.skipped > 0 {
+            format!(", {} unreadable images skipped", self.skipped)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} images ({} crops each: {:?}x{:?}) in {:.2} s: {:.1} images/s with {} workers ({:.1} per worker, {:?}){skipped}",
+            self.images,
+            self.crops_per_image,
+            multicrop.num_crops,
+            multicrop.size_crops,
+            self.seconds,
+            self.images_per_second,
+            self.workers,
+            self.images_per_second_per_worker,
+            self.simd,
+        )
+    }
+}

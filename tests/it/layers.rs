@@ -3,7 +3,8 @@
 //! form one layer together are named). A new module must be given its layer here.
 //!
 //! tensor → checkpoint → layout → selection → model / data → collective + dist → train / eval;
-//! convert and fetch use the layers and are used by none. Utilities (latin1, atomic, digest,
+//! convert and fetch use the layers and are used by none; commands (what the Burn binaries
+//! run) sits on top of everything. Utilities (latin1, atomic, digest,
 //! report, cli, log, config) use nothing above them. The crate boundary adds the rest: the
 //! formats crate cannot name Burn or this crate's modules at all.
 
@@ -33,6 +34,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("eval", 8),
     ("convert", 9),
     ("fetch", 9),
+    ("commands", 10),
 ];
 
 /// Modules of one layer that use each other (the collective engine and the process session).

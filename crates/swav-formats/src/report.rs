@@ -1,6 +1,13 @@
-//! What the binaries print: structured log lines (logfmt), `tool event=kind key=value ...`, a
-//! value quoted (Rust string syntax) when it is empty or holds whitespace or a quote, so a line
-//! splits back into its fields.
+//! What the binaries print while they work, written once for all of them: structured log
+//! lines (logfmt) on stderr, `tool event=kind key=value ...`, a value quoted (Rust string
+//! syntax) when it is empty or holds whitespace or a quote, so a line splits back into its
+//! fields; and an indicatif progress bar under them, drawn only when stderr is a terminal
+//! (hidden, never drawn, when it is not or when the tool is quiet).
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::io::IsTerminal;
+use std::sync::Mutex;
 
 /// ` key=value`, the value quoted when it needs to be.
 pub fn field(key: &str, value: &str) -> String {
@@ -8,5 +15,176 @@ pub fn field(key: &str, value: &str) -> String {
         format!(" {key}={value:?}")
     } else {
         format!(" {key}={value}")
+    }
+}
+
+/// ` key=value ...` for each field of a serialisable struct, in its order (floats with six
+/// decimals, strings as they are, anything nested as JSON).
+pub fn fields_of<T: Serialize>(value: &T) -> String {
+    let mut line = String::new();
+    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(value) {
+        for (k, v) in m {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => match n.as_f64() {
+                    Some(f) if n.is_f64() => format!("{f:.6}"),
+                    _ => n.to_string(),
+                },
+                other => other.to_string(),
+            };
+            line.push_str(&field(&k, &v));
+        }
+    }
+    line
+}
+
+/// A result as one JSON line (what `--json` prints on stdout).
+pub fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain data serialises")
+}
+
+/// One tool's event sink: log lines and a progress bar.
+pub struct Reporter {
+    tool: String,
+    /// Fields every line carries after `event=` (fetch's `name=`).
+    context: String,
+    /// The bar's `{msg}` (fetch: the artifact).
+    label: String,
+    quiet: bool,
+    bar: Mutex<ProgressBar>,
+}
+
+impl Reporter {
+    /// A reporter for `tool`; `quiet` silences its lines and bar (errors are the binaries').
+    pub fn new(tool: &str, quiet: bool) -> Reporter {
+        Reporter {
+            tool: tool.to_string(),
+            context: String::new(),
+            label: String::new(),
+            quiet,
+            bar: Mutex::new(ProgressBar::hidden()),
+        }
+    }
+
+    /// The same, with `key=value` after every line's event (`swav-fetch event=.. name=..`).
+    pub fn with_context(mut self, key: &str, value: &str) -> Reporter {
+        self.context.push_str(&field(key, value));
+        self
+    }
+
+    /// The same, with `label` as the bar's `{msg}`.
+    pub fn with_label(mut self, label: &str) -> Reporter {
+        self.label = label.to_string();
+        self
+    }
+
+    /// Whether lines are printed at all.
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// Start a progress bar of `len` steps (unknown: `None`) at `pos`, drawn with an indicatif
+    /// `template`, when stderr is a terminal and the reporter is not quiet.
+    pub fn start_bar(&self, len: Option<u64>, pos: u64, template: &str) -> ProgressBar {
+        let bar = if self.quiet || !std::io::stderr().is_terminal() {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr())
+        };
+        bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
+        bar.set_position(pos);
+        bar.set_message(self.label.clone());
+        if let Ok(mut b) = self.bar.lock() {
+            *b = bar.clone();
+        }
+        bar
+    }
+
+    /// The current bar (hidden when none was started).
+    pub fn bar(&self) -> ProgressBar {
+        self.bar
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_else(|_| ProgressBar::hidden())
+    }
+
+    /// Whether a bar is being drawn (lines then only go above it when they matter).
+    pub fn bar_drawn(&self) -> bool {
+        !self.bar().is_hidden()
+    }
+
+    /// Clear the bar.
+    pub fn finish_bar(&self) {
+        let bar = self.bar();
+        bar.finish_and_clear();
+        if let Ok(mut b) = self.bar.lock() {
+            *b = ProgressBar::hidden();
+        }
+    }
+
+    /// `tool event=kind [context] key=value ...` on stderr.
+    pub fn event(&self, kind: &str, fields: &[(&str, &str)]) {
+        let mut line = format!("{}{}{}", self.tool, field("event", kind), self.context);
+        for (k, v) in fields {
+            line.push_str(&field(k, v));
+        }
+        self.line(&line);
+    }
+
+    /// A serialisable record (its fields, `event` among them) as one logfmt line.
+    pub fn record<T: Serialize>(&self, value: &T) {
+        self.line(&format!("{}{}", self.tool, fields_of(value)));
+    }
+
+    /// A line on stderr, above the bar when one is drawn.
+    pub fn line(&self, line: &str) {
+        if self.quiet {
+            return;
+        }
+        let bar = self.bar();
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_quoted_when_they_must_be() {
+        assert_eq!(field("a", "b"), " a=b");
+        assert_eq!(field("a", ""), " a=\"\"");
+        assert_eq!(field("a", "b c"), " a=\"b c\"");
+        #[derive(Serialize)]
+        struct E {
+            event: &'static str,
+            loss: f64,
+            step: usize,
+            name: String,
+        }
+        let e = E {
+            event: "iteration",
+            loss: 1.5,
+            step: 3,
+            name: "x y".into(),
+        };
+        // Field order is serde_json's map order; each field is there once, formatted.
+        let line = fields_of(&e);
+        for f in [
+            " event=iteration",
+            " loss=1.500000",
+            " step=3",
+            " name=\"x y\"",
+        ] {
+            assert_eq!(line.matches(f).count(), 1, "{f} in {line}");
+        }
+        assert_eq!(
+            line.len(),
+            " event=iteration loss=1.500000 step=3 name=\"x y\"".len()
+        );
     }
 }

@@ -14,7 +14,8 @@
 
 use super::cache::{self, Sidecar};
 use super::html::{self, Page};
-use super::{FetchError, Reporter};
+use super::FetchError;
+use crate::report::Reporter;
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -428,7 +429,7 @@ fn attempt(
     }
     file.seek(SeekFrom::Start(offset))
         .map_err(|e| io_err(part, e))?;
-    report.start(total, offset);
+    let bar = report.start_bar(total, offset, super::BAR);
     let mut written = offset;
     let mut since_sidecar = 0u64;
     let mut buf = vec![0u8; 256 << 10];
@@ -456,7 +457,7 @@ fn attempt(
         st.received += chunk.len() as u64;
         written += chunk.len() as u64;
         since_sidecar += chunk.len() as u64;
-        report.advance(chunk.len() as u64);
+        bar.inc(chunk.len() as u64);
         chunk = &[];
         if since_sidecar >= SIDECAR_EVERY {
             since_sidecar = 0;
@@ -464,7 +465,7 @@ fn attempt(
             cache::write_sidecar(part, &st.sidecar).ok();
         }
     }
-    report.finish();
+    report.finish_bar();
     if let Some(t) = total {
         if written < t {
             return Ok(Outcome::Retry {

@@ -9,20 +9,20 @@ pub mod cache;
 pub mod download;
 pub mod html;
 pub mod registry;
+pub mod show;
 
 pub use download::HttpOptions;
 pub use registry::{Artifact, Registry};
 
 use crate::checkpoint::Checkpoint;
 use crate::layout::{self, Layout};
+use crate::report::Reporter;
 use crate::selection::{select, Selection};
 use cache::{Record, Slot};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::fs;
-use std::io::{self, IsTerminal};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use thiserror::Error;
 
 /// Why a fetch failed.
@@ -98,69 +98,15 @@ impl Default for FetchOptions {
     }
 }
 
-/// Log lines (`swav-fetch event=... name=... key=value`) and the progress bar.
-pub struct Reporter {
-    name: String,
-    quiet: bool,
-    bar: Mutex<Option<ProgressBar>>,
+/// Download progress: `swav-fetch event=... name=ARTIFACT key=value` lines and a byte bar.
+pub(crate) fn reporter(name: &str, quiet: bool) -> Reporter {
+    Reporter::new("swav-fetch", quiet)
+        .with_context("name", name)
+        .with_label(name)
 }
 
-impl Reporter {
-    /// A reporter for artifact `name`.
-    pub fn new(name: &str, quiet: bool) -> Reporter {
-        Reporter {
-            name: name.to_string(),
-            quiet,
-            bar: Mutex::new(None),
-        }
-    }
-
-    /// One structured log line on stderr.
-    pub fn event(&self, kind: &str, fields: &[(&str, &str)]) {
-        if self.quiet {
-            return;
-        }
-        let mut line = format!("swav-fetch event={kind} name={}", self.name);
-        for (k, v) in fields {
-            line.push_str(&crate::report::field(k, v));
-        }
-        match self.bar.lock().ok().and_then(|b| b.clone()) {
-            Some(bar) if !bar.is_hidden() => bar.println(line),
-            _ => eprintln!("{line}"),
-        }
-    }
-
-    pub(crate) fn start(&self, total: Option<u64>, pos: u64) {
-        let bar = if self.quiet || !io::stderr().is_terminal() {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr())
-        };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} [{wide_bar}]",
-            )
-            .expect("valid template"),
-        );
-        bar.set_message(self.name.clone());
-        bar.set_position(pos);
-        if let Ok(mut b) = self.bar.lock() {
-            *b = Some(bar);
-        }
-    }
-
-    pub(crate) fn advance(&self, n: u64) {
-        if let Some(b) = self.bar.lock().ok().and_then(|b| b.clone()) {
-            b.inc(n);
-        }
-    }
-
-    pub(crate) fn finish(&self) {
-        if let Some(b) = self.bar.lock().ok().and_then(|mut b| b.take()) {
-            b.finish_and_clear();
-        }
-    }
-}
+/// The download bar's indicatif template.
+pub(crate) const BAR: &str = "{msg} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} [{wide_bar}]";
 
 /// A fetched file.
 #[derive(Debug, Clone, Serialize)]
@@ -223,7 +169,7 @@ pub fn fetch(
     a: &Artifact,
     opts: &FetchOptions,
 ) -> Result<Fetched, FetchError> {
-    let report = Reporter::new(&a.name, opts.quiet);
+    let report = reporter(&a.name, opts.quiet);
     let slot = Slot::new(&opts.root, &a.name, &a.file);
     if let Some(done) = cached(&slot, a, &report)? {
         return Ok(done);
