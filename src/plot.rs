@@ -1,232 +1,268 @@
-//! PNG line plots of training curves (loss and learning rate per iteration, accuracy per
-//! epoch): one panel per curve, stacked, each with a frame, its title and its y range written
-//! in a small built-in bitmap font. Written atomically.
+//! PNG charts of a run's curves, drawn by `plotters`: one chart per quantity, stacked, each
+//! with its title, axes with ticks, grid and units, and a legend when it shows several series.
+//! Text is DejaVu Sans (shipped in `assets/fonts`, so nothing depends on the system's fonts).
+//! `swav-train` writes `training.png` (loss per iteration with its per-epoch mean, learning
+//! rate, images/s); `swav-lincls train` writes `curves.png` (loss, top-1 and top-5 per epoch).
+//! Written atomically.
 
+use plotters::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-/// One curve.
+/// The font every label is drawn with.
+const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+/// The family name the font is registered under.
+const FAMILY: &str = "sans-serif";
+/// Width of the image and height of one chart, in pixels.
+const WIDTH: u32 = 900;
+const CHART_HEIGHT: u32 = 300;
+/// Series colours (matplotlib's first four).
+const COLOURS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+];
+
+/// One line of a chart.
 #[derive(Debug, Clone)]
-pub struct Panel {
-    pub title: String,
+pub struct Series {
+    /// Its legend entry.
+    pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Drawn thick with dots at its points (a summary over a noisier series).
+    pub emphasis: bool,
 }
 
-const W: usize = 640;
-const H: usize = 200;
-const MARGIN: usize = 48;
-const BG: [u8; 3] = [255, 255, 255];
-const FG: [u8; 3] = [40, 40, 40];
-const LINE: [u8; 3] = [31, 119, 180];
-
-/// 3×5 glyphs, rows top to bottom, 3 bits each (MSB left).
-fn glyph(c: char) -> [u8; 5] {
-    match c {
-        '0' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
-        '2' => [7, 1, 7, 4, 7],
-        '3' => [7, 1, 7, 1, 7],
-        '4' => [5, 5, 7, 1, 1],
-        '5' => [7, 4, 7, 1, 7],
-        '6' => [7, 4, 7, 5, 7],
-        '7' => [7, 1, 1, 1, 1],
-        '8' => [7, 5, 7, 5, 7],
-        '9' => [7, 5, 7, 1, 7],
-        '.' => [0, 0, 0, 0, 2],
-        '-' => [0, 0, 7, 0, 0],
-        '+' => [0, 2, 7, 2, 0],
-        '/' => [1, 1, 2, 4, 4],
-        ':' => [0, 2, 0, 2, 0],
-        '(' => [1, 2, 2, 2, 1],
-        ')' => [4, 2, 2, 2, 4],
-        'a' => [0, 7, 1, 7, 7],
-        'c' => [0, 7, 4, 4, 7],
-        'e' => [7, 5, 7, 4, 7],
-        'h' => [4, 4, 7, 5, 5],
-        'i' => [2, 0, 2, 2, 2],
-        'l' => [6, 2, 2, 2, 7],
-        'n' => [0, 6, 5, 5, 5],
-        'o' => [0, 7, 5, 5, 7],
-        'p' => [7, 5, 7, 4, 4],
-        'r' => [0, 7, 4, 4, 4],
-        's' => [7, 4, 7, 1, 7],
-        't' => [2, 7, 2, 2, 3],
-        'u' => [0, 5, 5, 5, 7],
-        'v' => [0, 5, 5, 5, 2],
-        'x' => [0, 5, 2, 5, 5],
-        'y' => [5, 5, 7, 1, 7],
-        'k' => [4, 5, 6, 5, 5],
-        'g' => [7, 5, 7, 1, 7],
-        'm' => [0, 7, 7, 5, 5],
-        'b' => [4, 4, 7, 5, 7],
-        'd' => [1, 1, 7, 5, 7],
-        'f' => [3, 4, 6, 4, 4],
-        'w' => [0, 5, 5, 7, 7],
-        _ => [0, 0, 0, 0, 0],
-    }
-}
-
-struct Canvas {
-    w: usize,
-    h: usize,
-    px: Vec<u8>,
-}
-
-impl Canvas {
-    fn set(&mut self, x: usize, y: usize, c: [u8; 3]) {
-        if x < self.w && y < self.h {
-            let i = (y * self.w + x) * 3;
-            self.px[i..i + 3].copy_from_slice(&c);
-        }
-    }
-
-    fn text(&mut self, x: usize, y: usize, s: &str, scale: usize) {
-        for (i, ch) in s.chars().enumerate() {
-            let g = glyph(ch.to_ascii_lowercase());
-            for (r, bits) in g.iter().enumerate() {
-                for b in 0..3 {
-                    if bits >> (2 - b) & 1 == 1 {
-                        for dy in 0..scale {
-                            for dx in 0..scale {
-                                self.set(x + (i * 4 + b) * scale + dx, y + r * scale + dy, FG);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 3]) {
-        let n = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
-        for i in 0..=n {
-            let t = i as f64 / n as f64;
-            let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
-            if x >= 0.0 && y >= 0.0 {
-                self.set(x.round() as usize, y.round() as usize, c);
-            }
+impl Series {
+    /// A plain line.
+    pub fn line(name: &str, points: Vec<(f64, f64)>) -> Series {
+        Series {
+            name: name.into(),
+            points,
+            emphasis: false,
         }
     }
 }
 
-fn label(v: f64) -> String {
-    if v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e4) {
-        format!("{v:.2e}")
+/// One chart: a quantity against iterations or epochs.
+#[derive(Debug, Clone)]
+pub struct Chart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+}
+
+fn register_font() -> Result<(), String> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        plotters::style::register_font(FAMILY, FontStyle::Normal, FONT)
+            .map_err(|_| "the built-in font does not parse".to_string())
+    })
+    .clone()
+}
+
+/// The range a chart's axis shows: the data's, widened a little (and made non-empty).
+fn range(values: impl Iterator<Item = f64>, pad: f64) -> std::ops::Range<f64> {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    if !lo.is_finite() {
+        return 0.0..1.0;
+    }
+    let span = hi - lo;
+    let margin = if span > 0.0 {
+        span * pad
     } else {
-        format!("{v:.4}")
+        lo.abs().max(1.0) * 0.05
+    };
+    (lo - margin)..(hi + margin)
+}
+
+/// A tick label: short, whatever the scale.
+fn tick(v: &f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&a) {
+        format!("{v:.1e}")
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
-/// Render panels stacked vertically as PNG bytes.
-pub fn render(panels: &[Panel]) -> Vec<u8> {
-    let mut c = Canvas {
-        w: W,
-        h: H * panels.len().max(1),
-        px: Vec::new(),
-    };
-    c.px = BG.repeat(c.w * c.h);
-    for (p, panel) in panels.iter().enumerate() {
-        let top = p * H;
-        let (x0, x1) = (MARGIN as f64, (W - 16) as f64);
-        let (y0, y1) = ((top + 24) as f64, (top + H - 24) as f64);
-        c.line((x0, y0), (x1, y0), FG);
-        c.line((x0, y1), (x1, y1), FG);
-        c.line((x0, y0), (x0, y1), FG);
-        c.line((x1, y0), (x1, y1), FG);
-        let pts: Vec<(f64, f64)> = panel
-            .points
-            .iter()
-            .copied()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .collect();
-        let (xmin, xmax) = pts
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(x, _)| {
-                (a.min(x), b.max(x))
-            });
-        let (ymin, ymax) = pts
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(_, y)| {
-                (a.min(y), b.max(y))
-            });
-        let title = if pts.is_empty() {
-            format!("{} (no data)", panel.title)
-        } else {
-            format!(
-                "{}  y {} to {}  x {} to {}",
-                panel.title,
-                label(ymin),
-                label(ymax),
-                xmin,
-                xmax
-            )
-        };
-        c.text(MARGIN, top + 8, &title, 2);
-        if pts.is_empty() {
-            continue;
+/// Render charts stacked vertically as PNG bytes.
+pub fn render(charts: &[Chart]) -> Result<Vec<u8>, String> {
+    register_font()?;
+    let height = CHART_HEIGHT * charts.len().max(1) as u32;
+    let mut rgb = vec![255u8; (WIDTH * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH, height)).into_drawing_area();
+        let areas = root.split_evenly((charts.len().max(1), 1));
+        for (chart, area) in charts.iter().zip(&areas) {
+            draw(chart, area).map_err(|e| format!("drawing {}: {e}", chart.title))?;
         }
-        let sx = |x: f64| x0 + (x - xmin) / (xmax - xmin).max(1e-300) * (x1 - x0);
-        let sy = |y: f64| y1 - (y - ymin) / (ymax - ymin).max(1e-300) * (y1 - y0);
-        c.text(4, y0 as usize, &label(ymax), 1);
-        c.text(4, y1 as usize - 5, &label(ymin), 1);
-        if pts.len() == 1 {
-            c.set(sx(pts[0].0) as usize, sy(pts[0].1) as usize, LINE);
-        }
-        for w in pts.windows(2) {
-            c.line((sx(w[0].0), sy(w[0].1)), (sx(w[1].0), sy(w[1].1)), LINE);
-        }
+        root.present().map_err(|e| e.to_string())?;
     }
     let mut out = Vec::new();
     {
-        let mut enc = png::Encoder::new(&mut out, c.w as u32, c.h as u32);
+        let mut enc = png::Encoder::new(&mut out, WIDTH, height);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc.write_header().expect("in-memory PNG");
-        w.write_image_data(&c.px).expect("in-memory PNG");
+        let mut w = enc.write_header().map_err(|e| e.to_string())?;
+        w.write_image_data(&rgb).map_err(|e| e.to_string())?;
     }
-    out
+    Ok(out)
 }
 
-/// Write panels to `path` as a PNG, atomically.
-pub fn write_png(path: &Path, panels: &[Panel]) -> Result<(), String> {
-    let bytes = render(panels);
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+fn draw(chart: &Chart, area: &Area) -> Result<(), Box<dyn std::error::Error>> {
+    let finite = |s: &Series| -> Vec<(f64, f64)> {
+        s.points
+            .iter()
+            .copied()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect()
+    };
+    let series: Vec<(&Series, Vec<(f64, f64)>)> =
+        chart.series.iter().map(|s| (s, finite(s))).collect();
+    let all = || series.iter().flat_map(|(_, p)| p.iter().copied());
+    let empty = all().next().is_none();
+    let title = if empty {
+        format!("{} (no data yet)", chart.title)
+    } else {
+        chart.title.clone()
+    };
+    let xs = range(all().map(|p| p.0), 0.0);
+    let ys = range(all().map(|p| p.1), 0.05);
+    let mut c = ChartBuilder::on(area)
+        .caption(title, (FAMILY, 18))
+        .margin(12)
+        .x_label_area_size(42)
+        .y_label_area_size(72)
+        .build_cartesian_2d(xs, ys)?;
+    c.configure_mesh()
+        .x_desc(chart.x_label.as_str())
+        .y_desc(chart.y_label.as_str())
+        .x_labels(10)
+        .y_labels(6)
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 14))
+        .light_line_style(RGBColor(235, 235, 235))
+        .bold_line_style(RGBColor(205, 205, 205))
+        .draw()?;
+    for (i, (s, points)) in series.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let width = if s.emphasis { 3 } else { 1 };
+        let style = colour.stroke_width(width);
+        let drawn = c.draw_series(LineSeries::new(points.iter().copied(), style))?;
+        if series.len() > 1 {
+            drawn.label(s.name.as_str()).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(width))
+            });
+        }
+        if s.emphasis || points.len() == 1 {
+            c.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+        }
+    }
+    if series.len() > 1 && !empty {
+        c.configure_series_labels()
+            .label_font((FAMILY, 13))
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(180, 180, 180))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+    }
+    Ok(())
+}
+
+/// Write charts to `path` as a PNG, atomically.
+pub fn write_png(path: &Path, charts: &[Chart]) -> Result<(), String> {
+    let bytes = render(charts).map_err(|e| format!("{}: {e}", path.display()))?;
     crate::atomic::write_bytes(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Loss and learning rate per iteration, from a training's `metrics.jsonl`, into
-/// `OUTPUT/training.png`. Works on a running job (it reads what is written so far).
+/// A training's curves, from its `metrics.jsonl` (iteration and epoch events): loss per
+/// iteration with each epoch's mean (at the epoch's last iteration), learning rate, images/s.
+pub fn training_charts(metrics: &str) -> Vec<Chart> {
+    let (mut loss, mut lr, mut speed, mut epochs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut last_iteration = std::collections::BTreeMap::new();
+    for line in metrics.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        match v["event"].as_str() {
+            Some("iteration") => {
+                let it = v["iteration"].as_f64().unwrap_or(0.0);
+                if let Some(e) = v["epoch"].as_u64() {
+                    last_iteration.insert(e, it);
+                }
+                let push = |key: &str, to: &mut Vec<(f64, f64)>| {
+                    if let Some(y) = v[key].as_f64() {
+                        to.push((it, y));
+                    }
+                };
+                push("loss", &mut loss);
+                push("lr", &mut lr);
+                push("images_per_second", &mut speed);
+            }
+            Some("epoch") => {
+                if let (Some(e), Some(l)) = (v["epoch"].as_u64(), v["loss"].as_f64()) {
+                    epochs.push((e, l));
+                }
+            }
+            _ => {}
+        }
+    }
+    let means = epochs
+        .into_iter()
+        .filter_map(|(e, l)| last_iteration.get(&e).map(|&it| (it, l)))
+        .collect();
+    vec![
+        Chart {
+            title: "SwAV loss".into(),
+            x_label: "iteration".into(),
+            y_label: "loss".into(),
+            series: vec![
+                Series::line("per iteration", loss),
+                Series {
+                    name: "epoch mean".into(),
+                    points: means,
+                    emphasis: true,
+                },
+            ],
+        },
+        Chart {
+            title: "Learning rate (LARS)".into(),
+            x_label: "iteration".into(),
+            y_label: "learning rate".into(),
+            series: vec![Series::line("lr", lr)],
+        },
+        Chart {
+            title: "Training speed".into(),
+            x_label: "iteration".into(),
+            y_label: "images / s".into(),
+            series: vec![Series::line("images/s", speed)],
+        },
+    ]
+}
+
+/// `OUTPUT/training.png` from `OUTPUT/metrics.jsonl`. Works on a running job (it reads what
+/// is written so far).
 pub fn write_training_plot(output: &Path) -> Result<PathBuf, String> {
     let metrics = output.join("metrics.jsonl");
     let text =
         std::fs::read_to_string(&metrics).map_err(|e| format!("{}: {e}", metrics.display()))?;
-    let (mut loss, mut lr) = (Vec::new(), Vec::new());
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if v["event"] == "iteration" {
-            let it = v["iteration"].as_f64().unwrap_or(0.0);
-            if let Some(l) = v["loss"].as_f64() {
-                loss.push((it, l));
-            }
-            if let Some(r) = v["lr"].as_f64() {
-                lr.push((it, r));
-            }
-        }
-    }
     let path = output.join("training.png");
-    write_png(
-        &path,
-        &[
-            Panel {
-                title: "loss per iteration".into(),
-                points: loss,
-            },
-            Panel {
-                title: "lr per iteration".into(),
-                points: lr,
-            },
-        ],
-    )?;
+    write_png(&path, &training_charts(&text))?;
     Ok(path)
 }
 
@@ -234,20 +270,86 @@ pub fn write_training_plot(output: &Path) -> Result<PathBuf, String> {
 mod tests {
     use super::*;
 
+    fn decode(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+        let mut dec = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; dec.output_buffer_size().unwrap()];
+        let info = dec.next_frame(&mut buf).unwrap();
+        (info.width, info.height, buf)
+    }
+
     #[test]
-    fn renders_a_decodable_png() {
-        let bytes = render(&[Panel {
-            title: "loss".into(),
-            points: (0..50)
-                .map(|i| (i as f64, (i as f64 * 0.1).cos()))
-                .collect(),
-        }]);
-        let dec = png::Decoder::new(std::io::Cursor::new(bytes));
-        let mut r = dec.read_info().unwrap();
-        let mut buf = vec![0; r.output_buffer_size().unwrap()];
-        let info = r.next_frame(&mut buf).unwrap();
-        assert_eq!((info.width, info.height), (W as u32, H as u32));
-        // The curve's colour is drawn.
-        assert!(buf.chunks_exact(3).any(|p| p == LINE));
+    fn training_charts_draw_every_curve_with_text() {
+        let mut metrics = String::new();
+        for it in 0..40 {
+            let epoch = it / 10;
+            metrics.push_str(&format!(
+                "{{\"event\":\"iteration\",\"epoch\":{epoch},\"iteration\":{it},\"loss\":{},\"lr\":{},\"images_per_second\":{}}}\n",
+                8.0 - it as f64 * 0.1,
+                0.01 * it as f64,
+                250.0 + it as f64
+            ));
+            if it % 10 == 9 {
+                metrics.push_str(&format!(
+                    "{{\"event\":\"epoch\",\"epoch\":{epoch},\"loss\":{}}}\n",
+                    7.5 - epoch as f64
+                ));
+            }
+        }
+        metrics.push_str("not json\n");
+        let charts = training_charts(&metrics);
+        assert_eq!(charts.len(), 3);
+        assert_eq!(charts[0].series[0].points.len(), 40);
+        // Each epoch's mean sits at its last iteration.
+        assert_eq!(
+            charts[0].series[1].points,
+            vec![(9.0, 7.5), (19.0, 6.5), (29.0, 5.5), (39.0, 4.5)]
+        );
+        assert_eq!(charts[2].series[0].points[3], (3.0, 253.0));
+        let (w, h, px) = decode(&render(&charts).unwrap());
+        assert_eq!((w, h), (WIDTH, 3 * CHART_HEIGHT));
+        // The curves are drawn in their colours (blue lines in the three charts, the orange
+        // epoch means), and text (dark pixels) is there.
+        let count = |f: fn(i32, i32, i32) -> bool| {
+            px.chunks(3)
+                .filter(|p| f(p[0] as i32, p[1] as i32, p[2] as i32))
+                .count()
+        };
+        let blue = count(|r, _, b| b - r > 60);
+        let orange = count(|r, g, b| r > 200 && r - b > 120 && g > 80);
+        assert!(blue > 1500, "{blue} blue pixels");
+        assert!(orange > 1000, "{orange} orange pixels");
+        let dark = px.chunks(3).filter(|p| p.iter().all(|&v| v < 60)).count();
+        assert!(dark > 2000, "{dark} dark pixels");
+    }
+
+    #[test]
+    fn empty_and_odd_series_still_render() {
+        let charts = [
+            Chart {
+                title: "nothing".into(),
+                x_label: "x".into(),
+                y_label: "y".into(),
+                series: vec![Series::line("a", vec![])],
+            },
+            Chart {
+                title: "one point and a NaN".into(),
+                x_label: "x".into(),
+                y_label: "y".into(),
+                series: vec![Series::line("a", vec![(1.0, 2.0), (2.0, f64::NAN)])],
+            },
+        ];
+        let (w, h, _) = decode(&render(&charts).unwrap());
+        assert_eq!((w, h), (WIDTH, 2 * CHART_HEIGHT));
+    }
+
+    #[test]
+    fn tick_labels_stay_short() {
+        assert_eq!(tick(&0.0), "0");
+        assert_eq!(tick(&0.25), "0.25");
+        assert_eq!(tick(&4.0), "4");
+        assert_eq!(tick(&1500.0), "1500");
+        assert_eq!(tick(&2.5e-5), "2.5e-5");
     }
 }

@@ -185,9 +185,15 @@ pub fn run<B: Backend>(
     if let Some(e) = failure {
         return Err(e);
     }
-    let curve = |title: &str, f: fn(&EpochMetrics) -> f64| crate::plot::Panel {
+    let curve = |name: &str, f: fn(&EpochMetrics) -> f64| {
+        let points = history.iter().map(|m| (m.epoch as f64, f(m))).collect();
+        crate::plot::Series::line(name, points)
+    };
+    let chart = |title: &str, y: &str, series| crate::plot::Chart {
         title: title.into(),
-        points: history.iter().map(|m| (m.epoch as f64, f(m))).collect(),
+        x_label: "epoch".into(),
+        y_label: y.into(),
+        series,
     };
     let plot = output_dir.join("curves.png");
     if !writer {
@@ -201,9 +207,21 @@ pub fn run<B: Backend>(
     crate::plot::write_png(
         &plot,
         &[
-            curve("loss per epoch", |m| m.loss),
-            curve("top-1 per epoch", |m| m.top1),
-            curve("top-5 per epoch", |m| m.top5),
+            chart(
+                "Linear classifier: training loss",
+                "cross-entropy",
+                vec![curve("loss", |m| m.loss)],
+            ),
+            chart(
+                "Validation accuracy",
+                "accuracy (%)",
+                vec![curve("top-1", |m| m.top1), curve("top-5", |m| m.top5)],
+            ),
+            chart(
+                "Speed",
+                "images / s",
+                vec![curve("images/s", |m| m.images_per_second)],
+            ),
         ],
     )?;
     Ok(LinclsSummary {
