@@ -18,6 +18,49 @@ pub use burn::backend::cuda::CudaDevice;
 /// through this crate, so that its users need no `burn` dependency of their own).
 pub type DeviceOf<B> = <B as burn::tensor::backend::BackendTypes>::Device;
 
+/// Why a device list cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    #[error("device '{0}': expected cuda:N with N a number")]
+    BadIndex(String),
+    #[error("device '{0}': expected cpu, cuda:N or a comma-separated list of them")]
+    BadName(String),
+    #[error("devices '{0}': a CUDA device is named twice")]
+    NamedTwice(String),
+    #[error("devices '{0}': CPU and CUDA devices cannot be mixed")]
+    Mixed(String),
+    #[error(
+        "CUDA devices need a build with --features cuda (this one is CPU only; use --device cpu)"
+    )]
+    NoCudaBuild,
+    #[error(
+        "CUDA: the NVIDIA driver library ({0}) is not found: no NVIDIA driver on this machine?"
+    )]
+    NoDriver(String),
+    #[error("device cuda:{index}: this machine has {count} CUDA device{}", if *.count == 1 { "" } else { "s" })]
+    NoSuchDevice { index: usize, count: usize },
+    #[error(
+        "CUDA: NVRTC ({0}) is not found; Burn compiles its kernels with it at run time: install \
+         the CUDA toolkit or add its lib64 folder to LD_LIBRARY_PATH"
+    )]
+    NoNvrtc(String),
+    #[error(
+        "CUDA: no CUDA toolkit found (CUDA_PATH unset, no /usr/local/cuda, /opt/cuda or \
+         /usr/bin/nvcc); Burn passes its headers to NVRTC"
+    )]
+    NoToolkit,
+    /// The driver API failed (the message names the call and its CUresult).
+    #[error("CUDA: {0}")]
+    Driver(String),
+}
+
+/// The tools report errors as text where a module has no error type of its own yet.
+impl From<DeviceError> for String {
+    fn from(e: DeviceError) -> String {
+        e.to_string()
+    }
+}
+
 /// Which devices a run uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Devices {
@@ -30,7 +73,7 @@ pub enum Devices {
 impl Devices {
     /// Parse `cpu`, `cuda`, `cuda:N`, `gpu` (PASSL: `cuda:0`), or a comma-separated list of
     /// one kind (`cuda:0,cuda:1`; `cpu,cpu` for simulated workers).
-    pub fn parse(s: &str) -> Result<Devices, String> {
+    pub fn parse(s: &str) -> Result<Devices, DeviceError> {
         let mut cpu = 0;
         let mut cuda = Vec::new();
         for part in s.split(',').map(str::trim) {
@@ -41,14 +84,11 @@ impl Devices {
                     .strip_prefix("cuda:")
                     .or_else(|| part.strip_prefix("gpu:"))
                 {
-                    Some(n) => cuda.push(n.parse().map_err(|_| {
-                        format!("device '{part}': expected cuda:N with N a number")
-                    })?),
-                    None => {
-                        return Err(format!(
-                        "device '{part}': expected cpu, cuda:N or a comma-separated list of them"
-                    ))
-                    }
+                    Some(n) => cuda.push(
+                        n.parse()
+                            .map_err(|_| DeviceError::BadIndex(part.to_string()))?,
+                    ),
+                    None => return Err(DeviceError::BadName(part.to_string())),
                 },
             }
         }
@@ -58,14 +98,12 @@ impl Devices {
                 seen.sort_unstable();
                 seen.dedup();
                 if seen.len() != cuda.len() {
-                    return Err(format!("devices '{s}': a CUDA device is named twice"));
+                    return Err(DeviceError::NamedTwice(s.to_string()));
                 }
                 Ok(Devices::Cuda(cuda))
             }
             (n, true) if n > 0 => Ok(Devices::Cpu(n)),
-            _ => Err(format!(
-                "devices '{s}': CPU and CUDA devices cannot be mixed"
-            )),
+            _ => Err(DeviceError::Mixed(s.to_string())),
         }
     }
 
@@ -98,7 +136,7 @@ macro_rules! with_backend {
             }
             #[cfg(feature = "cuda-backend")]
             $crate::backend::Devices::Cuda(ids) => match $crate::backend::check_cuda(ids) {
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
                 Ok(()) => {
                     type $B = $crate::backend::Cuda;
                     let $list: Vec<$crate::backend::DeviceOf<$B>> = ids
@@ -109,9 +147,9 @@ macro_rules! with_backend {
                 }
             },
             #[cfg(not(feature = "cuda-backend"))]
-            $crate::backend::Devices::Cuda(_) => Err(String::from(
-                "CUDA devices need a build with --features cuda (this one is CPU only; use --device cpu)",
-            )),
+            $crate::backend::Devices::Cuda(_) => {
+                Err($crate::backend::DeviceError::NoCudaBuild.into())
+            }
         }
     }};
 }
@@ -125,7 +163,7 @@ const NVRTC: &[&str] = &["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"];
 /// loads, initialises and has that many devices; NVRTC loads; and a CUDA toolkit folder is
 /// where Burn looks for one. Burn's CUDA backend panics in a worker thread on each of these
 /// instead.
-pub fn check_cuda(ids: &[usize]) -> Result<(), String> {
+pub fn check_cuda(ids: &[usize]) -> Result<(), DeviceError> {
     check_driver(ids, CUDA_DRIVER)?;
     check_toolkit(NVRTC, cuda_toolkit().as_deref())
 }
@@ -149,39 +187,27 @@ fn cuda_toolkit() -> Option<std::path::PathBuf> {
 }
 
 /// The driver library loads, initialises, and has a device for each of `ids`.
-fn check_driver(ids: &[usize], names: &[&str]) -> Result<(), String> {
-    let driver = open_first(names).ok_or_else(|| {
-        format!(
-            "CUDA: the NVIDIA driver library ({}) is not found: no NVIDIA driver on this machine?",
-            names.join(", ")
-        )
-    })?;
+fn check_driver(ids: &[usize], names: &[&str]) -> Result<(), DeviceError> {
+    let driver = open_first(names).ok_or_else(|| DeviceError::NoDriver(names.join(", ")))?;
     let count = device_count(&driver)?;
     match ids.iter().find(|&&i| i >= count) {
-        Some(bad) => Err(format!(
-            "device cuda:{bad}: this machine has {count} CUDA device{}",
-            if count == 1 { "" } else { "s" }
-        )),
+        Some(&index) => Err(DeviceError::NoSuchDevice { index, count }),
         None => Ok(()),
     }
 }
 
 /// NVRTC loads, and there is a CUDA toolkit folder for Burn to pass to it as the include path
 /// (Burn's CUDA backend panics when it finds none).
-fn check_toolkit(nvrtc_names: &[&str], toolkit: Option<&std::path::Path>) -> Result<(), String> {
+fn check_toolkit(
+    nvrtc_names: &[&str],
+    toolkit: Option<&std::path::Path>,
+) -> Result<(), DeviceError> {
     if open_first(nvrtc_names).is_none() {
-        return Err(format!(
-            "CUDA: NVRTC ({}) is not found; Burn compiles its kernels with it at run time: install \
-             the CUDA toolkit or add its lib64 folder to LD_LIBRARY_PATH",
-            nvrtc_names.join(", ")
-        ));
+        return Err(DeviceError::NoNvrtc(nvrtc_names.join(", ")));
     }
     match toolkit {
         Some(_) => Ok(()),
-        None => Err(String::from(
-            "CUDA: no CUDA toolkit found (CUDA_PATH unset, no /usr/local/cuda, /opt/cuda or \
-             /usr/bin/nvcc); Burn passes its headers to NVRTC",
-        )),
+        None => Err(DeviceError::NoToolkit),
     }
 }
 
@@ -194,7 +220,8 @@ fn open_first(names: &[&str]) -> Option<libloading::Library> {
 }
 
 /// `cuInit(0)` then `cuDeviceGetCount`, with the driver's error code on failure.
-fn device_count(driver: &libloading::Library) -> Result<usize, String> {
+fn device_count(driver: &libloading::Library) -> Result<usize, DeviceError> {
+    let err = |m: String| DeviceError::Driver(m);
     type CuInit = unsafe extern "C" fn(u32) -> i32;
     type CuDeviceGetCount = unsafe extern "C" fn(*mut i32) -> i32;
     // SAFETY: the two symbols have these signatures in every CUDA driver API version
@@ -202,42 +229,46 @@ fn device_count(driver: &libloading::Library) -> Result<usize, String> {
     unsafe {
         let init = driver
             .get::<CuInit>(b"cuInit\0")
-            .map_err(|e| format!("CUDA: the driver library has no cuInit: {e}"))?;
+            .map_err(|e| err(format!("the driver library has no cuInit: {e}")))?;
         let get_count = driver
             .get::<CuDeviceGetCount>(b"cuDeviceGetCount\0")
-            .map_err(|e| format!("CUDA: the driver library has no cuDeviceGetCount: {e}"))?;
+            .map_err(|e| err(format!("the driver library has no cuDeviceGetCount: {e}")))?;
         match init(0) {
             0 => {}
-            100 => return Err(String::from("CUDA: the driver finds no CUDA device")),
+            100 => return Err(err("the driver finds no CUDA device".into())),
             code => {
-                return Err(format!(
-                    "CUDA: the driver failed to initialise (CUresult {code})"
-                ))
+                return Err(err(format!(
+                    "the driver failed to initialise (CUresult {code})"
+                )))
             }
         }
         let mut n = 0i32;
         match get_count(&mut n) {
             0 => Ok(n.max(0) as usize),
-            code => Err(format!("CUDA: cuDeviceGetCount failed (CUresult {code})")),
+            code => Err(err(format!("cuDeviceGetCount failed (CUresult {code})"))),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{check_driver, check_toolkit, Devices};
+    use super::{check_driver, check_toolkit, DeviceError, Devices};
 
     #[test]
     fn missing_cuda_pieces_are_errors_naming_them() {
-        let e = check_driver(&[0], &["libswav-no-such-driver.so"]).unwrap_err();
+        let e = check_driver(&[0], &["libswav-no-such-driver.so"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("libswav-no-such-driver.so"), "{e}");
         // A library that loads but is no CUDA driver.
-        let e = check_driver(&[0], &["libc.so.6"]).unwrap_err();
+        let e = check_driver(&[0], &["libc.so.6"]).unwrap_err().to_string();
         assert!(e.contains("cuInit"), "{e}");
-        let e = check_toolkit(&["libswav-no-such-nvrtc.so"], None).unwrap_err();
+        let e = check_toolkit(&["libswav-no-such-nvrtc.so"], None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("libswav-no-such-nvrtc.so"), "{e}");
         // libc stands in for NVRTC below: only the toolkit folder is checked.
-        let e = check_toolkit(&["libc.so.6"], None).unwrap_err();
+        let e = check_toolkit(&["libc.so.6"], None).unwrap_err().to_string();
         assert!(e.contains("no CUDA toolkit found"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(check_toolkit(&["libc.so.6"], Some(dir.path())), Ok(()));
@@ -252,9 +283,14 @@ mod tests {
             Devices::parse("cuda:1,cuda:0"),
             Ok(Devices::Cuda(vec![1, 0]))
         );
-        assert!(Devices::parse("cuda:0,cuda:0").is_err());
-        assert!(Devices::parse("cuda:x").unwrap_err().contains("cuda:x"));
-        assert!(Devices::parse("tpu").is_err());
-        assert!(Devices::parse("cpu,cuda:0").is_err());
+        let err = |s: &str| Devices::parse(s).unwrap_err();
+        assert_eq!(
+            err("cuda:0,cuda:0"),
+            DeviceError::NamedTwice("cuda:0,cuda:0".into())
+        );
+        assert_eq!(err("cuda:x"), DeviceError::BadIndex("cuda:x".into()));
+        assert!(err("cuda:x").to_string().contains("cuda:x"));
+        assert_eq!(err("tpu"), DeviceError::BadName("tpu".into()));
+        assert_eq!(err("cpu,cuda:0"), DeviceError::Mixed("cpu,cuda:0".into()));
     }
 }

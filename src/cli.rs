@@ -7,14 +7,15 @@ pub const EXIT_CHECK_FAILED: u8 = 1;
 /// The exit code of an error (bad input, I/O, a usage error, a failed rank).
 pub const EXIT_ERROR: u8 = 2;
 
-/// The end of every binary's `main`: the exit code `result` carries, or its error on one line
-/// (`tool: error: ...`) and [`EXIT_ERROR`].
-pub fn finish<E: std::fmt::Display>(
+/// The end of every binary's `main`: the exit code `result` carries, or its error and the
+/// chain of its causes on one line (`tool: error: ...`) and [`EXIT_ERROR`].
+pub fn finish<E: Into<Box<dyn std::error::Error>>>(
     tool: &str,
     result: Result<std::process::ExitCode, E>,
 ) -> std::process::ExitCode {
     result.unwrap_or_else(|e| {
-        eprintln!("{tool}: error: {e}");
+        let e: Box<dyn std::error::Error> = e.into();
+        eprintln!("{tool}: error: {}", swav_formats::report::one_line(&*e));
         std::process::ExitCode::from(EXIT_ERROR)
     })
 }

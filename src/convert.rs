@@ -61,7 +61,7 @@ mod with_model {
             })?;
         record::save(model, &config, output).map_err(|message| ConvertError::Input {
             path: output.to_path_buf(),
-            message,
+            message: message.to_string(),
         })?;
         let format = crate::model::open(input)
             .map(|c| c.format)

@@ -34,6 +34,9 @@ pub enum LoadError {
         #[source]
         source: LayoutError,
     },
+    /// A Burn record could not be read.
+    #[error(transparent)]
+    Record(#[from] super::record::RecordError),
     /// The model could not be built from it or take its tensors.
     #[error("{}: {message}", path.display())]
     Model {
@@ -124,11 +127,7 @@ pub fn load<B: Backend>(
     partial: bool,
 ) -> Result<(Swav<B>, SwavConfig, LoadReport), LoadError> {
     if super::record::is_record(path) {
-        let (model, config) =
-            super::record::load::<B>(path, device).map_err(|message| LoadError::Model {
-                path: path.to_path_buf(),
-                message,
-            })?;
+        let (model, config) = super::record::load::<B>(path, device)?;
         let report = LoadReport {
             layout: Some(Layout::Burn),
             ..Default::default()

@@ -73,7 +73,7 @@ pub fn record_path(path: &Path) -> Option<PathBuf> {
 /// Read every parameter and BatchNorm statistic of the record as f32 tensors.
 pub fn read_record(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let (model, _) = super::record::load::<CpuBackend>(path, &Default::default())
-        .map_err(|m| CheckpointError::new(path, FormatError::Structure(m)))?;
+        .map_err(|e| CheckpointError::new(path, FormatError::Structure(e.to_string())))?;
     let mut tensors = Vec::new();
     let bad = |m: String| CheckpointError::new(path, FormatError::Structure(m));
     super::for_each_param(&model, |name, shape, values| {

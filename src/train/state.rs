@@ -14,11 +14,11 @@
 
 use super::step::Queue;
 pub use crate::model::open::{checkpoints_dir, latest, list};
-use crate::model::record::{self, Recorder};
+use crate::model::record::{self, RecordError, Recorder};
 use crate::model::swav::{Swav, SwavConfig};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
-use burn::record::Recorder as _;
+use burn::record::{Recorder as _, RecorderError};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -60,8 +60,56 @@ pub struct Loaded<A: AutodiffBackend> {
     pub queues: Option<Vec<Queue>>,
 }
 
-fn io(path: &Path, e: impl std::fmt::Display) -> String {
-    format!("{}: {e}", path.display())
+/// Why a training checkpoint could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The model's record (`model.mpk` and its config).
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The optimizer's record (`optimizer.mpk`).
+    #[error("{}: {source}", path.display())]
+    Optimizer {
+        path: PathBuf,
+        #[source]
+        source: RecorderError,
+    },
+    /// `state.json` does not parse.
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `state.json` is another program's.
+    #[error("{}: not a {FORMAT} (format {found:?})", path.display())]
+    Format { path: PathBuf, found: String },
+    /// `queue.f32` does not hold the queue `state.json` describes.
+    #[error("{}: {len} bytes, expected {expected}", path.display())]
+    QueueSize {
+        path: PathBuf,
+        len: usize,
+        expected: usize,
+    },
+}
+
+fn io(path: &Path, source: std::io::Error) -> StateError {
+    StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn optimizer(path: &Path, source: RecorderError) -> StateError {
+    StateError::Optimizer {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Write checkpoint `epoch_NNNN` and point `latest` at it; keep the newest `keep`.
@@ -74,7 +122,7 @@ pub fn save<A, M, O>(
     queues: Option<&[Queue]>,
     state: &TrainState,
     keep: usize,
-) -> Result<PathBuf, String>
+) -> Result<PathBuf, StateError>
 where
     A: AutodiffBackend,
     M: AutodiffModule<A>,
@@ -90,7 +138,7 @@ where
     let opt_path = tmp.join("optimizer.mpk");
     Recorder::new()
         .record(optim.to_record(), opt_path.clone())
-        .map_err(|e| io(&opt_path, e))?;
+        .map_err(|e| optimizer(&opt_path, e))?;
     sync(&opt_path)?;
     if let Some(qs) = queues {
         let path = tmp.join("queue.f32");
@@ -134,28 +182,31 @@ where
     Ok(dir)
 }
 
-fn sync(path: &Path) -> Result<(), String> {
+fn sync(path: &Path) -> Result<(), StateError> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| io(path, e))
 }
 
 /// Read `state.json` of a checkpoint folder.
-pub fn read_state(dir: &Path) -> Result<TrainState, String> {
+pub fn read_state(dir: &Path) -> Result<TrainState, StateError> {
     let path = dir.join("state.json");
     let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| io(&path, e))?;
+    let state: TrainState = match serde_json::from_str(&text) {
+        Ok(s) => s,
+        Err(source) => return Err(StateError::Json { path, source }),
+    };
     if state.format != FORMAT {
-        return Err(io(
-            &path,
-            format!("not a {FORMAT} (format {:?})", state.format),
-        ));
+        return Err(StateError::Format {
+            path,
+            found: state.format,
+        });
     }
     Ok(state)
 }
 
 /// Load a checkpoint folder: model, optimizer (into `optim`), queue and state.
-pub fn load<A, M, O>(dir: &Path, optim: O, device: &A::Device) -> Result<(Loaded<A>, O), String>
+pub fn load<A, M, O>(dir: &Path, optim: O, device: &A::Device) -> Result<(Loaded<A>, O), StateError>
 where
     A: AutodiffBackend,
     M: AutodiffModule<A>,
@@ -166,7 +217,7 @@ where
     let opt_path = dir.join("optimizer.mpk");
     let rec = Recorder::new()
         .load(opt_path.clone(), device)
-        .map_err(|e| io(&opt_path, e))?;
+        .map_err(|e| optimizer(&opt_path, e))?;
     let optim = optim.load_record(rec);
     let queues = match state.queue {
         None => None,
@@ -175,14 +226,11 @@ where
             let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
             let per = assigned * len * dim;
             if bytes.len() != per * state.devices * 4 {
-                return Err(io(
-                    &path,
-                    format!(
-                        "{} bytes, expected {}",
-                        bytes.len(),
-                        per * state.devices * 4
-                    ),
-                ));
+                return Err(StateError::QueueSize {
+                    path,
+                    len: bytes.len(),
+                    expected: per * state.devices * 4,
+                });
             }
             let values: Vec<f32> = bytes
                 .chunks_exact(4)

@@ -43,6 +43,12 @@ pub enum TrainError {
     Data(String),
     #[error("{0}")]
     Checkpoint(String),
+    /// A training checkpoint could not be written or read.
+    #[error(transparent)]
+    State(#[from] super::state::StateError),
+    /// The model's record (a non-finite loss's dump) could not be written.
+    #[error(transparent)]
+    Record(#[from] crate::model::record::RecordError),
     #[error(
         "iteration {iteration}: non-finite loss ({what}); model and batch dumped to {}",
         dump.display()
@@ -415,8 +421,7 @@ fn start<A: AutodiffBackend>(
     let (dev0, n_dev) = (&devices[0], world);
     let optim = cfg.lars().init::<A, Swav<A>>();
     if let Some(dir) = existing {
-        let (loaded, optim) =
-            state::load::<A, Swav<A>, _>(&dir, optim, dev0).map_err(TrainError::Checkpoint)?;
+        let (loaded, optim) = state::load::<A, Swav<A>, _>(&dir, optim, dev0)?;
         if loaded.config != *model_cfg {
             return Err(TrainError::Checkpoint(format!(
                 "{}: the checkpoint's model differs from the config's",
@@ -707,20 +712,17 @@ where
         let (output, model_cfg, st) =
             (self.output.clone(), self.model_cfg.clone(), self.st.clone());
         let keep = self.cfg.checkpoint.keep;
-        let path = self
-            .ranks
-            .run_on(0, move |model, rank| {
-                state::save::<A, Swav<A>, _>(
-                    &output,
-                    model,
-                    &model_cfg,
-                    &rank.optim,
-                    queues.as_deref(),
-                    &st,
-                    keep,
-                )
-            })?
-            .map_err(TrainError::Checkpoint)?;
+        let path = self.ranks.run_on(0, move |model, rank| {
+            state::save::<A, Swav<A>, _>(
+                &output,
+                model,
+                &model_cfg,
+                &rank.optim,
+                queues.as_deref(),
+                &st,
+                keep,
+            )
+        })??;
         self.emit(Event::Checkpoint { path: path.clone() })?;
         Ok(Some(path))
     }
@@ -761,7 +763,7 @@ fn dump_non_finite<A: AutodiffBackend>(
         };
     }
     if let Err(e) = record::save(model.valid(), model_cfg, &dump) {
-        return TrainError::Data(e);
+        return TrainError::Record(e);
     }
     let _ = std::fs::write(
         output.join(format!("nan_dump_iter_{iteration}.json")),

@@ -38,6 +38,22 @@ pub fn fields_of<T: Serialize>(value: &T) -> String {
     line
 }
 
+/// An error and its causes (`source()` chain) on one line, `error: cause: cause`, each cause
+/// left out when the message before it already says it (errors that print their source).
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let m = c.to_string();
+        if !line.contains(&m) {
+            line.push_str(": ");
+            line.push_str(&m);
+        }
+        cause = c.source();
+    }
+    line.replace('\n', " ")
+}
+
 /// A result as one JSON line (what `--json` prints on stdout).
 pub fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("plain data serialises")
@@ -153,6 +169,23 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_chain_is_one_line_without_repeats() {
+        #[derive(Debug, thiserror::Error)]
+        enum Outer {
+            #[error("model.mpk: cannot load")]
+            Opaque(#[source] std::io::Error),
+            #[error("model.mpk: {0}")]
+            Says(#[source] std::io::Error),
+        }
+        let io = || std::io::Error::other("disk\nfull");
+        assert_eq!(
+            one_line(&Outer::Opaque(io())),
+            "model.mpk: cannot load: disk full"
+        );
+        assert_eq!(one_line(&Outer::Says(io())), "model.mpk: disk full");
+    }
 
     #[test]
     fn fields_are_quoted_when_they_must_be() {
