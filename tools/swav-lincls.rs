@@ -12,6 +12,7 @@ use swav::commands::lincls::{
     self as cmd, Context, EvalData, EvalFlags, LinearFlags, LinearOutcome,
 };
 use swav::eval::lincls::LinclsRequest;
+use swav::eval::linear::LinearEvalConfig;
 use swav::report::{json, Reporter};
 
 #[derive(Parser)]
@@ -58,10 +59,10 @@ struct Common {
     #[arg(long, value_parser = at_least_one)]
     workers: Option<usize>,
     /// Resize (shorter side) before the centre crop.
-    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
+    #[arg(long, default_value_t = LinearEvalConfig::default().val_resize, value_parser = at_least_one)]
     resize: usize,
     /// Centre crop side.
-    #[arg(long, default_value_t = 224, value_parser = at_least_one)]
+    #[arg(long, default_value_t = LinearEvalConfig::default().val_size, value_parser = at_least_one)]
     size: usize,
 }
 

@@ -222,7 +222,10 @@ fn run(args: Args) -> Result<ExitCode, String> {
             device,
         } => {
             let cfg = TrainConfig::load(&config, &overrides).map_err(|e| e.to_string())?;
-            let r = cmd::bench_steps(&cfg, &config, &device, steps, |i, seconds| {
+            let plan = cfg
+                .plan()
+                .map_err(|e| format!("{}: {e}", config.display()))?;
+            let r = cmd::bench_steps(&plan, &device, steps, |i, seconds| {
                 eprintln!(
                     "swav-train event=bench_step{}{}{}",
                     field("step", &i.to_string()),

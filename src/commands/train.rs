@@ -9,7 +9,7 @@ use crate::collective::Engine;
 use crate::dist::Launch;
 use crate::report::Reporter;
 use crate::train::bench::{self, SinkhornBench, StepBench, StepCheck};
-use crate::train::config::TrainConfig;
+use crate::train::config::{TrainConfig, TrainPlan};
 use crate::train::trainer::{self, Event, TrainOptions, TrainSummary};
 use burn::backend::Autodiff;
 use std::path::{Path, PathBuf};
@@ -45,7 +45,8 @@ pub fn pretrain(
     flags: &RunFlags,
     reporter: &Reporter,
 ) -> Result<Pretrained, String> {
-    cfg.validate()
+    let plan = cfg
+        .plan()
         .map_err(|e| format!("{}: {e}", config_path.display()))?;
     let launch = Launch::from_env().map_err(|e| e.to_string())?;
     let device = device_flag(flags.device.as_deref(), launch.as_ref(), cfg);
@@ -68,7 +69,7 @@ pub fn pretrain(
     let bar = reporter.start_bar(None, 0, BAR);
     let mut on_event = |e: &Event| report_event(reporter, e);
     let summary = crate::with_backend!(&devices, |B, list| {
-        trainer::train::<Autodiff<B>>(cfg, &list, &opts, &mut on_event).map_err(|e| e.to_string())
+        trainer::train::<Autodiff<B>>(&plan, &list, &opts, &mut on_event).map_err(|e| e.to_string())
     });
     bar.finish_and_clear();
     let summary = summary?;
@@ -111,20 +112,17 @@ pub fn report_event(reporter: &Reporter, e: &Event) {
     reporter.record(e);
 }
 
-/// `swav-train bench-step`: `steps` training steps of `cfg` (validated here) on the first
-/// device of `device`, each step's time passed to `on_step(index, seconds)`.
+/// `swav-train bench-step`: `steps` training steps of `plan` on the first device of
+/// `device`, each step's time passed to `on_step(index, seconds)`.
 pub fn bench_steps(
-    cfg: &TrainConfig,
-    config_path: &Path,
+    plan: &TrainPlan,
     device: &str,
     steps: usize,
     on_step: impl FnMut(usize, f64),
 ) -> Result<StepBench, String> {
-    cfg.validate()
-        .map_err(|e| format!("{}: {e}", config_path.display()))?;
     let devices = Devices::parse(device)?;
     crate::with_backend!(&devices, |B, list| {
-        Ok::<_, String>(bench::steps::<Autodiff<B>>(cfg, &list[0], steps, on_step))
+        Ok::<_, String>(bench::steps::<Autodiff<B>>(plan, &list[0], steps, on_step))
     })
 }
 

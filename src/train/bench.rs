@@ -2,7 +2,7 @@
 //! Sinkhorn, backward, LARS) on random crops of a config's shapes and settings, timed; and one step on a
 //! reference file's weights and crops (made by PyTorch), compared with its loss and codes.
 
-use super::config::TrainConfig;
+use super::config::TrainPlan;
 use super::rank::{Rank, StepSettings};
 use super::sinkhorn;
 use super::step::{self, SwavLoss};
@@ -32,17 +32,17 @@ pub struct StepBench {
 /// its shapes, one device, `batch_size` images per step. `on_step(i, seconds)` hears of each
 /// step as it ends (step 0 is the warm-up), so a slow first step shows while it runs long.
 pub fn steps<A: DifferentiableCollective>(
-    cfg: &TrainConfig,
+    cfg: &TrainPlan,
     device: &A::Device,
     steps: usize,
     mut on_step: impl FnMut(usize, f64),
 ) -> StepBench {
-    let model_cfg = cfg.model_config().expect("validated config");
+    let model_cfg = &cfg.network;
     A::seed(device, cfg.seed);
     let mut model = model_cfg.init_now::<A>(device);
     let mut rank = Rank::<A> {
         device: device.clone(),
-        optim: cfg.lars().init::<A, crate::model::swav::Swav<A>>(),
+        optim: cfg.lars.init::<A, crate::model::swav::Swav<A>>(),
         queue: None,
         comm: Communicator::solo(),
     };
@@ -58,8 +58,8 @@ pub fn steps<A: DifferentiableCollective>(
         })
         .collect();
     let settings = StepSettings {
-        loss: cfg.swav_loss(),
-        groups: cfg.crop_groups(),
+        loss: cfg.loss.clone(),
+        groups: cfg.groups.clone(),
         prototype_ids: Vec::new(),
         sync_bn: false,
     };

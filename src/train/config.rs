@@ -162,7 +162,7 @@ impl Default for HeadSection {
             epsilon: 0.05,
             temperature: 0.1,
             crops_for_assign: vec![0, 1],
-            num_crops: vec![2, 6],
+            num_crops: MultiCrop::default().num_crops,
             num_prototypes: 3000,
             queue_length: 0,
             epoch_queue_starts: 15,
@@ -204,15 +204,17 @@ pub struct DatasetSection {
 }
 
 impl Default for DatasetSection {
+    /// facebookresearch/swav's multi-crop ([`MultiCrop`]'s defaults).
     fn default() -> Self {
+        let crops = MultiCrop::default();
         DatasetSection {
             name: "MultiCropDataset".into(),
             dataroot: "data/ILSVRC2012/train".into(),
-            size_crops: vec![224, 96],
-            num_crops: vec![2, 6],
-            min_scale_crops: vec![0.14, 0.05],
-            max_scale_crops: vec![1.0, 0.14],
-            color_strength: 1.0,
+            size_crops: crops.size_crops,
+            num_crops: crops.num_crops,
+            min_scale_crops: crops.min_scale_crops,
+            max_scale_crops: crops.max_scale_crops,
+            color_strength: crops.color_strength,
         }
     }
 }
@@ -323,7 +325,55 @@ impl Default for CheckpointSection {
     }
 }
 
+/// A training config checked and resolved into what training needs: the network, the
+/// multi-crop augmentation, LARS, the loss and the crop groups. The one thing the trainer and
+/// the step benchmark take; [`TrainConfig::plan`] is the only way to make one, so a plan is
+/// always valid. Its config's sections stay readable through `Deref`.
+#[derive(Debug, Clone)]
+pub struct TrainPlan {
+    config: TrainConfig,
+    /// The network `model` describes: backbone, projection head, prototypes.
+    pub network: SwavConfig,
+    /// The augmentation of `dataloader.train.dataset`.
+    pub multicrop: MultiCrop,
+    /// `optimizer`.
+    pub lars: LarsConfig,
+    /// `model.head`'s loss settings.
+    pub loss: SwavLoss,
+    /// The index ranges of consecutive crops of one resolution (`num_crops` `[2, 6]` →
+    /// `[0..2, 2..8]`): the backbone runs once per range.
+    pub groups: Vec<std::ops::Range<usize>>,
+}
+
+impl TrainPlan {
+    /// The config this plan was made from.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+}
+
+impl std::ops::Deref for TrainPlan {
+    type Target = TrainConfig;
+
+    fn deref(&self) -> &TrainConfig {
+        &self.config
+    }
+}
+
 impl TrainConfig {
+    /// Check this config and resolve what training needs from it.
+    pub fn plan(&self) -> Result<TrainPlan, ConfigError> {
+        self.validate()?;
+        Ok(TrainPlan {
+            network: self.model_config()?,
+            multicrop: self.multicrop()?,
+            lars: self.lars(),
+            loss: self.swav_loss(),
+            groups: self.crop_groups(),
+            config: self.clone(),
+        })
+    }
+
     /// Parse YAML text (unknown keys are errors).
     pub fn from_yaml(text: &str) -> Result<TrainConfig, String> {
         config::from_yaml(text)
@@ -345,7 +395,7 @@ impl TrainConfig {
     }
 
     /// The loss settings of `model.head`.
-    pub fn swav_loss(&self) -> SwavLoss {
+    fn swav_loss(&self) -> SwavLoss {
         let h = &self.model.head;
         SwavLoss {
             temperature: h.temperature,
@@ -356,7 +406,7 @@ impl TrainConfig {
     }
 
     /// The optimizer settings of `optimizer`.
-    pub fn lars(&self) -> LarsConfig {
+    fn lars(&self) -> LarsConfig {
         LarsConfig {
             momentum: self.optimizer.momentum,
             weight_decay: self.optimizer.lars_weight_decay,
@@ -367,7 +417,7 @@ impl TrainConfig {
 
     /// The index ranges of consecutive crops of one resolution (`num_crops` `[2, 6]` →
     /// `[0..2, 2..8]`): the backbone runs once per range.
-    pub fn crop_groups(&self) -> Vec<std::ops::Range<usize>> {
+    fn crop_groups(&self) -> Vec<std::ops::Range<usize>> {
         let mut at = 0;
         self.dataloader
             .train
@@ -382,7 +432,7 @@ impl TrainConfig {
     }
 
     /// The multi-crop augmentation of `dataloader.train.dataset`, checked.
-    pub fn multicrop(&self) -> Result<MultiCrop, ConfigError> {
+    fn multicrop(&self) -> Result<MultiCrop, ConfigError> {
         let d = &self.dataloader.train.dataset;
         let mc = MultiCrop {
             size_crops: d.size_crops.clone(),
@@ -398,7 +448,7 @@ impl TrainConfig {
     }
 
     /// Check what serde cannot: consistent crop lists, known depth, sizes.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         self.multicrop()?;
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let d = &self.dataloader.train.dataset;
@@ -489,7 +539,7 @@ impl TrainConfig {
     }
 
     /// The model's shape.
-    pub fn model_config(&self) -> Result<SwavConfig, ConfigError> {
+    fn model_config(&self) -> Result<SwavConfig, ConfigError> {
         let n = &self.model.neck;
         Ok(SwavConfig {
             backbone: self.backbone_config()?,

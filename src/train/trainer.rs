@@ -7,7 +7,7 @@
 //! One rank per device, each on a thread of its own, each given `batch_size` images of the
 //! global batch ([`super::parallel`], [`super::rank`]).
 
-use super::config::{ConfigError, TrainConfig};
+use super::config::{ConfigError, TrainConfig, TrainPlan};
 use super::diagnostics;
 use super::parallel::{Fault, RankFailure, RankStart, Ranks, MIN_SHARD};
 use super::rank::{self, StepSettings, SwavOptimizer};
@@ -178,7 +178,7 @@ impl Metrics {
 /// Train as `cfg` says on `devices`, one rank per device (rank 0 on the first; it alone
 /// writes checkpoints).
 pub fn train<A: DifferentiableCollective>(
-    cfg: &TrainConfig,
+    cfg: &TrainPlan,
     devices: &[A::Device],
     opts: &TrainOptions,
     on_event: &mut dyn FnMut(&Event),
@@ -186,7 +186,6 @@ pub fn train<A: DifferentiableCollective>(
 where
     A::Device: Send + 'static,
 {
-    cfg.validate()?;
     if devices.is_empty() {
         return Err(ConfigError::Invalid("no device to train on".into()).into());
     }
@@ -204,7 +203,7 @@ where
     let existing = previous_checkpoint(&output, opts.resume)?;
     let part = session.map_or((0, 1), Session::part);
     let data = TrainData::open(cfg, world, part, opts.workers)?;
-    let model_cfg = cfg.model_config()?;
+    let model_cfg = cfg.network.clone();
     let queue = queue_shape(cfg, world);
     let (start, pretrained) = start::<A>(
         cfg,
@@ -221,8 +220,8 @@ where
             .map_err(|e| TrainError::Data(format!("{}: {e}", config_path.display())))?;
     }
     let settings = StepSettings {
-        loss: cfg.swav_loss(),
-        groups: cfg.crop_groups(),
+        loss: cfg.loss.clone(),
+        groups: cfg.groups.clone(),
         prototype_ids: rank::prototype_ids(&start.model),
         sync_bn: cfg.model.backbone.sync_bn,
     };
@@ -358,7 +357,7 @@ struct TrainData {
 impl TrainData {
     /// The data of `devices` ranks in all; this process loads `part` of each batch.
     fn open(
-        cfg: &TrainConfig,
+        cfg: &TrainPlan,
         devices: usize,
         part: (usize, usize),
         workers: Option<usize>,
@@ -393,7 +392,7 @@ impl TrainData {
         }
         Ok(TrainData {
             set,
-            multicrop: cfg.multicrop()?,
+            multicrop: cfg.multicrop.clone(),
             loader,
             iterations,
         })
@@ -410,7 +409,7 @@ struct Start<A: AutodiffBackend> {
 }
 
 fn start<A: AutodiffBackend>(
-    cfg: &TrainConfig,
+    cfg: &TrainPlan,
     model_cfg: &SwavConfig,
     devices: &[A::Device],
     (first, world): (usize, usize),
@@ -419,7 +418,7 @@ fn start<A: AutodiffBackend>(
     pretrained: Option<&Path>,
 ) -> Result<(Start<A>, Option<Event>), TrainError> {
     let (dev0, n_dev) = (&devices[0], world);
-    let optim = cfg.lars().init::<A, Swav<A>>();
+    let optim = cfg.lars.init::<A, Swav<A>>();
     if let Some(dir) = existing {
         let (loaded, optim) = state::load::<A, Swav<A>, _>(&dir, optim, dev0)?;
         if loaded.config != *model_cfg {

@@ -96,9 +96,12 @@ pub(crate) fn synthetic_set(root: &Path) -> std::path::PathBuf {
 
 fn run(cfg: &TrainConfig, opts: &TrainOptions) -> Vec<Event> {
     let mut events = Vec::new();
-    trainer::train::<A>(cfg, &[Default::default()], opts, &mut |e| {
-        events.push(e.clone())
-    })
+    trainer::train::<A>(
+        &cfg.plan().unwrap(),
+        &[Default::default()],
+        opts,
+        &mut |e| events.push(e.clone()),
+    )
     .unwrap();
     events
 }
@@ -132,7 +135,13 @@ fn resume_continues_bit_identically() {
         },
     );
     // Without --resume an output folder with checkpoints is refused.
-    let e = trainer::train::<A>(&split, &[Default::default()], &opts, &mut |_| {}).unwrap_err();
+    let e = trainer::train::<A>(
+        &split.plan().unwrap(),
+        &[Default::default()],
+        &opts,
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("--resume"), "{e}");
     run(
         &split,
@@ -307,7 +316,7 @@ fn non_finite_loss_stops_with_a_dump() {
         ])
         .unwrap();
     let e = trainer::train::<A>(
-        &cfg,
+        &cfg.plan().unwrap(),
         &[Default::default()],
         &TrainOptions::default(),
         &mut |_| {},
@@ -600,7 +609,7 @@ fn two_cpu_ranks_train_then_resume_on_one() {
         max_epochs: Some(2),
         ..Default::default()
     };
-    trainer::train::<A>(&cfg, &two, &opts, &mut |_| {}).unwrap();
+    trainer::train::<A>(&cfg.plan().unwrap(), &two, &opts, &mut |_| {}).unwrap();
     let st = state::read_state(&state::latest(&dir.path().join("out")).unwrap()).unwrap();
     assert_eq!((st.epoch, st.devices, st.queue), (2, 2, Some([2, 8, 8])));
     let resume = TrainOptions {
@@ -611,12 +620,18 @@ fn two_cpu_ranks_train_then_resume_on_one() {
         .clone()
         .with_overrides(&["model.head.queue_length=32".into()])
         .unwrap();
-    let e = trainer::train::<A>(&bigger, &two, &resume, &mut |_| {}).unwrap_err();
+    let e = trainer::train::<A>(&bigger.plan().unwrap(), &two, &resume, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("holds 16 rows"), "{e}");
     let one = cfg
         .with_overrides(&["dataloader.train.sampler.batch_size=16".into()])
         .unwrap();
-    let s = trainer::train::<A>(&one, &[Default::default()], &resume, &mut |_| {}).unwrap();
+    let s = trainer::train::<A>(
+        &one.plan().unwrap(),
+        &[Default::default()],
+        &resume,
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(s.history.len(), 3);
     let st = state::read_state(&state::latest(&dir.path().join("out")).unwrap()).unwrap();
     assert_eq!((st.epoch, st.devices, st.queue), (3, 1, Some([2, 16, 8])));
@@ -766,8 +781,13 @@ fn a_failed_metrics_write_ends_the_run() {
         workers: Some(1),
         ..Default::default()
     };
-    let e = trainer::train::<Autodiff<CpuBackend>>(&cfg, &[Default::default()], &opts, &mut |_| {})
-        .unwrap_err()
-        .to_string();
+    let e = trainer::train::<Autodiff<CpuBackend>>(
+        &cfg.plan().unwrap(),
+        &[Default::default()],
+        &opts,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("metrics.jsonl") && !e.contains('\n'), "{e}");
 }

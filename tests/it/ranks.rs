@@ -105,7 +105,7 @@ struct Setup {
 fn setup(world: usize, sync_bn: bool) -> Setup {
     let device = Default::default();
     let dir = Path::new("/unused");
-    let cfg = tiny(dir, dir).model_config().unwrap();
+    let cfg = tiny(dir, dir).plan().unwrap().network;
     <D as Backend>::seed(&device, 7);
     let model = cfg.init_now::<D>(&device);
     let shards = (0..STEPS)
@@ -482,7 +482,9 @@ fn a_failing_rank_ends_the_run_naming_it() {
         .with_overrides(&["dataloader.train.sampler.batch_size=4".into()])
         .unwrap();
     let started = Instant::now();
-    let e = trainer::train::<Autodiff<CpuBackend>>(&cfg, &devices, &opts, &mut |_| {}).unwrap_err();
+    let e =
+        trainer::train::<Autodiff<CpuBackend>>(&cfg.plan().unwrap(), &devices, &opts, &mut |_| {})
+            .unwrap_err();
     let e = e.to_string();
     assert!(
         e.contains("rank 1") && e.contains("injected fault at iteration 2"),
@@ -503,7 +505,8 @@ fn a_failing_rank_ends_the_run_naming_it() {
         ..Default::default()
     };
     let two = [Default::default(), Default::default()];
-    let s = trainer::train::<Autodiff<CpuBackend>>(&ok, &two, &opts, &mut |_| {}).unwrap();
+    let s = trainer::train::<Autodiff<CpuBackend>>(&ok.plan().unwrap(), &two, &opts, &mut |_| {})
+        .unwrap();
     assert_eq!(s.history.len(), 1);
 }
 
