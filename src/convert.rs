@@ -1,6 +1,6 @@
 //! `swav-convert` and `swav-extract` where the SwAV model is built: [`swav_formats::convert`]
 //! (every container, layout and option) with Burn records added on both sides. Inputs are read
-//! by [`crate::model::open`] (a file, a Burn record, a training checkpoint or output folder);
+//! by [`crate::model::open()`] (a file, a Burn record, a training checkpoint or output folder);
 //! an `OUT.mpk` output builds the module the checkpoint describes and saves it as a record.
 //! A build without the `model` feature has formats' functions alone (records refused).
 
@@ -53,8 +53,8 @@ mod with_model {
             path: input.to_path_buf(),
             message,
         };
-        let (model, config, report) =
-            load::load::<CpuBackend>(input, &device, false).map_err(|e| match e {
+        let (model, config, report) = load::from_file::<CpuBackend>(input, &device, false)
+            .map_err(|e| match e {
                 load::LoadError::Read(e) => ConvertError::Read(e),
                 load::LoadError::Select(e) => ConvertError::Select(e),
                 other => input_err(other.to_string()),

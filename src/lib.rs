@@ -6,7 +6,7 @@
 //! the same names: [`tensor`], [`checkpoint`] (containers), [`layout`] (naming conventions),
 //! [`selection`] (a checkpoint's model tensors), [`convert`] and [`fetch`]. This crate adds the
 //! Burn layers (feature `model`, on by default): [`model`] (the SwAV module, weights into it,
-//! Burn records, [`model::open`] for any path a tool takes), [`data`], [`train`], [`eval`].
+//! Burn records, [`model::open()`] for any path a tool takes), [`data`], [`train`], [`eval`].
 //!
 //! Data flows one way: file → [`checkpoint`] → [`layout`] → [`selection`] → [`model`] →
 //! [`train`] / [`eval`]; [`convert`], extraction and [`fetch`] use those layers and are used by
@@ -18,7 +18,6 @@ pub use swav_formats::{
 
 pub mod cli;
 pub mod convert;
-pub mod log;
 
 #[cfg(feature = "model")]
 pub mod backend;
@@ -26,8 +25,6 @@ pub mod backend;
 pub mod collective;
 #[cfg(feature = "model")]
 pub mod commands;
-#[cfg(feature = "model")]
-pub mod config;
 #[cfg(feature = "model")]
 pub mod data;
 #[cfg(feature = "model")]
@@ -40,3 +37,5 @@ pub mod model;
 pub mod plot;
 #[cfg(feature = "model")]
 pub mod train;
+#[cfg(feature = "model")]
+pub mod yaml;

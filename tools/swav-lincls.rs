@@ -11,8 +11,8 @@ use swav::cli::{at_least_one, non_negative_f32, positive, positive_f32};
 use swav::commands::lincls::{
     self as cmd, Context, EvalData, EvalFlags, LinearFlags, LinearOutcome,
 };
-use swav::eval::lincls::LinclsRequest;
-use swav::eval::linear::LinearEvalConfig;
+use swav::eval::classifier::LinearEvalConfig;
+use swav::eval::linear_eval::LinearEvalRequest;
 use swav::report::{json, Reporter};
 
 #[derive(Parser)]
@@ -136,7 +136,7 @@ enum Command {
         /// Folder with a val/ ImageFolder.
         #[arg(long, conflicts_with = "tensors", required_unless_present = "tensors")]
         data: Option<PathBuf>,
-        /// safetensors file with `images` [N, 3, H, W] (already normalised) and `labels` [N].
+        /// safetensors file with `images` `[N, 3, H, W]` (already normalised) and `labels` `[N]`.
         #[arg(long)]
         tensors: Option<PathBuf>,
         /// The classifier: ours (best.safetensors), facebookresearch's eval_linear checkpoint,
@@ -256,7 +256,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
             load,
             evaluate_only,
         } => {
-            let request = LinclsRequest {
+            let request = LinearEvalRequest {
                 config,
                 overrides,
                 data,

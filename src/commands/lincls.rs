@@ -1,14 +1,16 @@
 //! What `swav-lincls` runs, as library calls returning serialisable results: the frozen
-//! backbone the flags name ([`BackboneFlags`]), features of tensors or a folder
+//! backbone the flags name ([`EvalFlags`]), features of tensors or a folder
 //! ([`features`]), a classifier's accuracy ([`evaluate`], also `train --evaluate-only`),
-//! weighted k-NN ([`knn`]) and the linear evaluation ([`linear`]), on the devices and
+//! weighted k-NN ([`knn`]) and the linear evaluation ([`linear()`]), on the devices and
 //! processes of a [`Context`]. The binary parses flags and prints what these return.
 
 use crate::backend::Devices;
 use crate::data::dataset::Dataset;
 use crate::dist::{Launch, Session};
-use crate::eval::lincls::{self, image_folder, LinclsPlan, LinclsRequest, LinclsSummary};
-use crate::eval::linear::{self, EpochMetrics, LinearEvalConfig};
+use crate::eval::classifier::{self, EpochMetrics, LinearEvalConfig};
+use crate::eval::linear_eval::{
+    self, image_folder, LinearEvalPlan, LinearEvalRequest, LinearEvalSummary,
+};
 use crate::eval::{self, Frozen};
 use crate::model::resnet::ResNetConfig;
 use crate::model::swav::{Swav, SwavConfig};
@@ -150,7 +152,7 @@ fn backbone_on<B: Backend>(
     };
     match (pretrained, flags.random_init) {
         (Some(p), _) => {
-            let (model, config, report) = crate::model::load::load::<B>(&p, device, flags.partial)
+            let (model, config, report) = crate::model::load::from_file::<B>(&p, device, flags.partial)
                 .map_err(|e| e.to_string())?;
             let at = p.display().to_string();
             reporter.line(&format!(
@@ -172,7 +174,7 @@ fn backbone_on<B: Backend>(
             B::seed(device, 0);
             let (d, w) = (depth.to_string(), flags.width.to_string());
             reporter.event("random-init", &[("depth", &d), ("width", &w)]);
-            Ok((config.init_now::<B>(device), config))
+            Ok((config.init_eager::<B>(device), config))
         }
         (None, None) => Err(
             "give --pretrained WEIGHTS, --random-init DEPTH, or --load with a file that holds the backbone"
@@ -217,7 +219,7 @@ pub fn features(
                     cfg.val_transform(),
                     cfg.mean,
                     cfg.std,
-                    &lincls::loader_config(&cfg),
+                    &linear_eval::loader_config(&cfg),
                 )?;
                 for s in &f.skipped {
                     reporter.line(&format!("swav-lincls event=skipped image={s:?}"));
@@ -283,15 +285,15 @@ fn evaluate_on<B: Backend>(
     let (top1, top5) = match data {
         ValData::Images(val, cfg) => {
             let classes = val.classes.len();
-            let head = linear::load_classifier::<B>(cls, feature_dim, classes, device)?;
-            linear::evaluate(frozen, &head, val, &cfg)?
+            let head = classifier::load_classifier::<B>(cls, feature_dim, classes, device)?;
+            classifier::evaluate(frozen, &head, val, &cfg)?
         }
         ValData::Tensors(t, batch) => {
             let images = eval::read_images(t)?;
             let labels = eval::read_labels(t)?;
             let classes = labels.iter().map(|&l| l + 1).max().unwrap_or(0).max(0) as usize;
-            let head = linear::load_classifier::<B>(cls, feature_dim, classes, device)?;
-            linear::evaluate_tensors(frozen, &head, &images, &labels, batch)
+            let head = classifier::load_classifier::<B>(cls, feature_dim, classes, device)?;
+            classifier::evaluate_tensors(frozen, &head, &images, &labels, batch)
                 .map_err(|e| format!("{}: {e}", t.display()))?
         }
     };
@@ -310,9 +312,9 @@ pub fn knn(
 ) -> Result<KnnReport, String> {
     crate::with_backend!(&ctx.devices, |B, list| {
         let frozen = backbone::<B>(flags, None, list, reporter)?;
-        let (train, val) = lincls::splits(data)?;
+        let (train, val) = linear_eval::splits(data)?;
         let cfg = flags.eval_config();
-        let (t, lc) = (cfg.val_transform(), lincls::loader_config(&cfg));
+        let (t, lc) = (cfg.val_transform(), linear_eval::loader_config(&cfg));
         let features = |set| frozen.dataset_features(set, t, cfg.mean, cfg.std, &lc);
         let (ft, fv) = (features(train.clone())?, features(val)?);
         let classes = train.classes.len();
@@ -333,12 +335,12 @@ pub enum LinearOutcome {
     /// `--evaluate-only`: the classifier's accuracy.
     Evaluated(Accuracy),
     /// A classifier trained (its files written by process 0).
-    Trained(LinclsSummary),
+    Trained(LinearEvalSummary),
 }
 
 /// How `swav-lincls train` runs.
 pub struct LinearFlags {
-    pub request: LinclsRequest,
+    pub request: LinearEvalRequest,
     /// Compute the features once, without augmentation, and train on them.
     pub cache_features: bool,
     /// `--load`: the classifier of `--evaluate-only` (its backbone used without --pretrained).
@@ -396,7 +398,7 @@ pub fn linear(
             &quiet_reporter
         };
         let bar = shown.start_bar(Some(plan.cfg.epochs as u64), 0, BAR);
-        let summary = lincls::run(&frozen, feature_dim, plan, run.cache_features, &mut |m| {
+        let summary = linear_eval::run(&frozen, feature_dim, plan, run.cache_features, &mut |m| {
             bar.inc(1);
             bar.set_message(format!(
                 "loss {:.4} top-1 {:.2} top-5 {:.2} {:.0} img/s",
@@ -420,7 +422,7 @@ fn join<B: Backend>(
     launch: Launch,
     timeout: Duration,
     frozen: &Frozen<B>,
-    plan: &LinclsPlan,
+    plan: &LinearEvalPlan,
     flags: &EvalFlags,
     classifier: Option<&Path>,
 ) -> Result<Arc<Session>, String> {

@@ -487,7 +487,8 @@ fn worker(
         }));
         let result = decode.unwrap_or_else(|p| {
             resizer = fast_image_resize::Resizer::new();
-            Err(crate::log::panic_message(p.as_ref()).replace("panicked", "the decoder panicked"))
+            Err(crate::report::panic_message(p.as_ref())
+                .replace("panicked", "the decoder panicked"))
         });
         let result = result.map(|()| out);
         if tx

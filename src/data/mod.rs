@@ -4,9 +4,9 @@
 pub mod bench;
 pub mod dataset;
 pub mod decode;
-pub mod device;
 pub mod loader;
 pub mod multicrop;
+pub mod prefetch;
 pub mod settings;
 pub mod synthetic;
 

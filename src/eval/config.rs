@@ -1,12 +1,12 @@
 //! Linear-evaluation configs with PASSL's keys (`configs/swav/swav_clas_r50.yaml`:
 //! `Classification` with a frozen `ResNetswav` and a `ClasHead`, `CosineAnnealingDecay`,
 //! `Momentum`), turned into a [`LinearEvalConfig`]. Read strictly, with `-o` overrides
-//! ([`crate::config`]).
+//! ([`crate::yaml`]).
 
-use super::linear::LinearEvalConfig;
-use crate::config::{self, ConfigError};
+use super::classifier::LinearEvalConfig;
 use crate::data::settings::{LoaderSection, SamplerSection};
-use crate::log::LogSection;
+use crate::report::LogSection;
+use crate::yaml::{self, ConfigError};
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 use std::path::{Path, PathBuf};
@@ -272,7 +272,7 @@ fn find<'a>(ts: &'a [Transform], name: &str) -> Option<&'a Transform> {
 impl ClasConfig {
     /// Read a config file and apply `key=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<ClasConfig, ConfigError> {
-        config::load(path, overrides)
+        yaml::load(path, overrides)
     }
 
     /// The linear-evaluation settings this config describes.
@@ -317,7 +317,7 @@ impl ClasConfig {
 
     /// Every numeric key the evaluation reads in its range, the first out of range named.
     fn check_ranges(&self) -> Result<(), ConfigError> {
-        use crate::config::range::{at_least_one, finite, momentum, non_negative, positive};
+        use crate::yaml::range::{at_least_one, finite, momentum, non_negative, positive};
         at_least_one("epochs", self.epochs)?;
         at_least_one(
             "dataloader.train.sampler.batch_size",
@@ -368,21 +368,20 @@ mod tests {
     #[test]
     fn passl_clas_config_reads() {
         let text = include_str!("../../configs/swav/swav_clas_r50.yaml");
-        let cfg: ClasConfig = config::from_yaml(text).unwrap();
+        let cfg: ClasConfig = yaml::from_yaml(text).unwrap();
         let l = cfg.linear_eval().unwrap();
         assert_eq!((l.epochs, l.batch_size, l.lr), (100, 32, 0.3));
         assert_eq!((l.train_size, l.val_resize, l.val_size), (224, 256, 224));
         assert_eq!(l.std, [0.229, 0.224, 0.225]);
-        let o = config::with_overrides(
+        let o = yaml::with_overrides(
             &cfg,
             &["dataloader.val.dataset.transforms.0.size=292".into()],
         )
         .unwrap();
         assert_eq!(o.linear_eval().unwrap().val_resize, 292);
-        let e =
-            config::with_overrides(&cfg, &["dataloader.val.dataset.transforms.9.size=1".into()])
-                .unwrap_err()
-                .to_string();
+        let e = yaml::with_overrides(&cfg, &["dataloader.val.dataset.transforms.9.size=1".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("index below 4"), "{e}");
     }
 }

@@ -1,10 +1,13 @@
 //! Evaluation of a (frozen) SwAV backbone: features of preprocessed tensors or of an image
 //! folder, and the weighted k-NN classifier self-supervised papers report (k = 20, T = 0.07,
-//! on L2-normalised features; Wu et al. 2018, as in DINO's `eval_knn.py`).
+//! on L2-normalised features; Wu et al. 2018, as in DINO's `eval_knn.py`). The linear
+//! evaluation: [`classifier`] (the linear classifier: its training, evaluation and files) and
+//! [`linear_eval`] (a run of it: settings and data resolved, files and curves written), with
+//! PASSL's config file in [`config`]; [`ranks`] splits the work across devices.
 
+pub mod classifier;
 pub mod config;
-pub mod lincls;
-pub mod linear;
+pub mod linear_eval;
 pub mod ranks;
 
 use crate::data::dataset::Dataset;
@@ -24,7 +27,7 @@ pub struct Frozen<B: Backend> {
     pub config: SwavConfig,
     pub devices: Vec<B::Device>,
     /// In a run of several processes, this process's membership: the linear evaluation
-    /// ([`linear::train`], [`linear::evaluate`]) then runs over the ranks of every process.
+    /// ([`classifier::train`], [`classifier::evaluate`]) then runs over the ranks of every process.
     pub session: Option<Arc<Session>>,
 }
 

@@ -103,7 +103,7 @@ where
                     let cause = match run {
                         Ok(Ok(())) => return,
                         Ok(Err(e)) => e,
-                        Err(p) => crate::log::panic_message(p.as_ref()),
+                        Err(p) => crate::report::panic_message(p.as_ref()),
                     };
                     // Reported before the group ends, so that the coordinator hears of this rank
                     // before the ranks the abort releases.

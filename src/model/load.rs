@@ -121,7 +121,7 @@ pub fn burn_tensors(path: &Path) -> Result<BurnTensors, LoadError> {
 /// Build the model a checkpoint describes (shape inferred from its tensors) and load it.
 /// With `partial`, parameters missing from the file keep their initial values; without,
 /// any missing parameter is an error naming them.
-pub fn load<B: Backend>(
+pub fn from_file<B: Backend>(
     path: &Path,
     device: &B::Device,
     partial: bool,

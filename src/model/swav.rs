@@ -106,7 +106,7 @@ impl SwavConfig {
     /// Build the model with every parameter initialised now, in a fixed order. Burn
     /// initialises parameters lazily, at first use; a seeded random network must not depend on
     /// what else drew random numbers before its first forward pass.
-    pub fn init_now<B: Backend>(&self, device: &B::Device) -> Swav<B> {
+    pub fn init_eager<B: Backend>(&self, device: &B::Device) -> Swav<B> {
         struct Touch;
         impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
             fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {

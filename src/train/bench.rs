@@ -39,7 +39,7 @@ pub fn steps<A: DifferentiableCollective>(
 ) -> StepBench {
     let model_cfg = &cfg.network;
     A::seed(device, cfg.seed);
-    let mut model = model_cfg.init_now::<A>(device);
+    let mut model = model_cfg.init_eager::<A>(device);
     let mut rank = Rank::<A> {
         device: device.clone(),
         optim: cfg.lars.init::<A, crate::model::swav::Swav<A>>(),
@@ -116,7 +116,8 @@ pub fn check<A: DifferentiableCollective>(
     device: &A::Device,
 ) -> Result<StepCheck, String> {
     let r = Checkpoint::open(reference).map_err(|e| e.to_string())?;
-    let (model, config, _) = load::load::<A>(weights, device, false).map_err(|e| e.to_string())?;
+    let (model, config, _) =
+        load::from_file::<A>(weights, device, false).map_err(|e| e.to_string())?;
     if config.prototypes.is_empty() || config.head.is_none() {
         return Err(format!(
             "{}: no projection head and prototypes: a SwAV step needs the whole model",

@@ -3,17 +3,17 @@
 //! facebookresearch/swav `main_swav.py` that PASSL lacks (queue, warmup epochs, checkpoints),
 //! every one with its default written here and in the README.
 //!
-//! Read strictly, with `-o a.b.c=value` overrides ([`crate::config`]).
+//! Read strictly, with `-o a.b.c=value` overrides ([`crate::yaml`]).
 
 use super::lars::LarsConfig;
 use super::step::SwavLoss;
-use crate::config;
-pub use crate::config::ConfigError;
 use crate::data::multicrop::MultiCrop;
 pub use crate::data::settings::{LoaderSection, SamplerSection};
-pub use crate::log::LogSection;
 use crate::model::resnet::ResNetConfig;
 use crate::model::swav::{HeadConfig, SwavConfig};
+pub use crate::report::LogSection;
+use crate::yaml;
+pub use crate::yaml::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -376,22 +376,22 @@ impl TrainConfig {
 
     /// Parse YAML text (unknown keys are errors).
     pub fn from_yaml(text: &str) -> Result<TrainConfig, String> {
-        config::from_yaml(text)
+        yaml::from_yaml(text)
     }
 
     /// Read a config file and apply `key=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig, ConfigError> {
-        config::load(path, overrides)
+        yaml::load(path, overrides)
     }
 
     /// Apply `a.b.c=value` overrides (the value is read as YAML: numbers, booleans, lists).
     pub fn with_overrides(self, overrides: &[String]) -> Result<TrainConfig, ConfigError> {
-        config::with_overrides(&self, overrides)
+        yaml::with_overrides(&self, overrides)
     }
 
     /// As YAML (every key, defaults included).
     pub fn to_yaml(&self) -> String {
-        config::to_yaml(self)
+        yaml::to_yaml(self)
     }
 
     /// The loss settings of `model.head`.
@@ -490,7 +490,7 @@ impl TrainConfig {
 
     /// Every numeric key in its range, the first out of range named.
     fn check_ranges(&self) -> Result<(), ConfigError> {
-        use crate::config::range::{at_least_one, momentum, non_negative, positive};
+        use crate::yaml::range::{at_least_one, momentum, non_negative, positive};
         let (h, lr, o) = (&self.model.head, &self.lr_scheduler, &self.optimizer);
         at_least_one("epochs", self.epochs)?;
         at_least_one(

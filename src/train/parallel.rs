@@ -11,11 +11,11 @@
 use super::rank::{Rank, StepSettings, SwavOptimizer};
 use super::step::DeviceQueue;
 use crate::collective::{DifferentiableCollective, Engine, GroupHandle, LocalGroup};
-use crate::data::device::DeviceLoader;
 use crate::data::loader::Batch;
+use crate::data::prefetch::DeviceLoader;
 use crate::dist::Session;
-use crate::log::panic_message;
 use crate::model::swav::Swav;
+use crate::report::panic_message;
 use burn::tensor::backend::AutodiffBackend;
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};

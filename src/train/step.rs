@@ -5,7 +5,7 @@
 //! `crops_for_assign`, over every rank's rows; the swapped-prediction loss with a temperature,
 //! averaged over the other crops and over the assigned crops.
 //!
-//! Nothing here reads the device from the host except [`scalar`] (the loss, once per step);
+//! Nothing here reads the device from the host except `scalar` (the loss, once per step);
 //! [`host_reads`] counts such reads.
 
 use super::sinkhorn;

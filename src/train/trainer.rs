@@ -447,7 +447,7 @@ fn start<A: AutodiffBackend>(
         return Ok((start, None));
     }
     A::seed(dev0, cfg.seed);
-    let mut model = model_cfg.init_now::<A>(dev0);
+    let mut model = model_cfg.init_eager::<A>(dev0);
     let mut event = None;
     if let Some(p) = pretrained {
         let summary;

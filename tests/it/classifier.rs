@@ -96,21 +96,22 @@ fn published_classifiers_evaluate_as_their_frameworks_do() {
 /// gives PyTorch's and PaddlePaddle's logits within 1e-4.
 #[test]
 fn classifier_logits_match_both_frameworks() {
-    use swav::eval::{linear, Frozen};
+    use swav::eval::{classifier, Frozen};
     type B = swav::model::CpuBackend;
     let device = Default::default();
     let r = Checkpoint::open(fixture(REFERENCE)).unwrap();
     let want = |n: &str| r.get(n).unwrap().to_f32().unwrap();
     let images = swav::eval::read_images(&fixture(REFERENCE)).unwrap();
     let (model, config, _) =
-        swav::model::load::load::<B>(&fixture("passl_clas_tiny.pdparams"), &device, false).unwrap();
+        swav::model::load::from_file::<B>(&fixture("passl_clas_tiny.pdparams"), &device, false)
+            .unwrap();
     let frozen = Frozen::new(model, config, vec![device]);
     for file in [
         "passl_clas_tiny.pdparams",
         "fair_eval_linear_tiny.pth.tar",
         "torchvision_tiny_fc.pth",
     ] {
-        let head = linear::load_classifier::<B>(&fixture(file), 128, 10, &device).unwrap();
+        let head = classifier::load_classifier::<B>(&fixture(file), 128, 10, &device).unwrap();
         let logits = head.forward(frozen.outputs(&images, 4).unwrap().features);
         let ours: Vec<f32> = logits.to_data().to_vec().unwrap();
         for name in ["logits", "paddle.logits"] {

@@ -259,7 +259,7 @@ fn dct_scaled_decoding_is_used_for_large_images_only_when_crops_shrink() {
 
 #[test]
 fn batches_arrive_on_a_burn_device_unchanged() {
-    use swav::data::device::DeviceLoader;
+    use swav::data::prefetch::DeviceLoader;
     type B = burn::backend::Flex;
     let dir = tempfile::tempdir().unwrap();
     let ds = Arc::new(Dataset::open(&synthetic(dir.path()).join("train")).unwrap());

@@ -5,7 +5,7 @@
 //! tensor → checkpoint → layout → selection → model / data → collective + dist → train / eval;
 //! convert and fetch use the layers and are used by none; commands (what the Burn binaries
 //! run) sits on top of everything. Utilities (latin1, atomic, digest,
-//! report, cli, log, config) use nothing above them. The crate boundary adds the rest: the
+//! report, cli, yaml) use nothing above them. The crate boundary adds the rest: the
 //! formats crate cannot name Burn or this crate's modules at all.
 
 use std::collections::BTreeSet;
@@ -18,8 +18,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("digest", 0),
     ("report", 0),
     ("cli", 0),
-    ("log", 0),
-    ("config", 0),
+    ("yaml", 0),
     ("tensor", 1),
     ("checkpoint", 2),
     ("layout", 3),

@@ -52,8 +52,9 @@ fn parity_with_pytorch_and_paddle() {
         ("swav_tiny_bf16.pt", 1e-2),
     ];
     for (file, tol) in cases {
-        let (model, config, report) = load::load::<B>(&fixture(file), &Default::default(), false)
-            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let (model, config, report) =
+            load::from_file::<B>(&fixture(file), &Default::default(), false)
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(
             report.missing.is_empty() && report.unexpected.is_empty(),
             "{file}: {}",
@@ -85,7 +86,7 @@ fn parity_with_pytorch_and_paddle() {
 #[test]
 fn resnet18_features_match() {
     let r = reference("reference_tiny_r18.safetensors");
-    let (model, config, _) = load::load::<B>(
+    let (model, config, _) = load::from_file::<B>(
         &fixture("fair_swav_tiny_r18.pth.tar"),
         &Default::default(),
         false,
@@ -109,7 +110,7 @@ fn head_variants_load_completely_and_agree_across_layouts() {
         "fair_swav_tiny_nobn_head.pth.tar",
     ] {
         let (a, config, report) =
-            load::load::<B>(&fixture(file), &Default::default(), false).unwrap();
+            load::from_file::<B>(&fixture(file), &Default::default(), false).unwrap();
         assert!(
             report.unexpected.is_empty(),
             "{file}: {:?}",
@@ -118,7 +119,7 @@ fn head_variants_load_completely_and_agree_across_layouts() {
         // The same weights through PASSL's layout give the same outputs.
         let p = dir.path().join("p.pdparams");
         swav::convert::convert(&fixture(file), &p, &Default::default()).unwrap();
-        let (b, config_b, _) = load::load::<B>(&p, &Default::default(), false).unwrap();
+        let (b, config_b, _) = load::from_file::<B>(&p, &Default::default(), false).unwrap();
         assert_eq!(config, config_b);
         let (oa, ob) = (a.forward(x.clone()), b.forward(x.clone()));
         assert_eq!(oa.scores.len(), ob.scores.len());
@@ -150,12 +151,12 @@ fn missing_weights_are_an_error_unless_partial() {
         swav::checkpoint::safetensors::write(w, &kept, Default::default())
     })
     .unwrap();
-    let e = load::load::<B>(&path, &Default::default(), false).unwrap_err();
+    let e = load::from_file::<B>(&path, &Default::default(), false).unwrap_err();
     assert!(
         e.to_string().contains("1 parameters missing from the file"),
         "{e}"
     );
-    let (_, _, report) = load::load::<B>(&path, &Default::default(), true).unwrap();
+    let (_, _, report) = load::from_file::<B>(&path, &Default::default(), true).unwrap();
     assert_eq!(
         report.missing,
         vec!["backbone.layer4.blocks.2.bn3.running_var".to_string()]
@@ -176,13 +177,13 @@ fn burn_records_round_trip_exactly() {
     assert!(swav::model::record::config_path(&out).exists());
     let r = reference("reference_tiny.safetensors");
     let x = images(&r);
-    let (from_file, _, _) = load::load::<B>(
+    let (from_file, _, _) = load::from_file::<B>(
         &fixture("passl_swav_tiny.pdparams"),
         &Default::default(),
         false,
     )
     .unwrap();
-    let (from_record, _, _) = load::load::<B>(&out, &Default::default(), false).unwrap();
+    let (from_record, _, _) = load::from_file::<B>(&out, &Default::default(), false).unwrap();
     let a: Vec<f32> = from_file.forward(x.clone()).scores[0]
         .to_data()
         .to_vec()

@@ -11,8 +11,8 @@ use burn::tensor::{Distribution, Tensor, TensorData};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use swav::collective::{Communicator, LocalGroup};
-use swav::eval::linear::{self, LinearEvalConfig};
-use swav::eval::{lincls, Frozen};
+use swav::eval::classifier::{self, LinearEvalConfig};
+use swav::eval::{linear_eval, Frozen};
 use swav::model::resnet::ResNetConfig;
 use swav::model::swav::{Swav, SwavConfig};
 use swav::model::CpuBackend;
@@ -107,7 +107,7 @@ fn setup(world: usize, sync_bn: bool) -> Setup {
     let dir = Path::new("/unused");
     let cfg = tiny(dir, dir).plan().unwrap().network;
     <D as Backend>::seed(&device, 7);
-    let model = cfg.init_now::<D>(&device);
+    let model = cfg.init_eager::<D>(&device);
     let shards = (0..STEPS)
         .map(|_| {
             (0..world)
@@ -520,7 +520,7 @@ fn random_resnet18() -> (Swav<F>, SwavConfig) {
         head: None,
         prototypes: Vec::new(),
     };
-    let model = config.init_now::<F>(&Default::default());
+    let model = config.init_eager::<F>(&Default::default());
     (model, config)
 }
 
@@ -532,7 +532,7 @@ fn random_resnet18() -> (Swav<F>, SwavConfig) {
 fn lincls_on_cpu_ranks_matches_one_rank() {
     let dir = tempfile::tempdir().unwrap();
     let root = crate::image_set(&dir.path().join("syn"), 32, 4, 2, 3);
-    let (train, val) = lincls::splits(&root).unwrap();
+    let (train, val) = linear_eval::splits(&root).unwrap();
     let base = LinearEvalConfig {
         epochs: 2,
         lr: 0.5,
@@ -553,7 +553,7 @@ fn lincls_on_cpu_ranks_matches_one_rank() {
             config.clone(),
             vec![Default::default(); world],
         );
-        let lc = lincls::loader_config(&cfg);
+        let lc = linear_eval::loader_config(&cfg);
         let t = cfg.val_transform();
         let ft = f
             .dataset_features(train.clone(), t, cfg.mean, cfg.std, &lc)
@@ -563,11 +563,11 @@ fn lincls_on_cpu_ranks_matches_one_rank() {
             .unwrap();
         let knn = swav::eval::knn::<F>(&ft, &fv, 10, 5, 0.07, &f.devices).unwrap();
         let mut losses = Vec::new();
-        let head = linear::train::<D>(&f, ft.dim, train.clone(), val.clone(), &cfg, |m, _| {
+        let head = classifier::train::<D>(&f, ft.dim, train.clone(), val.clone(), &cfg, |m, _| {
             losses.push((m.loss, m.top1, m.top5))
         })
         .unwrap();
-        let eval = linear::evaluate(&f, &head, val.clone(), &cfg).unwrap();
+        let eval = classifier::evaluate(&f, &head, val.clone(), &cfg).unwrap();
         let weights = values(head.weight.val());
         (ft.features, ft.labels, knn, losses, weights, eval)
     };

@@ -76,7 +76,7 @@ fn run<A: AutodiffBackend>(reference: &str) -> Result {
     let crops_file = Checkpoint::open(fixture("swav_step_tiny.safetensors")).unwrap();
     let device: <A as burn::tensor::backend::BackendTypes>::Device = Default::default();
     let (model, _, _) =
-        load::load::<A>(&fixture("fair_swav_tiny.pth.tar"), &device, false).unwrap();
+        load::from_file::<A>(&fixture("fair_swav_tiny.pth.tar"), &device, false).unwrap();
     let model = step::normalize_prototypes(model);
     let crops: Vec<Tensor<A, 4>> = (0..4)
         .map(|i| {

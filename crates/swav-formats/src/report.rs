@@ -1,11 +1,12 @@
 //! What the binaries print while they work, written once for all of them: structured log
 //! lines (logfmt) on stderr, `tool event=kind key=value ...`, a value quoted (Rust string
 //! syntax) when it is empty or holds whitespace or a quote, so a line splits back into its
-//! fields; and an indicatif progress bar under them, drawn only when stderr is a terminal
-//! (hidden, never drawn, when it is not or when the tool is quiet).
+//! fields; an indicatif progress bar under them, drawn only when stderr is a terminal (hidden,
+//! never drawn, when it is not or when the tool is quiet); errors and panics on one line; and
+//! the `log_config:` section of PASSL's configs ([`LogSection`]: how often metrics are printed).
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
@@ -36,6 +37,39 @@ pub fn fields_of<T: Serialize>(value: &T) -> String {
         }
     }
     line
+}
+
+/// `log_config:` (PASSL `LogHook`), which training and evaluation configs share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub name: String,
+    /// Iterations between metric lines.
+    pub interval: usize,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            name: "LogHook".into(),
+            interval: 50,
+        }
+    }
+}
+
+/// The message of a panic's payload, on one line (for the error line of a thread that panicked:
+/// a rank, a decoder).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .map_or_else(
+            || "panicked".into(),
+            |m| {
+                let lines: Vec<&str> = m.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                format!("panicked: {}", lines.join("; "))
+            },
+        )
 }
 
 /// An error and its causes (`source()` chain) on one line, `error: cause: cause`, each cause
@@ -189,9 +223,10 @@ mod tests {
 
     #[test]
     fn fields_are_quoted_when_they_must_be() {
-        assert_eq!(field("a", "b"), " a=b");
-        assert_eq!(field("a", ""), " a=\"\"");
-        assert_eq!(field("a", "b c"), " a=\"b c\"");
+        assert_eq!(field("a", "1.5"), " a=1.5");
+        assert_eq!(field("m", "two words"), r#" m="two words""#);
+        assert_eq!(field("e", ""), r#" e="""#);
+        assert_eq!(field("q", r#"x"y"#), r#" q="x\"y""#);
         #[derive(Serialize)]
         struct E {
             event: &'static str,

@@ -4,8 +4,8 @@
 //! `last.safetensors`, `best.safetensors` (highest top-1), `metrics.jsonl` (a line per epoch,
 //! written as it ends) and `curves.png`.
 
+use super::classifier::{self, EpochMetrics, LinearEvalConfig};
 use super::config::ClasConfig;
-use super::linear::{self, EpochMetrics, LinearEvalConfig};
 use super::Frozen;
 use crate::data::dataset::Dataset;
 use crate::data::loader::LoaderConfig;
@@ -21,7 +21,7 @@ pub const DEFAULT_OUTPUT_DIR: &str = "lincls-out";
 /// What the command line asked for. A config file replaces `base`; each flag given replaces
 /// the file's value.
 #[derive(Debug, Clone, Default)]
-pub struct LinclsRequest {
+pub struct LinearEvalRequest {
     /// PASSL's `swav_clas_r50.yaml` keys.
     pub config: Option<PathBuf>,
     /// `key=value` overrides of the config file.
@@ -38,7 +38,7 @@ pub struct LinclsRequest {
 
 /// A run with its settings and data resolved.
 #[derive(Debug, Clone)]
-pub struct LinclsPlan {
+pub struct LinearEvalPlan {
     pub cfg: LinearEvalConfig,
     pub train: Arc<Dataset>,
     pub val: Arc<Dataset>,
@@ -47,21 +47,21 @@ pub struct LinclsPlan {
 
 /// What a finished run left.
 #[derive(Debug, Clone)]
-pub struct LinclsSummary {
+pub struct LinearEvalSummary {
     pub best_top1: f64,
     pub history: Vec<EpochMetrics>,
     pub output_dir: PathBuf,
     pub plot: PathBuf,
 }
 
-impl LinclsRequest {
+impl LinearEvalRequest {
     /// Settings and data for a backbone giving `feature_dim` features; `base` holds the
     /// settings used without a config file.
     pub fn resolve(
         &self,
         base: LinearEvalConfig,
         feature_dim: usize,
-    ) -> Result<LinclsPlan, String> {
+    ) -> Result<LinearEvalPlan, String> {
         let (mut cfg, mut output_dir, folders) = match &self.config {
             Some(path) => {
                 let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
@@ -90,7 +90,7 @@ impl LinclsRequest {
         if let Some(d) = &self.output_dir {
             output_dir = d.clone();
         }
-        Ok(LinclsPlan {
+        Ok(LinearEvalPlan {
             cfg,
             train,
             val,
@@ -124,11 +124,11 @@ pub fn image_folder(root: &Path) -> Result<Arc<Dataset>, String> {
 pub fn run<B: Backend>(
     frozen: &Frozen<B>,
     feature_dim: usize,
-    plan: LinclsPlan,
+    plan: LinearEvalPlan,
     cache_features: bool,
     on_epoch: &mut dyn FnMut(&EpochMetrics),
-) -> Result<LinclsSummary, String> {
-    let LinclsPlan {
+) -> Result<LinearEvalSummary, String> {
+    let LinearEvalPlan {
         cfg,
         train,
         val,
@@ -156,7 +156,7 @@ pub fn run<B: Backend>(
         best = best.max(m.top1);
         if let Some(metrics) = metrics.as_mut() {
             let mut save = |name: &str| {
-                if let Err(e) = linear::save_classifier(&output_dir.join(name), head) {
+                if let Err(e) = classifier::save_classifier(&output_dir.join(name), head) {
                     failure.get_or_insert(e);
                 }
             };
@@ -178,9 +178,9 @@ pub fn run<B: Backend>(
         let ft = frozen.dataset_features(train, transform, cfg.mean, cfg.std, &lc)?;
         let fv = frozen.dataset_features(val, transform, cfg.mean, cfg.std, &lc)?;
         let device = &frozen.devices[0];
-        linear::train_cached::<Autodiff<B>>(&ft, &fv, classes, &cfg, device, &mut record);
+        classifier::train_cached::<Autodiff<B>>(&ft, &fv, classes, &cfg, device, &mut record);
     } else {
-        linear::train::<Autodiff<B>>(frozen, feature_dim, train, val, &cfg, &mut record)?;
+        classifier::train::<Autodiff<B>>(frozen, feature_dim, train, val, &cfg, &mut record)?;
     }
     if let Some(e) = failure {
         return Err(e);
@@ -197,7 +197,7 @@ pub fn run<B: Backend>(
     };
     let plot = output_dir.join("curves.png");
     if !writer {
-        return Ok(LinclsSummary {
+        return Ok(LinearEvalSummary {
             best_top1: best,
             history,
             output_dir,
@@ -224,7 +224,7 @@ pub fn run<B: Backend>(
             ),
         ],
     )?;
-    Ok(LinclsSummary {
+    Ok(LinearEvalSummary {
         best_top1: best,
         history,
         output_dir,
