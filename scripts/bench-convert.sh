@@ -26,8 +26,9 @@ big = rng.standard_normal(300_000_000, dtype=np.float32)  # 1.2 GB: over Paddle'
 paddle.save({"big": paddle.to_tensor(big), "small": paddle.to_tensor(np.ones(16, np.float32))}, sys.argv[1], protocol=2)
 PY
 fi
-cargo build --release --locked --bins -q
-BIN=${CARGO_TARGET_DIR:-target}/release/swav-convert
+. scripts/bins.sh
+swav_bins --bins
+BIN=$BIN_DIR/swav-convert
 
 inputs=(
   "$WORK/full/passl_swav_full.pdparams"

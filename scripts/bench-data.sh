@@ -14,10 +14,11 @@ mkdir -p "$WORK/photos"
 python_venv "$VENV" numpy PIL=pillow torch torchvision
 # 200 images: the five photos, 40 times.
 for i in $(seq 0 39); do for f in tests/fixtures/photos/*.jpg; do cp -n "$f" "$WORK/photos/$(basename "$f" .jpg)_$i.jpg"; done; done
-cargo build --release --locked --bins -q
+. scripts/bins.sh
+swav_bins --bins
 peer=$("$VENV/bin/python" scripts/peer_multicrop.py "$WORK/photos" "$SECONDS_PEER")
-one=$(${CARGO_TARGET_DIR:-target}/release/swav-train bench-data --data "$WORK/photos" --workers 1 --batch-size 20 --batches 15 --json)
-all=$(${CARGO_TARGET_DIR:-target}/release/swav-train bench-data --data "$WORK/photos" --batch-size 20 --batches 30 --json)
+one=$("$BIN_DIR"/swav-train bench-data --data "$WORK/photos" --workers 1 --batch-size 20 --batches 15 --json)
+all=$("$BIN_DIR"/swav-train bench-data --data "$WORK/photos" --batch-size 20 --batches 30 --json)
 python3 - "$peer" "$one" "$all" <<'PY'
 import json, sys, os
 peer, one, allc = float(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])

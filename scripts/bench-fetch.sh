@@ -12,8 +12,9 @@ WORK="${BENCH_DIR:-/var/tmp/swav-bench}/fetch"
 mkdir -p "$WORK"
 FILE="$WORK/blob.bin"
 [ -f "$FILE" ] || head -c $((1 << 30)) /dev/urandom > "$FILE"
-cargo build --release --locked --bins -q
-BIN=${CARGO_TARGET_DIR:-target}/release/swav-fetch
+. scripts/bins.sh
+swav_bins --bins
+BIN=$BIN_DIR/swav-fetch
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 LOG="$WORK/server.log"; : > "$LOG"
 python3 scripts/range_server.py "$FILE" "$PORT" "$LOG" & SERVER=$!

@@ -13,13 +13,14 @@ STEPS="${STEPS:-10}"
 mkdir -p "$WORK"
 . scripts/venv.sh
 python_venv "$VENV" numpy PIL=pillow torch torchvision
-cargo build --release --locked --bin swav-train -q
+. scripts/bins.sh
+swav_bins --bin swav-train
 timed() {  # stdout of the command, then "cpu=NNN%" (user + system over wall)
   /usr/bin/time -f "cpu=%P" -o "$WORK/time.txt" "$@" 2>/dev/null | tail -1
   cat "$WORK/time.txt"
 }
 peer=$(timed "$VENV/bin/python" scripts/peer_swav_train.py --data . --steps "$STEPS")
-ours=$(timed ${CARGO_TARGET_DIR:-target}/release/swav-train bench-step -c configs/swav/swav_tiny_cpu.yaml --steps "$STEPS")
+ours=$(timed "$BIN_DIR"/swav-train bench-step -c configs/swav/swav_tiny_cpu.yaml --steps "$STEPS")
 python3 - "$peer" "$ours" <<'PY'
 import json, sys, os
 def parse(text):

@@ -12,13 +12,14 @@ if [[ ! -f "$dir/reference_full.safetensors" ]]; then
   mkdir -p "$dir"
   "$PY" tests/fixtures/generate/make_fixtures.py "$dir" --seed 0 --config full
 fi
-cargo build --release --locked --bins -q
+. scripts/bins.sh
+swav_bins --bins
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for f in "$dir"/*.pdparams "$dir"/*.pd "$dir"/*.pth "$dir"/*.pth.tar; do
   [[ -f "$f" ]] || continue
   name=$(basename "$f")
-  ${CARGO_TARGET_DIR:-target}/release/swav-lincls features --pretrained "$f" --tensors "$dir/reference_full.safetensors" \
+  "$BIN_DIR"/swav-lincls features --pretrained "$f" --tensors "$dir/reference_full.safetensors" \
     --batch-size 2 -o "$out/$name.safetensors" 2>/dev/null >/dev/null
 done
 "$PY" - "$dir/reference_full.safetensors" "$out" <<'PY'

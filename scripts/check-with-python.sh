@@ -10,8 +10,9 @@ VENV="${BENCH_VENV:-/var/tmp/swav-bench/venv}"
 python_venv "$VENV" numpy safetensors torch paddle=paddlepaddle
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-cargo build --release --locked --bins -q
-bin=${CARGO_TARGET_DIR:-target}/release/swav-convert
+. scripts/bins.sh
+swav_bins --bins
+bin=$BIN_DIR/swav-convert
 F=tests/fixtures
 $bin "$F/passl_swav_tiny_epoch_3.pd" "$out/swav.pth" > /dev/null        # PASSL trainer checkpoint -> torch
 $bin "$F/fair_swav_tiny.pth.tar" "$out/swav.pdparams" > /dev/null       # facebookresearch -> PASSL

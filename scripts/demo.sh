@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 out="${1:-demo-out}"
 shift || true
 mkdir -p "$out"
-cargo build --release --locked --bins -q ${FEATURES:+--features "$FEATURES"}
-bin=${CARGO_TARGET_DIR:-target}/release
+. scripts/bins.sh
+swav_bins --bins ${FEATURES:+--features "$FEATURES"}
+bin=$BIN_DIR
 F=tests/fixtures
 
 echo "== 1. checkpoints"

@@ -9,12 +9,12 @@ pub const EXIT_ERROR: u8 = 2;
 
 /// The end of every binary's `main`: the exit code `result` carries, or its error and the
 /// chain of its causes on one line (`tool: error: ...`) and [`EXIT_ERROR`].
-pub fn finish<E: Into<Box<dyn std::error::Error>>>(
+pub fn finish<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
     tool: &str,
     result: Result<std::process::ExitCode, E>,
 ) -> std::process::ExitCode {
     result.unwrap_or_else(|e| {
-        let e: Box<dyn std::error::Error> = e.into();
+        let e: Box<dyn std::error::Error + Send + Sync> = e.into();
         eprintln!("{tool}: error: {}", swav_formats::report::one_line(&*e));
         std::process::ExitCode::from(EXIT_ERROR)
     })

@@ -27,7 +27,7 @@ mod with_model {
             check_record_options(output, opts)?;
             return burn_record(input, output);
         }
-        convert_checkpoint(&crate::model::open(input)?, output, opts)
+        convert_with(crate::model::open, input, output, opts)
     }
 
     /// Pull the backbone (or whatever is under a prefix) out of any input [`convert`] reads.
@@ -36,13 +36,12 @@ mod with_model {
         output: &Path,
         opts: &ExtractOptions,
     ) -> Result<Summary, ConvertError> {
-        OutputFormat::from_path(output)?;
-        extract_checkpoint(&crate::model::open(input)?, output, opts)
+        extract_with(crate::model::open, input, output, opts)
     }
 
     /// Describe any input [`convert`] reads.
     pub fn inspect(input: &Path) -> Result<Inspection, ConvertError> {
-        Ok(inspect_checkpoint(&crate::model::open(input)?))
+        inspect_with(crate::model::open, input)
     }
 
     /// `swav-convert IN OUT.mpk`: build the SwAV module the checkpoint describes, load it

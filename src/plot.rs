@@ -54,13 +54,35 @@ pub struct Chart {
     pub series: Vec<Series>,
 }
 
-fn register_font() -> Result<(), String> {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    DONE.get_or_init(|| {
-        plotters::style::register_font(FAMILY, FontStyle::Normal, FONT)
-            .map_err(|_| "the built-in font does not parse".to_string())
-    })
-    .clone()
+/// Why a chart could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error("the built-in font does not parse")]
+    Font,
+    /// plotters failed to draw (its error, as text: it borrows the backend).
+    #[error("drawing {chart}: {message}")]
+    Draw { chart: String, message: String },
+    #[error("encoding the PNG: {0}")]
+    Encode(#[from] png::EncodingError),
+    /// The metrics could not be read or the image written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn register_font() -> Result<(), PlotError> {
+    static DONE: OnceLock<bool> = OnceLock::new();
+    let ok = DONE.get_or_init(|| {
+        plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok()
+    });
+    if *ok {
+        Ok(())
+    } else {
+        Err(PlotError::Font)
+    }
 }
 
 /// The range a chart's axis shows: the data's, widened a little (and made non-empty).
@@ -96,7 +118,7 @@ fn tick(v: &f64) -> String {
 }
 
 /// Render charts stacked vertically as PNG bytes.
-pub fn render(charts: &[Chart]) -> Result<Vec<u8>, String> {
+pub fn render(charts: &[Chart]) -> Result<Vec<u8>, PlotError> {
     register_font()?;
     let height = CHART_HEIGHT * charts.len().max(1) as u32;
     let mut rgb = vec![255u8; (WIDTH * height * 3) as usize];
@@ -104,17 +126,23 @@ pub fn render(charts: &[Chart]) -> Result<Vec<u8>, String> {
         let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH, height)).into_drawing_area();
         let areas = root.split_evenly((charts.len().max(1), 1));
         for (chart, area) in charts.iter().zip(&areas) {
-            draw(chart, area).map_err(|e| format!("drawing {}: {e}", chart.title))?;
+            draw(chart, area).map_err(|e| PlotError::Draw {
+                chart: chart.title.clone(),
+                message: e.to_string(),
+            })?;
         }
-        root.present().map_err(|e| e.to_string())?;
+        root.present().map_err(|e| PlotError::Draw {
+            chart: "the image".into(),
+            message: e.to_string(),
+        })?;
     }
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, WIDTH, height);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc.write_header().map_err(|e| e.to_string())?;
-        w.write_image_data(&rgb).map_err(|e| e.to_string())?;
+        let mut w = enc.write_header()?;
+        w.write_image_data(&rgb)?;
     }
     Ok(out)
 }
@@ -184,9 +212,12 @@ fn draw(chart: &Chart, area: &Area) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Write charts to `path` as a PNG, atomically.
-pub fn write_png(path: &Path, charts: &[Chart]) -> Result<(), String> {
-    let bytes = render(charts).map_err(|e| format!("{}: {e}", path.display()))?;
-    crate::atomic::write_bytes(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
+pub fn write_png(path: &Path, charts: &[Chart]) -> Result<(), PlotError> {
+    let bytes = render(charts)?;
+    crate::atomic::write_bytes(path, &bytes).map_err(|source| PlotError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// A training's curves, from its `metrics.jsonl` (iteration and epoch events): loss per
@@ -257,10 +288,12 @@ pub fn training_charts(metrics: &str) -> Vec<Chart> {
 
 /// `OUTPUT/training.png` from `OUTPUT/metrics.jsonl`. Works on a running job (it reads what
 /// is written so far).
-pub fn write_training_plot(output: &Path) -> Result<PathBuf, String> {
+pub fn write_training_plot(output: &Path) -> Result<PathBuf, PlotError> {
     let metrics = output.join("metrics.jsonl");
-    let text =
-        std::fs::read_to_string(&metrics).map_err(|e| format!("{}: {e}", metrics.display()))?;
+    let text = std::fs::read_to_string(&metrics).map_err(|source| PlotError::Io {
+        path: metrics.clone(),
+        source,
+    })?;
     let path = output.join("training.png");
     write_png(&path, &training_charts(&text))?;
     Ok(path)

@@ -11,6 +11,7 @@ use swav::cli::{at_least_one, non_negative_f32, positive, positive_f32};
 use swav::commands::lincls::{
     self as cmd, Context, EvalData, EvalFlags, LinearFlags, LinearOutcome,
 };
+use swav::commands::CommandError;
 use swav::eval::classifier::LinearEvalConfig;
 use swav::eval::linear_eval::LinearEvalRequest;
 use swav::report::{json, Reporter};
@@ -181,7 +182,7 @@ impl Common {
     }
 }
 
-fn run(args: Args) -> Result<ExitCode, String> {
+fn run(args: Args) -> Result<ExitCode, CommandError> {
     // Only `train` without --cache-features runs across the processes of a launch.
     let single = match &args.command {
         Command::Train {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use swav::cli::{at_least_one, non_negative, EXIT_CHECK_FAILED};
 use swav::collective::Engine;
 use swav::commands::train::{self as cmd, RunFlags};
+use swav::commands::CommandError;
 use swav::data::{bench, loader::LoaderConfig, multicrop::MultiCrop, synthetic};
 use swav::report::{field, json, Reporter};
 use swav::train::config::TrainConfig;
@@ -179,11 +180,11 @@ fn main() -> ExitCode {
     swav::cli::finish("swav-train", run(swav::cli::parse("swav-train")))
 }
 
-fn pretrain(a: TrainArgs) -> Result<ExitCode, String> {
+fn pretrain(a: TrainArgs) -> Result<ExitCode, CommandError> {
     let path = a
         .config
         .ok_or("a config is needed: swav-train -c configs/swav/swav_tiny_cpu.yaml (see --help)")?;
-    let cfg = TrainConfig::load(&path, &a.overrides).map_err(|e| e.to_string())?;
+    let cfg = TrainConfig::load(&path, &a.overrides)?;
     if a.print_config {
         print!("{}", cfg.to_yaml());
         return Ok(ExitCode::SUCCESS);
@@ -210,7 +211,7 @@ fn pretrain(a: TrainArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(args: Args) -> Result<ExitCode, String> {
+fn run(args: Args) -> Result<ExitCode, CommandError> {
     let Some(command) = args.command else {
         return pretrain(args.train);
     };
@@ -221,7 +222,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
             steps,
             device,
         } => {
-            let cfg = TrainConfig::load(&config, &overrides).map_err(|e| e.to_string())?;
+            let cfg = TrainConfig::load(&config, &overrides)?;
             let plan = cfg
                 .plan()
                 .map_err(|e| format!("{}: {e}", config.display()))?;

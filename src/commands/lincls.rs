@@ -4,6 +4,7 @@
 //! weighted k-NN ([`knn`]) and the linear evaluation ([`linear()`]), on the devices and
 //! processes of a [`Context`]. The binary parses flags and prints what these return.
 
+use super::CommandError;
 use crate::backend::Devices;
 use crate::data::dataset::Dataset;
 use crate::dist::{Launch, Session};
@@ -38,15 +39,20 @@ impl Context {
     /// the launch of this process. `single` names a subcommand that runs whole in one process
     /// (`None`: the linear evaluation, which runs across processes); started by a launcher it
     /// is refused, since every process would write the same files.
-    pub fn new(device: &str, dist_timeout: Duration, single: Option<&str>) -> Result<Self, String> {
-        let launch = Launch::from_env().map_err(|e| e.to_string())?;
+    pub fn new(
+        device: &str,
+        dist_timeout: Duration,
+        single: Option<&str>,
+    ) -> Result<Self, CommandError> {
+        let launch = Launch::from_env()?;
         if let (Some(l), Some(name)) = (&launch, single) {
             return Err(format!(
                 "started as process {} of {} ({} variables): `swav-lincls {name}` runs in one \
                  process (only `train` without --cache-features runs across processes); give \
                  it several devices with --device instead",
                 l.rank, l.world, l.launcher
-            ));
+            )
+            .into());
         }
         let device = match &launch {
             Some(l) => l.device_flag(device),
@@ -122,8 +128,8 @@ impl KnnReport {
 }
 
 /// A weights argument as a file: itself, or a registry artifact from the cache.
-pub fn weights(arg: &Path) -> Result<PathBuf, String> {
-    crate::fetch::resolve_weights(arg).map_err(|e| format!("{}: {e}", arg.display()))
+pub fn weights(arg: &Path) -> Result<PathBuf, CommandError> {
+    Ok(crate::fetch::resolve_weights(arg).map_err(|e| format!("{}: {e}", arg.display()))?)
 }
 
 /// The backbone to evaluate on `devices` (loaded on the first): `--pretrained`, else the
@@ -134,7 +140,7 @@ pub fn backbone<B: Backend>(
     classifier: Option<&Path>,
     devices: Vec<B::Device>,
     reporter: &Reporter,
-) -> Result<Frozen<B>, String> {
+) -> Result<Frozen<B>, CommandError> {
     let (model, config) = backbone_on::<B>(flags, classifier, &devices[0], reporter)?;
     Ok(Frozen::new(model, config, devices))
 }
@@ -144,7 +150,7 @@ fn backbone_on<B: Backend>(
     classifier: Option<&Path>,
     device: &B::Device,
     reporter: &Reporter,
-) -> Result<(Swav<B>, SwavConfig), String> {
+) -> Result<(Swav<B>, SwavConfig), CommandError> {
     let pretrained = match (&flags.pretrained, flags.random_init, classifier) {
         (Some(p), _, _) => Some(weights(p)?),
         (None, None, Some(l)) => Some(l.to_path_buf()),
@@ -153,7 +159,7 @@ fn backbone_on<B: Backend>(
     match (pretrained, flags.random_init) {
         (Some(p), _) => {
             let (model, config, report) = crate::model::load::from_file::<B>(&p, device, flags.partial)
-                .map_err(|e| e.to_string())?;
+                ?;
             let at = p.display().to_string();
             reporter.line(&format!(
                 "swav-lincls event=loaded weights={at} {}",
@@ -193,7 +199,7 @@ pub fn features(
     data: Option<&Path>,
     output: &Path,
     reporter: &Reporter,
-) -> Result<String, String> {
+) -> Result<String, CommandError> {
     crate::with_backend!(&ctx.devices, |B, list| {
         let frozen = backbone::<B>(flags, None, list, reporter)?;
         match (tensors, data) {
@@ -212,7 +218,7 @@ pub fn features(
                 ))
             }
             (None, Some(root)) => {
-                let ds = Arc::new(Dataset::open(root).map_err(|e| e.to_string())?);
+                let ds = Arc::new(Dataset::open(root)?);
                 let cfg = flags.eval_config();
                 let f = frozen.dataset_features(
                     ds,
@@ -232,7 +238,7 @@ pub fn features(
                     output.display()
                 ))
             }
-            (None, None) => Err("give --tensors FILE or --data DIR".to_string()),
+            (None, None) => Err("give --tensors FILE or --data DIR".into()),
         }
     })
 }
@@ -259,7 +265,7 @@ pub fn evaluate(
     classifier: &Path,
     data: EvalData,
     reporter: &Reporter,
-) -> Result<Accuracy, String> {
+) -> Result<Accuracy, CommandError> {
     let cls = weights(classifier)?;
     crate::with_backend!(&ctx.devices, |B, list| {
         let frozen = backbone::<B>(flags, Some(&cls), list, reporter)?;
@@ -279,7 +285,7 @@ fn evaluate_on<B: Backend>(
     frozen: &Frozen<B>,
     cls: &Path,
     data: ValData,
-) -> Result<Accuracy, String> {
+) -> Result<Accuracy, CommandError> {
     let feature_dim = frozen.config.backbone.feature_dim();
     let device = &frozen.devices[0];
     let (top1, top5) = match data {
@@ -309,7 +315,7 @@ pub fn knn(
     k: usize,
     temperature: f32,
     reporter: &Reporter,
-) -> Result<KnnReport, String> {
+) -> Result<KnnReport, CommandError> {
     crate::with_backend!(&ctx.devices, |B, list| {
         let frozen = backbone::<B>(flags, None, list, reporter)?;
         let (train, val) = linear_eval::splits(data)?;
@@ -357,7 +363,7 @@ pub fn linear(
     run: &LinearFlags,
     reporter: &Reporter,
     on_epoch: &mut dyn FnMut(&EpochMetrics),
-) -> Result<Option<LinearOutcome>, String> {
+) -> Result<Option<LinearOutcome>, CommandError> {
     let cls = run.classifier.as_deref().map(weights).transpose()?;
     crate::with_backend!(&ctx.devices, |B, list| {
         let frozen = backbone::<B>(flags, cls.as_deref(), list, reporter)?;
@@ -425,8 +431,8 @@ fn join<B: Backend>(
     plan: &LinearEvalPlan,
     flags: &EvalFlags,
     classifier: Option<&Path>,
-) -> Result<Arc<Session>, String> {
-    let mut linear = serde_json::to_value(&plan.cfg).map_err(|e| e.to_string())?;
+) -> Result<Arc<Session>, CommandError> {
+    let mut linear = serde_json::to_value(&plan.cfg)?;
     if let Some(m) = linear.as_object_mut() {
         m.remove("workers");
     }
@@ -441,13 +447,12 @@ fn join<B: Backend>(
         "width": flags.width,
         "classifier": classifier,
     });
-    crate::dist::join_launched(
+    Ok(crate::dist::join_launched(
         launch,
         frozen.devices.len(),
         &settings,
         timeout,
         None,
         "swav-lincls",
-    )
-    .map_err(|e| e.to_string())
+    )?)
 }

@@ -5,3 +5,7 @@
 
 pub mod lincls;
 pub mod train;
+
+/// What a command failed with: the error of the layer that failed, its causes kept (the
+/// binaries print the chain on one line, `swav::report::one_line`).
+pub type CommandError = Box<dyn std::error::Error + Send + Sync>;

@@ -4,6 +4,7 @@
 //! flag ([`bench_steps`], [`bench_sinkhorn`], [`check_step`]). The binary parses flags and
 //! prints what these return.
 
+use super::CommandError;
 use crate::backend::Devices;
 use crate::collective::Engine;
 use crate::dist::Launch;
@@ -44,11 +45,11 @@ pub fn pretrain(
     config_path: &Path,
     flags: &RunFlags,
     reporter: &Reporter,
-) -> Result<Pretrained, String> {
+) -> Result<Pretrained, CommandError> {
     let plan = cfg
         .plan()
         .map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let launch = Launch::from_env().map_err(|e| e.to_string())?;
+    let launch = Launch::from_env()?;
     let device = device_flag(flags.device.as_deref(), launch.as_ref(), cfg);
     let devices = Devices::parse(&device)?;
     let mut opts = flags.options();
@@ -62,14 +63,18 @@ pub fn pretrain(
             flags.dist_timeout,
             nccl_id,
             "swav-train",
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         opts.session = Some(session);
     }
     let bar = reporter.start_bar(None, 0, BAR);
     let mut on_event = |e: &Event| report_event(reporter, e);
     let summary = crate::with_backend!(&devices, |B, list| {
-        trainer::train::<Autodiff<B>>(&plan, &list, &opts, &mut on_event).map_err(|e| e.to_string())
+        Ok::<_, CommandError>(trainer::train::<Autodiff<B>>(
+            &plan,
+            &list,
+            &opts,
+            &mut on_event,
+        )?)
     });
     bar.finish_and_clear();
     let summary = summary?;
@@ -119,10 +124,10 @@ pub fn bench_steps(
     device: &str,
     steps: usize,
     on_step: impl FnMut(usize, f64),
-) -> Result<StepBench, String> {
+) -> Result<StepBench, CommandError> {
     let devices = Devices::parse(device)?;
     crate::with_backend!(&devices, |B, list| {
-        Ok::<_, String>(bench::steps::<Autodiff<B>>(plan, &list[0], steps, on_step))
+        Ok::<_, CommandError>(bench::steps::<Autodiff<B>>(plan, &list[0], steps, on_step))
     })
 }
 
@@ -133,19 +138,23 @@ pub fn bench_sinkhorn(
     prototypes: usize,
     repeats: usize,
     device: &str,
-) -> Result<SinkhornBench, String> {
+) -> Result<SinkhornBench, CommandError> {
     let devices = Devices::parse(device)?;
     crate::with_backend!(&devices, |B, list| {
-        Ok::<_, String>(bench::sinkhorn::<B>(rows, prototypes, repeats, &list[0]))
+        Ok::<_, CommandError>(bench::sinkhorn::<B>(rows, prototypes, repeats, &list[0]))
     })
 }
 
 /// `swav-train check-step`: one training step from `weights` against PyTorch's `reference`
 /// on the first device of `device`.
-pub fn check_step(weights: &Path, reference: &Path, device: &str) -> Result<StepCheck, String> {
+pub fn check_step(
+    weights: &Path,
+    reference: &Path,
+    device: &str,
+) -> Result<StepCheck, CommandError> {
     let devices = Devices::parse(device)?;
     crate::with_backend!(&devices, |B, list| {
-        bench::check::<Autodiff<B>>(weights, reference, &list[0])
+        Ok::<_, CommandError>(bench::check::<Autodiff<B>>(weights, reference, &list[0])?)
     })
 }
 

@@ -593,7 +593,10 @@ pub fn train<A: AutodiffBackend>(
 /// Save a classifier as safetensors in the Burn layout (`linear.weight` `[feat, classes]`,
 /// `linear.bias`); `swav-convert` maps it to PASSL's `head.fc_cls.*` or facebookresearch's
 /// `linear.*`.
-pub fn save_classifier<B: Backend>(path: &std::path::Path, head: &Linear<B>) -> Result<(), String> {
+pub fn save_classifier<B: Backend>(
+    path: &std::path::Path,
+    head: &Linear<B>,
+) -> Result<(), super::TensorFileError> {
     let mut tensors = vec![super::file_tensor("linear.weight", &head.weight.val())?];
     if let Some(b) = &head.bias {
         tensors.push(super::file_tensor("linear.bias", &b.val())?);

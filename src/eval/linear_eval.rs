@@ -157,7 +157,7 @@ pub fn run<B: Backend>(
         if let Some(metrics) = metrics.as_mut() {
             let mut save = |name: &str| {
                 if let Err(e) = classifier::save_classifier(&output_dir.join(name), head) {
-                    failure.get_or_insert(e);
+                    failure.get_or_insert(e.to_string());
                 }
             };
             save("last.safetensors");
@@ -223,7 +223,8 @@ pub fn run<B: Backend>(
                 vec![curve("images/s", |m| m.images_per_second)],
             ),
         ],
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     Ok(LinearEvalSummary {
         best_top1: best,
         history,

@@ -17,6 +17,7 @@ use crate::dist::Session;
 use crate::model::swav::{l2_normalize, Swav, SwavConfig, SwavOutput};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// The frozen model of an evaluation and the devices it runs on: one rank per device
@@ -326,24 +327,62 @@ pub fn knn<B: Backend>(
     ))
 }
 
+/// Why a safetensors file of images, labels, features or outputs could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum TensorFileError {
+    /// The file could not be read as a checkpoint.
+    #[error(transparent)]
+    Read(#[from] crate::checkpoint::CheckpointError),
+    #[error("{}: no tensor named `{name}`", path.display())]
+    Missing { path: PathBuf, name: &'static str },
+    #[error("{}: `{name}` has shape {shape:?}, expected {expected}", path.display())]
+    Shape {
+        path: PathBuf,
+        name: &'static str,
+        shape: Vec<usize>,
+        expected: &'static str,
+    },
+    #[error("{}: `images` has {channels} channels, expected 3", path.display())]
+    Channels { path: PathBuf, channels: usize },
+    #[error("{}: label {value} is not a class index", path.display())]
+    Label { path: PathBuf, value: f64 },
+    /// A tensor's data could not be read.
+    #[error("{}: {source}", path.display())]
+    Data {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tensor to write does not hold its shape's bytes.
+    #[error(transparent)]
+    Tensor(#[from] crate::tensor::ByteLengthError),
+    #[error("{}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: crate::checkpoint::FormatError,
+    },
+}
+
 /// A named f32 tensor for a safetensors output.
 pub(crate) fn file_tensor<B: Backend, const D: usize>(
     name: &str,
     t: &Tensor<B, D>,
-) -> Result<crate::tensor::Tensor, String> {
+) -> Result<crate::tensor::Tensor, TensorFileError> {
     let shape = t.dims().to_vec();
     let values: Vec<f32> = t.to_data().convert::<f32>().to_vec().expect("f32 values");
     let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    crate::tensor::Tensor::from_vec(name, crate::tensor::DType::F32, shape, bytes)
-        .map_err(|e| e.to_string())
+    Ok(crate::tensor::Tensor::from_vec(
+        name,
+        crate::tensor::DType::F32,
+        shape,
+        bytes,
+    )?)
 }
 
 /// Write `features`, `embedding` and `scores` (`scores.{i}` with several prototype heads) to a
 /// safetensors file, atomically.
-pub fn write_outputs<B: Backend>(
-    path: &std::path::Path,
-    out: &SwavOutput<B>,
-) -> Result<(), String> {
+pub fn write_outputs<B: Backend>(path: &Path, out: &SwavOutput<B>) -> Result<(), TensorFileError> {
     let mut tensors = vec![
         file_tensor("features", &out.features)?,
         file_tensor("embedding", &out.embedding)?,
@@ -361,61 +400,76 @@ pub fn write_outputs<B: Backend>(
 }
 
 /// Write dataset features and labels (`features` `[N, C]`, `labels` `[N]` i64).
-pub fn write_features(path: &std::path::Path, f: &Features) -> Result<(), String> {
+pub fn write_features(path: &Path, f: &Features) -> Result<(), TensorFileError> {
     let n = f.labels.len();
     let feats = crate::tensor::Tensor::from_vec(
         "features",
         crate::tensor::DType::F32,
         vec![n, f.dim],
         f.features.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let labels = crate::tensor::Tensor::from_vec(
         "labels",
         crate::tensor::DType::I64,
         vec![n],
         f.labels.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     write_tensors(path, &[feats, labels], Default::default())
 }
 
 /// Write tensors as safetensors, atomically, with `metadata` in the header.
 pub(crate) fn write_tensors(
-    path: &std::path::Path,
+    path: &Path,
     tensors: &[crate::tensor::Tensor],
     metadata: std::collections::HashMap<String, String>,
-) -> Result<(), String> {
+) -> Result<(), TensorFileError> {
     crate::atomic::write_file(path, |w| {
         crate::checkpoint::safetensors::write(w, tensors, metadata)
     })
-    .map_err(|e: crate::checkpoint::FormatError| format!("{}: {e}", path.display()))
+    .map_err(|source| TensorFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The tensor `name` of a file read by [`crate::model::open()`].
+fn named<'a>(
+    ck: &'a crate::checkpoint::Checkpoint,
+    path: &Path,
+    name: &'static str,
+) -> Result<&'a crate::tensor::Tensor, TensorFileError> {
+    ck.get(name).ok_or_else(|| TensorFileError::Missing {
+        path: path.to_path_buf(),
+        name,
+    })
 }
 
 /// Labels (`labels` `[N]`, integers ≥ 0) from a safetensors file.
-pub fn read_labels(path: &std::path::Path) -> Result<Vec<i64>, String> {
-    let ck = crate::model::open(path).map_err(|e| e.to_string())?;
-    let t = ck
-        .get("labels")
-        .ok_or_else(|| format!("{}: no tensor named `labels`", path.display()))?;
+pub fn read_labels(path: &Path) -> Result<Vec<i64>, TensorFileError> {
+    let ck = crate::model::open(path)?;
+    let t = named(&ck, path, "labels")?;
     if t.shape.len() != 1 {
-        return Err(format!(
-            "{}: `labels` has shape {:?}, expected [N]",
-            path.display(),
-            t.shape
-        ));
+        return Err(TensorFileError::Shape {
+            path: path.to_path_buf(),
+            name: "labels",
+            shape: t.shape.clone(),
+            expected: "[N]",
+        });
     }
-    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let data = |source| TensorFileError::Data {
+        path: path.to_path_buf(),
+        source,
+    };
     let values: Vec<f64> = match t.dtype {
         crate::tensor::DType::I64 => t
             .bytes()
-            .map_err(|e| at(&e))?
+            .map_err(data)?
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f64)
             .collect(),
         _ => t
             .to_f32()
-            .map_err(|e| at(&e))?
+            .map_err(data)?
             .into_iter()
             .map(f64::from)
             .collect(),
@@ -426,31 +480,36 @@ pub fn read_labels(path: &std::path::Path) -> Result<Vec<i64>, String> {
             if v >= 0.0 && v.fract() == 0.0 && v < 1e7 {
                 Ok(v as i64)
             } else {
-                Err(at(&format!("label {v} is not a class index")))
+                Err(TensorFileError::Label {
+                    path: path.to_path_buf(),
+                    value: v,
+                })
             }
         })
         .collect()
 }
 
 /// Preprocessed images (`images`, NCHW f32) from a safetensors file, on the host.
-pub fn read_images(path: &std::path::Path) -> Result<TensorData, String> {
-    let ck = crate::model::open(path).map_err(|e| e.to_string())?;
-    let t = ck
-        .get("images")
-        .ok_or_else(|| format!("{}: no tensor named `images`", path.display()))?;
+pub fn read_images(path: &Path) -> Result<TensorData, TensorFileError> {
+    let ck = crate::model::open(path)?;
+    let t = named(&ck, path, "images")?;
     let [n, c, h, w] = t.shape[..] else {
-        return Err(format!(
-            "{}: `images` has shape {:?}, expected [N, 3, H, W]",
-            path.display(),
-            t.shape
-        ));
+        return Err(TensorFileError::Shape {
+            path: path.to_path_buf(),
+            name: "images",
+            shape: t.shape.clone(),
+            expected: "[N, 3, H, W]",
+        });
     };
     if c != 3 {
-        return Err(format!(
-            "{}: `images` has {c} channels, expected 3",
-            path.display()
-        ));
+        return Err(TensorFileError::Channels {
+            path: path.to_path_buf(),
+            channels: c,
+        });
     }
-    let values = t.to_f32().map_err(|e| format!("{}: {e}", path.display()))?;
+    let values = t.to_f32().map_err(|source| TensorFileError::Data {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(TensorData::new(values, [n, c, h, w]))
 }

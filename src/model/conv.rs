@@ -8,7 +8,7 @@
 //!
 //! Why: Flex computes the weight gradient as a convolution with the batch as channels and the
 //! input gradient as a transposed convolution by direct loops, ~52% of a CPU training step of
-//! the tiny configuration (the README's "CPU speed").
+//! the tiny configuration (docs/benchmarks.md, "Training step on the CPU").
 
 use super::kernels::{
     cast, contiguous, cpu_backend, symmetric_padding, with_float, Cpu, Float, TrainedTensor,

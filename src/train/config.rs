@@ -1,7 +1,7 @@
 //! Training configs: PASSL's `configs/swav/*.yaml` keys (model/backbone/neck/head, dataloader,
 //! lr_scheduler, optimizer, optimizer_config, epochs, seed, output_dir), plus the settings of
 //! facebookresearch/swav `main_swav.py` that PASSL lacks (queue, warmup epochs, checkpoints),
-//! every one with its default written here and in the README.
+//! every one with its default written here (docs/train.md lists them; `--print-config` prints them).
 //!
 //! Read strictly, with `-o a.b.c=value` overrides ([`crate::yaml`]).
 

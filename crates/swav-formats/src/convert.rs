@@ -2,10 +2,10 @@
 //!
 //! Each operation reads a [`Checkpoint`], picks the model's tensors out of it ([`select`]),
 //! maps their names with [`crate::layout`] and writes them atomically in the format the
-//! output's extension names. Each comes in two forms: on a path (`convert`, `extract`,
-//! `inspect`: any container this crate reads) and on a [`Checkpoint`] already read
-//! (`*_checkpoint`), which the `swav` crate uses for Burn records; writing a Burn record
-//! (`OUT.mpk`) needs the SwAV model and is the `swav` crate's `convert`.
+//! output's extension names. Each reads its input with an [`Opener`]: [`Checkpoint::open`] here
+//! (any container this crate reads), the model's `open` in the `swav` crate (Burn records too,
+//! through the `*_with` forms); writing a Burn record (`OUT.mpk`) needs the SwAV model and is
+//! the `swav` crate's `convert`.
 
 use crate::atomic;
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Format, FormatError};
@@ -140,8 +140,22 @@ impl Summary {
     }
 }
 
+/// What reads a conversion's input: [`Checkpoint::open`], or an opener that knows more kinds
+/// of input (the `swav` crate's, which reads Burn records).
+pub type Opener = fn(&Path) -> Result<Checkpoint, CheckpointError>;
+
 /// Convert a checkpoint file into another format and layout.
 pub fn convert(
+    input: &Path,
+    output: &Path,
+    opts: &ConvertOptions,
+) -> Result<Summary, ConvertError> {
+    convert_with(|p| Checkpoint::open(p), input, output, opts)
+}
+
+/// [`convert`] with the input read by `open` (any output but a Burn record).
+pub fn convert_with(
+    open: Opener,
     input: &Path,
     output: &Path,
     opts: &ConvertOptions,
@@ -155,7 +169,7 @@ pub fn convert(
                 .into(),
         });
     }
-    convert_checkpoint(&Checkpoint::open(input)?, output, opts)
+    convert_checkpoint(&open(input)?, output, opts)
 }
 
 /// The flags a Burn record output refuses: a record is the SwAV module in f32 under its own
@@ -184,7 +198,7 @@ pub fn check_record_options(output: &Path, opts: &ConvertOptions) -> Result<(), 
 }
 
 /// [`convert`] on a checkpoint already read (any output but a Burn record).
-pub fn convert_checkpoint(
+fn convert_checkpoint(
     ck: &Checkpoint,
     output: &Path,
     opts: &ConvertOptions,
@@ -458,12 +472,22 @@ pub fn extract(
     output: &Path,
     opts: &ExtractOptions,
 ) -> Result<Summary, ConvertError> {
+    extract_with(|p| Checkpoint::open(p), input, output, opts)
+}
+
+/// [`extract`] with the input read by `open`.
+pub fn extract_with(
+    open: Opener,
+    input: &Path,
+    output: &Path,
+    opts: &ExtractOptions,
+) -> Result<Summary, ConvertError> {
     OutputFormat::from_path(output)?;
-    extract_checkpoint(&Checkpoint::open(input)?, output, opts)
+    extract_checkpoint(&open(input)?, output, opts)
 }
 
 /// [`extract`] on a checkpoint already read.
-pub fn extract_checkpoint(
+fn extract_checkpoint(
     ck: &Checkpoint,
     output: &Path,
     opts: &ExtractOptions,
@@ -542,11 +566,16 @@ pub struct Inspection {
 
 /// Describe a checkpoint without converting it.
 pub fn inspect(input: &Path) -> Result<Inspection, ConvertError> {
-    Ok(inspect_checkpoint(&Checkpoint::open(input)?))
+    inspect_with(|p| Checkpoint::open(p), input)
+}
+
+/// [`inspect`] with the input read by `open`.
+pub fn inspect_with(open: Opener, input: &Path) -> Result<Inspection, ConvertError> {
+    Ok(inspect_checkpoint(&open(input)?))
 }
 
 /// [`inspect`] on a checkpoint already read.
-pub fn inspect_checkpoint(ck: &Checkpoint) -> Inspection {
+fn inspect_checkpoint(ck: &Checkpoint) -> Inspection {
     let sel = select(ck, &Selection::default()).ok();
     Inspection {
         path: ck.path.clone(),
