@@ -15,7 +15,7 @@
 //! the hit counts are summed over every rank, and every process sees the same numbers.
 
 use super::ranks::{self, Pool};
-use super::{Frozen, Handout};
+use super::{EvalError, Frozen, Handout};
 use crate::collective::{Communicator, Engine, LocalGroup};
 use crate::data::dataset::Dataset;
 use crate::data::loader::{Batch, Loader, LoaderConfig, Pipeline};
@@ -232,7 +232,7 @@ fn val_accuracy<J, R>(
     across: Option<&Across<J>>,
     job: impl Fn(Batch) -> J,
     hits: impl Fn(R) -> [usize; 3],
-) -> Result<(f64, f64), String> {
+) -> Result<(f64, f64), EvalError> {
     let (world, part) = across.map_or((pool.world(), (0, 1)), |a| {
         (a.session.world(), a.session.part())
     });
@@ -297,7 +297,7 @@ pub fn evaluate<I: Backend>(
     head: &Linear<I>,
     val: Arc<Dataset>,
     cfg: &LinearEvalConfig,
-) -> Result<(f64, f64), String> {
+) -> Result<(f64, f64), EvalError> {
     let handout = frozen.handout();
     let (comms, group) = communicators(frozen)?;
     let across = frozen.session.as_deref().map(|session| Across {
@@ -336,12 +336,11 @@ pub fn evaluate<I: Backend>(
 /// failed NCCL peer would leave them waiting), or the engine of its session across processes.
 fn communicators<B: Backend>(
     frozen: &Frozen<B>,
-) -> Result<(Handout<Communicator<B>>, crate::collective::GroupHandle<B>), String> {
+) -> Result<(Handout<Communicator<B>>, crate::collective::GroupHandle<B>), EvalError> {
     let comms = match &frozen.session {
         Some(s) => LocalGroup::<B>::register_processes(&frozen.devices, s),
         None => LocalGroup::<B>::register_with(&frozen.devices, Engine::BurnCollective),
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     let group = comms[0].handle();
     Ok((Handout::new(comms), group))
 }
@@ -484,7 +483,7 @@ pub fn train<A: AutodiffBackend>(
     val_set: Arc<Dataset>,
     cfg: &LinearEvalConfig,
     mut on_epoch: impl FnMut(&EpochMetrics, &Linear<A::InnerBackend>),
-) -> Result<Linear<A::InnerBackend>, String> {
+) -> Result<Linear<A::InnerBackend>, EvalError> {
     let devices: Vec<A::Device> = frozen.devices.clone();
     let classes = train_set.classes.len().max(1);
     let head = classifier::<A>(feature_dim, classes, cfg.seed, &devices[0]);
@@ -570,7 +569,7 @@ pub fn train<A: AutodiffBackend>(
                     },
                 )?;
                 let Answer::Head(valid) = pool.ask(0, Job::Head)? else {
-                    return Err("rank 0 answered out of turn".into());
+                    return Err(EvalError::Invalid("rank 0 answered out of turn".into()));
                 };
                 let m = EpochMetrics {
                     epoch,
@@ -584,7 +583,7 @@ pub fn train<A: AutodiffBackend>(
             }
             match pool.ask(0, Job::Head)? {
                 Answer::Head(valid) => Ok(*valid),
-                _ => Err("rank 0 answered out of turn".into()),
+                _ => Err(EvalError::Invalid("rank 0 answered out of turn".into())),
             }
         },
     )
@@ -617,9 +616,12 @@ pub fn load_classifier<B: Backend>(
     feature_dim: usize,
     classes: usize,
     device: &B::Device,
-) -> Result<Linear<B>, String> {
-    let at = |m: String| format!("{}: {m}", path.display());
-    let found = crate::model::load::burn_tensors(path).map_err(|e| e.to_string())?;
+) -> Result<Linear<B>, EvalError> {
+    let at = |message: String| EvalError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    let found = crate::model::load::burn_tensors(path)?;
     let mut weight = None;
     let mut bias = None;
     for t in found.tensors {
@@ -676,10 +678,13 @@ pub fn evaluate_tensors<I: Backend>(
     images: &TensorData,
     labels: &[i64],
     batch: usize,
-) -> Result<(f64, f64), String> {
+) -> Result<(f64, f64), EvalError> {
     let n = images.shape.first().copied().unwrap_or(0);
     if labels.len() != n {
-        return Err(format!("{} labels for {n} images", labels.len()));
+        return Err(EvalError::Invalid(format!(
+            "{} labels for {n} images",
+            labels.len()
+        )));
     }
     let out = frozen.outputs(images, batch)?;
     let logits = head.forward(out.features);

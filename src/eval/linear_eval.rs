@@ -6,7 +6,7 @@
 
 use super::classifier::{self, EpochMetrics, LinearEvalConfig};
 use super::config::ClasConfig;
-use super::Frozen;
+use super::{EvalError, Frozen};
 use crate::data::dataset::Dataset;
 use crate::data::loader::LoaderConfig;
 use burn::backend::Autodiff;
@@ -61,14 +61,17 @@ impl LinearEvalRequest {
         &self,
         base: LinearEvalConfig,
         feature_dim: usize,
-    ) -> Result<LinearEvalPlan, String> {
+    ) -> Result<LinearEvalPlan, EvalError> {
         let (mut cfg, mut output_dir, folders) = match &self.config {
             Some(path) => {
-                let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-                let c = ClasConfig::load(path, &self.overrides).map_err(|e| e.to_string())?;
-                let cfg = c.linear_eval().map_err(|e| at(&e))?;
+                let at = |message: String| EvalError::File {
+                    path: path.clone(),
+                    message,
+                };
+                let c = ClasConfig::load(path, &self.overrides)?;
+                let cfg = c.linear_eval().map_err(|e| at(e.to_string()))?;
                 if c.model.head.in_channels != feature_dim {
-                    return Err(at(&format!(
+                    return Err(at(format!(
                         "model.head.in_channels is {} but the backbone gives {feature_dim} features",
                         c.model.head.in_channels
                     )));
@@ -80,7 +83,11 @@ impl LinearEvalRequest {
         let (train, val) = match (&self.data, folders) {
             (Some(d), _) => splits(d)?,
             (None, Some((t, v))) => (image_folder(&t)?, image_folder(&v)?),
-            (None, None) => return Err("give --data DIR or a config file (-c)".into()),
+            (None, None) => {
+                return Err(EvalError::Invalid(
+                    "give --data DIR or a config file (-c)".into(),
+                ))
+            }
         };
         cfg.epochs = self.epochs.unwrap_or(cfg.epochs);
         cfg.lr = self.lr.unwrap_or(cfg.lr);
@@ -100,7 +107,7 @@ impl LinearEvalRequest {
 }
 
 /// `data/train` and `data/val` as ImageFolders.
-pub fn splits(data: &Path) -> Result<(Arc<Dataset>, Arc<Dataset>), String> {
+pub fn splits(data: &Path) -> Result<(Arc<Dataset>, Arc<Dataset>), EvalError> {
     Ok((
         image_folder(&data.join("train"))?,
         image_folder(&data.join("val"))?,
@@ -108,10 +115,8 @@ pub fn splits(data: &Path) -> Result<(Arc<Dataset>, Arc<Dataset>), String> {
 }
 
 /// An ImageFolder (classes sorted by name → labels).
-pub fn image_folder(root: &Path) -> Result<Arc<Dataset>, String> {
-    Dataset::image_folder(root)
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
+pub fn image_folder(root: &Path) -> Result<Arc<Dataset>, EvalError> {
+    Ok(Dataset::image_folder(root).map(Arc::new)?)
 }
 
 /// Train the classifier of `plan` on the frozen backbone (giving `feature_dim` features) and write the
@@ -127,7 +132,7 @@ pub fn run<B: Backend>(
     plan: LinearEvalPlan,
     cache_features: bool,
     on_epoch: &mut dyn FnMut(&EpochMetrics),
-) -> Result<LinearEvalSummary, String> {
+) -> Result<LinearEvalSummary, EvalError> {
     let LinearEvalPlan {
         cfg,
         train,
@@ -135,12 +140,15 @@ pub fn run<B: Backend>(
         output_dir,
     } = plan;
     if cache_features && frozen.session.is_some() {
-        return Err(
+        return Err(EvalError::Invalid(
             "--cache-features runs in one process (give it several devices with --device)".into(),
-        );
+        ));
     }
     let writer = frozen.session.as_ref().is_none_or(|s| s.process() == 0);
-    let at = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let at = |p: &Path, e: std::io::Error| EvalError::File {
+        path: p.to_path_buf(),
+        message: e.to_string(),
+    };
     let metrics_path = output_dir.join("metrics.jsonl");
     let mut metrics = if writer {
         std::fs::create_dir_all(&output_dir).map_err(|e| at(&output_dir, e))?;
@@ -157,7 +165,7 @@ pub fn run<B: Backend>(
         if let Some(metrics) = metrics.as_mut() {
             let mut save = |name: &str| {
                 if let Err(e) = classifier::save_classifier(&output_dir.join(name), head) {
-                    failure.get_or_insert(e.to_string());
+                    failure.get_or_insert(EvalError::from(e));
                 }
             };
             save("last.safetensors");
@@ -223,8 +231,7 @@ pub fn run<B: Backend>(
                 vec![curve("images/s", |m| m.images_per_second)],
             ),
         ],
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok(LinearEvalSummary {
         best_top1: best,
         history,

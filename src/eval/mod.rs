@@ -74,19 +74,19 @@ impl<B: Backend> Frozen<B> {
 
     /// Features, embedding and scores of preprocessed images (`[N, 3, H, W]`, on the host), in
     /// chunks of `batch` images spread over the ranks; the outputs on the first device.
-    pub fn outputs(&self, images: &TensorData, batch: usize) -> Result<SwavOutput<B>, String> {
+    pub fn outputs(&self, images: &TensorData, batch: usize) -> Result<SwavOutput<B>, EvalError> {
         let [n, c, h, w] = images.shape[..] else {
-            return Err(format!(
+            return Err(EvalError::Invalid(format!(
                 "images have shape {:?}, expected [N, 3, H, W]",
                 images.shape
-            ));
+            )));
         };
         if n == 0 {
-            return Err("`images` holds no image".into());
+            return Err(EvalError::Invalid("`images` holds no image".into()));
         }
         let values: &[f32] = images
             .as_slice()
-            .map_err(|e| format!("images are not f32: {e:?}"))?;
+            .map_err(|e| EvalError::Invalid(format!("images are not f32: {e:?}")))?;
         let px = c * h * w;
         let batch = batch.max(1);
         let handout = self.handout();
@@ -148,7 +148,7 @@ impl<B: Backend> Frozen<B> {
         mean: [f32; 3],
         std: [f32; 3],
         cfg: &LoaderConfig,
-    ) -> Result<Features, String> {
+    ) -> Result<Features, EvalError> {
         let cfg = LoaderConfig {
             batch_size: cfg.batch_size.max(1) * self.devices.len(),
             shuffle: false,
@@ -257,9 +257,9 @@ pub fn knn<B: Backend>(
     k: usize,
     temperature: f32,
     devices: &[B::Device],
-) -> Result<(f64, f64), String> {
+) -> Result<(f64, f64), EvalError> {
     if k == 0 {
-        return Err("k-NN: k must be at least 1".into());
+        return Err(EvalError::Invalid("k-NN: k must be at least 1".into()));
     }
     let (nt, nv) = (train.labels.len(), val.labels.len());
     if nt == 0 || nv == 0 {
@@ -325,6 +325,39 @@ pub fn knn<B: Backend>(
         100.0 * top1 as f64 / nv as f64,
         100.0 * top5 as f64 / nv as f64,
     ))
+}
+
+/// Why an evaluation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// A rank failed (its error or panic).
+    #[error(transparent)]
+    Rank(#[from] ranks::RankError),
+    /// A file of images, labels or outputs.
+    #[error(transparent)]
+    Files(#[from] TensorFileError),
+    /// Weights could not be loaded.
+    #[error(transparent)]
+    Load(#[from] crate::model::load::LoadError),
+    /// The ranks' communicators could not be made.
+    #[error(transparent)]
+    Collective(#[from] crate::collective::CollectiveError),
+    /// A linear-evaluation config file (its reading, or the key path of a bad value).
+    #[error(transparent)]
+    Config(#[from] crate::yaml::ConfigError),
+    /// An image folder.
+    #[error(transparent)]
+    Dataset(#[from] crate::data::dataset::DatasetError),
+    /// The curves.
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+    /// A file that does not fit (a classifier for other features, a config for another
+    /// backbone) or could not be written.
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    /// Inputs or settings that do not fit together.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Why a safetensors file of images, labels, features or outputs could not be read or written.

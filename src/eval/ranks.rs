@@ -7,8 +7,19 @@
 //! A rank that panics or errs ends the evaluation with one line naming it; `abort` (ending a
 //! collective group) releases the ranks that wait for it in a collective.
 
+use super::EvalError;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
+
+/// A rank that failed: its number, its device and why (its error or panic, as text: it crossed
+/// from the rank's thread).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rank {rank} ({device}) failed: {cause}")]
+pub struct RankError {
+    pub rank: usize,
+    pub device: String,
+    pub cause: String,
+}
 
 /// The ranks of one evaluation, as the caller's `drive` sees them.
 pub struct Pool<J, R> {
@@ -24,7 +35,7 @@ impl<J, R> Pool<J, R> {
     }
 
     /// Give `jobs[w]` to rank `w` (as many jobs as ranks) and wait for every result.
-    pub fn round(&self, jobs: Vec<J>) -> Result<Vec<R>, String> {
+    pub fn round(&self, jobs: Vec<J>) -> Result<Vec<R>, RankError> {
         assert_eq!(jobs.len(), self.world(), "one job per rank");
         for (w, job) in jobs.into_iter().enumerate() {
             if self.jobs[w].send(job).is_err() {
@@ -43,19 +54,23 @@ impl<J, R> Pool<J, R> {
     }
 
     /// Give `job` to rank `w` alone and wait for its result.
-    pub fn ask(&self, w: usize, job: J) -> Result<R, String> {
+    pub fn ask(&self, w: usize, job: J) -> Result<R, RankError> {
         self.jobs[w].send(job).map_err(|_| self.failure(w))?;
         let (from, r) = self.results.recv().map_err(|_| self.failure(w))?;
         r.map_err(|cause| self.named(from, &cause))
     }
 
-    fn named(&self, w: usize, cause: &str) -> String {
-        format!("rank {w} ({}) failed: {cause}", self.devices[w])
+    fn named(&self, w: usize, cause: &str) -> RankError {
+        RankError {
+            rank: w,
+            device: self.devices[w].clone(),
+            cause: cause.to_string(),
+        }
     }
 
     /// A rank's thread ended without an answer: its failure was already reported, or is
     /// waiting in the results.
-    fn failure(&self, w: usize) -> String {
+    fn failure(&self, w: usize) -> RankError {
         match self.results.try_recv() {
             Ok((from, Err(cause))) => self.named(from, &cause),
             _ => self.named(w, "its thread ended"),
@@ -71,8 +86,8 @@ pub fn with_ranks<D, S, J, R, T>(
     init: impl Fn(usize, &D) -> Result<S, String> + Sync,
     work: impl Fn(&mut S, J) -> Result<R, String> + Sync,
     abort: impl Fn() + Sync,
-    drive: impl FnOnce(&Pool<J, R>) -> Result<T, String>,
-) -> Result<T, String>
+    drive: impl FnOnce(&Pool<J, R>) -> Result<T, EvalError>,
+) -> Result<T, EvalError>
 where
     D: Sync + std::fmt::Debug,
     J: Send,
@@ -110,7 +125,11 @@ where
                     let _ = result_tx.send((w, Err(cause)));
                     abort();
                 })
-                .map_err(|e| format!("rank {w} ({device:?}): cannot start its thread: {e}"))?;
+                .map_err(|e| RankError {
+                    rank: w,
+                    device: format!("{device:?}"),
+                    cause: format!("cannot start its thread: {e}"),
+                })?;
             jobs.push(job_tx);
         }
         drop(result_tx);
@@ -138,7 +157,7 @@ mod tests {
             || {},
             |pool| Ok((pool.round(vec![1, 2, 3])?, pool.ask(2, 5)?)),
         );
-        assert_eq!(out, Ok((vec![1, 12, 23], 25)));
+        assert_eq!(out.unwrap(), (vec![1, 12, 23], 25));
     }
 
     #[test]
@@ -170,7 +189,7 @@ mod tests {
             } else {
                 "rank 1 (\"cpu1\") failed: panicked: bad shard"
             };
-            assert_eq!(e, expected);
+            assert_eq!(e.to_string(), expected);
             assert!(
                 aborted.swap(false, Ordering::SeqCst),
                 "the group is aborted"

@@ -647,3 +647,35 @@ impl Inspection {
 }
 
 use std::fmt::Write as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the model (this crate alone), Burn records are refused by name, in and out,
+    /// before anything is written.
+    #[test]
+    fn burn_records_are_refused_without_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let mpk = dir.path().join("model.mpk");
+        std::fs::write(&mpk, b"\x81\xa4item\xc0").unwrap();
+        let e = inspect(&mpk).unwrap_err().to_string();
+        assert!(e.contains("model.mpk: a Burn record"), "{e}");
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+        let out = dir.path().join("backbone.pth");
+        let e = extract(&run, &out, &ExtractOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run: a Burn record"), "{e}");
+        let e = convert(Path::new("any.pth"), &mpk, &ConvertOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("writing a Burn record (.mpk) needs the SwAV model"),
+            "{e}"
+        );
+        assert!(!out.exists());
+        assert_eq!(std::fs::read(&mpk).unwrap(), b"\x81\xa4item\xc0");
+    }
+}
