@@ -101,18 +101,47 @@ fn range(values: impl Iterator<Item = f64>, pad: f64) -> std::ops::Range<f64> {
     (lo - margin)..(hi + margin)
 }
 
-/// A tick label: short, whatever the scale.
+/// A tick label: short, whatever the scale (`0.25`, `1500`, `40k`, `1.2M`, `2.5e-5`).
 fn tick(v: &f64) -> String {
+    let trim = |s: String| {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    };
     let a = v.abs();
     if a == 0.0 {
         "0".into()
-    } else if !(1e-3..1e5).contains(&a) {
+    } else if !(1e-3..1e9).contains(&a) {
         format!("{v:.1e}")
+    } else if a >= 1e6 {
+        format!("{}M", trim(format!("{:.2}", v / 1e6)))
+    } else if a >= 1e4 {
+        format!("{}k", trim(format!("{:.1}", v / 1e3)))
     } else if a >= 100.0 {
         format!("{v:.0}")
     } else {
-        let s = format!("{v:.4}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
+        trim(format!("{v:.4}"))
+    }
+}
+
+/// Where a chart's legend goes: the upper right unless the curves end high (rising accuracy),
+/// then the lower right, so that it covers no line's end.
+fn legend_position(points: &[(f64, f64)], ys: &std::ops::Range<f64>) -> SeriesLabelPosition {
+    let xs = range(points.iter().map(|p| p.0), 0.0);
+    let right = xs.start + (xs.end - xs.start) * 0.6;
+    let mid = (ys.start + ys.end) / 2.0;
+    let late: Vec<f64> = points
+        .iter()
+        .filter(|p| p.0 >= right)
+        .map(|p| p.1)
+        .collect();
+    let high = !late.is_empty() && late.iter().sum::<f64>() / late.len() as f64 > mid;
+    if high {
+        SeriesLabelPosition::LowerRight
+    } else {
+        SeriesLabelPosition::UpperRight
     }
 }
 
@@ -167,6 +196,7 @@ fn draw(chart: &Chart, area: &Area) -> Result<(), Box<dyn std::error::Error>> {
     };
     let xs = range(all().map(|p| p.0), 0.0);
     let ys = range(all().map(|p| p.1), 0.05);
+    let legend = legend_position(&all().collect::<Vec<_>>(), &ys);
     let mut c = ChartBuilder::on(area)
         .caption(title, (FAMILY, 18))
         .margin(12)
@@ -182,8 +212,8 @@ fn draw(chart: &Chart, area: &Area) -> Result<(), Box<dyn std::error::Error>> {
         .y_label_formatter(&tick)
         .label_style((FAMILY, 13))
         .axis_desc_style((FAMILY, 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .bold_line_style(RGBColor(205, 205, 205))
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(RGBColor(220, 220, 220))
         .draw()?;
     for (i, (s, points)) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
@@ -204,7 +234,7 @@ fn draw(chart: &Chart, area: &Area) -> Result<(), Box<dyn std::error::Error>> {
             .label_font((FAMILY, 13))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(180, 180, 180))
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend)
             .draw()?;
     }
     Ok(())
@@ -377,11 +407,28 @@ mod tests {
     }
 
     #[test]
+    fn the_legend_keeps_off_the_curves_ends() {
+        let rising: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, i as f64)).collect();
+        let falling: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 9.0 - i as f64)).collect();
+        let ys = range(rising.iter().map(|p| p.1), 0.05);
+        assert!(matches!(
+            legend_position(&rising, &ys),
+            SeriesLabelPosition::LowerRight
+        ));
+        assert!(matches!(
+            legend_position(&falling, &ys),
+            SeriesLabelPosition::UpperRight
+        ));
+    }
+
+    #[test]
     fn tick_labels_stay_short() {
         assert_eq!(tick(&0.0), "0");
         assert_eq!(tick(&0.25), "0.25");
         assert_eq!(tick(&4.0), "4");
         assert_eq!(tick(&1500.0), "1500");
+        assert_eq!(tick(&40_000.0), "40k");
+        assert_eq!(tick(&1_200_000.0), "1.2M");
         assert_eq!(tick(&2.5e-5), "2.5e-5");
     }
 }

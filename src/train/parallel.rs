@@ -162,12 +162,15 @@ where
                         0,
                         rank.device.clone(),
                     );
+                    // The command channel stays open until the failure is recorded, so that a
+                    // coordinator sending to this rank meanwhile waits for its report (and its
+                    // cause) instead of finding the channel closed.
                     let run = catch_unwind(AssertUnwindSafe(|| {
                         serve(
                             w,
                             rank,
                             model,
-                            cmd_rx,
+                            &cmd_rx,
                             &mut batches,
                             &reply_tx,
                             &settings,
@@ -382,7 +385,7 @@ fn serve<A: DifferentiableCollective>(
     w: usize,
     mut rank: Rank<A>,
     mut model: Swav<A>,
-    commands: mpsc::Receiver<Command<A>>,
+    commands: &mpsc::Receiver<Command<A>>,
     batches: &mut DeviceLoader<A>,
     replies: &mpsc::Sender<(usize, Reply)>,
     settings: &StepSettings,
@@ -393,7 +396,7 @@ where
     A::Device: Send + 'static,
 {
     let global = rank.rank();
-    for command in commands {
+    for command in commands.iter() {
         match command {
             Command::Epoch(queue) => rank.begin_epoch(queue),
             Command::Step {

@@ -132,8 +132,23 @@ pub fn header(
         offset += n;
     }
     let serr = |e: &dyn std::fmt::Display| FormatError::Safetensors(e.to_string());
-    let meta = Metadata::new(Some(metadata), infos).map_err(|e| serr(&e))?;
-    let mut header = serde_json::to_vec(&meta).map_err(|e| serr(&e))?;
+    // The crate checks the tensors and writes them in order; `__metadata__` is written here
+    // with its keys sorted (the crate writes a HashMap's order, which differs from run to run),
+    // so that one input always gives the same bytes.
+    let tensors = Metadata::new(None, infos).map_err(|e| serr(&e))?;
+    let body = serde_json::to_vec(&tensors).map_err(|e| serr(&e))?;
+    let mut header = Vec::with_capacity(body.len() + 256);
+    if metadata.is_empty() {
+        header.extend_from_slice(&body);
+    } else {
+        let sorted: std::collections::BTreeMap<_, _> = metadata.into_iter().collect();
+        header.extend_from_slice(b"{\"__metadata__\":");
+        header.extend_from_slice(&serde_json::to_vec(&sorted).map_err(|e| serr(&e))?);
+        if body.len() > 2 {
+            header.push(b',');
+        }
+        header.extend_from_slice(&body[1..]);
+    }
     header.resize(header.len().next_multiple_of(8), b' ');
     Ok(header)
 }
@@ -151,4 +166,62 @@ pub fn write<W: Sink>(
         out.put(t)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::DType;
+
+    /// The header is the same bytes for the same tensors and metadata, whatever order the
+    /// metadata map iterates in: sorted `__metadata__` first, then the tensors in order.
+    #[test]
+    fn headers_are_deterministic() {
+        let t = |name: &str, n: usize| {
+            Tensor::from_vec(name, DType::F32, vec![n], vec![0; 4 * n]).unwrap()
+        };
+        let tensors = [t("z.weight", 2), t("a.bias", 3)];
+        let meta = |keys: &[&str]| -> HashMap<String, String> {
+            keys.iter()
+                .map(|k| (k.to_string(), format!("v{k}")))
+                .collect()
+        };
+        let first = header(
+            &tensors,
+            meta(&["source_sha256", "layout", "tool", "format"]),
+        )
+        .unwrap();
+        for _ in 0..8 {
+            let again = header(
+                &tensors,
+                meta(&["tool", "format", "layout", "source_sha256"]),
+            );
+            assert_eq!(again.unwrap(), first);
+        }
+        let text = String::from_utf8(first.clone()).unwrap();
+        let at = |s: &str| text.find(s).unwrap();
+        assert!(text.starts_with("{\"__metadata__\":{\"format\""), "{text}");
+        assert!(
+            at("\"layout\"") < at("\"source_sha256\"") && at("\"source_sha256\"") < at("\"tool\"")
+        );
+        assert!(
+            at("\"z.weight\"") < at("\"a.bias\""),
+            "tensors keep their order: {text}"
+        );
+        // What the safetensors crate reads back.
+        let mut file = (first.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(&first);
+        file.extend_from_slice(&[0; 20]);
+        let (_, parsed) = safetensors::SafeTensors::read_metadata(&file).unwrap();
+        assert_eq!(parsed.metadata().as_ref().unwrap()["layout"], "vlayout");
+        assert_eq!(parsed.info("a.bias").unwrap().data_offsets, (8, 20));
+        // No metadata, no tensors: still valid JSON.
+        let empty = header(&[], HashMap::new()).unwrap();
+        assert_eq!(String::from_utf8(empty).unwrap().trim_end(), "{}");
+        let only = header(&[], meta(&["tool"])).unwrap();
+        assert_eq!(
+            String::from_utf8(only).unwrap().trim_end(),
+            "{\"__metadata__\":{\"tool\":\"vtool\"}}"
+        );
+    }
 }
