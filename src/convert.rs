@@ -56,12 +56,10 @@ mod with_model {
             .map_err(|e| match e {
                 load::LoadError::Read(e) => ConvertError::Read(e),
                 load::LoadError::Select(e) => ConvertError::Select(e),
-                other => input_err(other.to_string()),
+                load::LoadError::Layout { path, source } => ConvertError::Layout { path, source },
+                other => ConvertError::Model(Box::new(other)),
             })?;
-        record::save(model, &config, output).map_err(|message| ConvertError::Input {
-            path: output.to_path_buf(),
-            message: message.to_string(),
-        })?;
+        record::save(model, &config, output).map_err(|e| ConvertError::Model(Box::new(e)))?;
         let format = crate::model::open(input)
             .map(|c| c.format)
             .map_err(ConvertError::from)?;

@@ -106,13 +106,13 @@ pub struct Accuracy {
     pub top5: f64,
 }
 
-/// What [`knn`] measured.
+/// What [`knn`] measured (fields in the order `--json` has always printed them).
 #[derive(Debug, Clone, Serialize)]
 pub struct KnnReport {
-    pub top1: f64,
-    pub top5: f64,
     pub k: usize,
     pub temperature: f32,
+    pub top1: f64,
+    pub top5: f64,
     pub train: usize,
     pub val: usize,
 }
@@ -266,8 +266,9 @@ pub fn evaluate(
     data: EvalData,
     reporter: &Reporter,
 ) -> Result<Accuracy, CommandError> {
-    let cls = weights(classifier)?;
+    // Resolved (perhaps fetched) once the devices are known to be usable.
     crate::with_backend!(&ctx.devices, |B, list| {
+        let cls = weights(classifier)?;
         let frozen = backbone::<B>(flags, Some(&cls), list, reporter)?;
         let val = match data {
             EvalData::Folder(root) => {
@@ -326,10 +327,10 @@ pub fn knn(
         let classes = train.classes.len();
         let (top1, top5) = eval::knn::<B>(&ft, &fv, classes, k, temperature, &frozen.devices)?;
         Ok(KnnReport {
-            top1,
-            top5,
             k,
             temperature,
+            top1,
+            top5,
             train: ft.labels.len(),
             val: fv.labels.len(),
         })
@@ -364,8 +365,9 @@ pub fn linear(
     reporter: &Reporter,
     on_epoch: &mut dyn FnMut(&EpochMetrics),
 ) -> Result<Option<LinearOutcome>, CommandError> {
-    let cls = run.classifier.as_deref().map(weights).transpose()?;
+    // Resolved (perhaps fetched) once the devices are known to be usable.
     crate::with_backend!(&ctx.devices, |B, list| {
+        let cls = run.classifier.as_deref().map(weights).transpose()?;
         let frozen = backbone::<B>(flags, cls.as_deref(), list, reporter)?;
         let feature_dim = frozen.config.backbone.feature_dim();
         let plan = run.request.resolve(flags.eval_config(), feature_dim)?;

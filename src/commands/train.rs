@@ -158,20 +158,6 @@ pub fn check_step(
     })
 }
 
-impl StepCheck {
-    /// `Ok` when the loss and the codes are within tolerance, else why not (one line).
-    pub fn within(&self, loss_tolerance: f64, codes_tolerance: f64) -> Result<(), String> {
-        let codes = self.codes_max_abs.iter().copied().fold(0.0, f64::max);
-        if self.loss_relative <= loss_tolerance && codes <= codes_tolerance {
-            return Ok(());
-        }
-        Err(format!(
-            "loss differs by {:.2e} (tolerance {loss_tolerance:.0e}), codes by {codes:.2e} (tolerance {codes_tolerance:.0e})",
-            self.loss_relative
-        ))
-    }
-}
-
 /// What [`pretrain`] needs besides the config, as the flags give it.
 pub struct RunFlags {
     pub device: Option<String>,

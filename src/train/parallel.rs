@@ -196,6 +196,9 @@ where
                     // Ranks waiting for this one in a collective get an error instead.
                     group.abort();
                     let _ = reply_tx.send((w, Reply::Failed));
+                    // Recorded and reported: later commands find the channel closed (and the
+                    // recorded cause) rather than queue behind a rank that no longer reads.
+                    drop(cmd_rx);
                 })
                 .map_err(|e| RankFailure {
                     rank: global,

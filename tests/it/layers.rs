@@ -17,7 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("atomic", 0),
     ("digest", 0),
     ("report", 0),
-    ("cli", 0),
+    ("cli", 1),
     ("yaml", 0),
     ("tensor", 1),
     ("checkpoint", 2),
@@ -52,41 +52,61 @@ fn module_of(root: &Path, file: &Path) -> Option<String> {
     (name != "lib").then(|| name.to_string())
 }
 
-/// The top-level modules a source text names through `crate::` (comments left out, macros
-/// such as `crate::with_backend!` too): `crate::a::b`, `crate::{a, b::c}`.
+/// The top-level modules a source text names through `crate::` (or `swav_formats::`, which
+/// the root crate re-exports as its own): `crate::a::b`, `crate::{a, b::{c, d}}` over any
+/// number of lines. Comments are left out, and macros such as `crate::with_backend!`.
 fn uses(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for line in text.lines() {
-        let code = match line.find("//") {
+    let code: String = text
+        .lines()
+        .map(|line| match line.find("//") {
             Some(i) => &line[..i],
             None => line,
-        };
-        let mut rest = code;
-        while let Some(i) = rest.find("crate::") {
-            let after = &rest[i + "crate::".len()..];
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for prefix in ["crate::", "swav_formats::"] {
+        let mut rest = code.as_str();
+        while let Some(i) = rest.find(prefix) {
+            let before = rest[..i].chars().next_back();
+            let after = &rest[i + prefix.len()..];
+            rest = after;
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
             if let Some(group) = after.strip_prefix('{') {
-                let end = group.find('}').unwrap_or(group.len());
-                for item in group[..end].split(',') {
-                    let name: String = item
-                        .trim()
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect();
-                    if !name.is_empty() && name != "self" {
-                        out.insert(name);
+                // The top-level items of a (nested, multi-line) group.
+                let mut depth = 0;
+                let mut item_start = true;
+                for (k, c) in group.char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => item_start = true,
+                        c if item_start && !c.is_whitespace() => {
+                            item_start = false;
+                            let name = ident(&group[k..]);
+                            if !name.is_empty() && name != "self" {
+                                out.insert(name);
+                            }
+                        }
+                        _ => {}
                     }
                 }
             } else {
-                let name: String = after
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
+                let name = ident(after);
                 let is_macro = after[name.len()..].starts_with('!');
                 if !name.is_empty() && !is_macro {
                     out.insert(name);
                 }
             }
-            rest = after;
         }
     }
     out
@@ -179,13 +199,23 @@ fn the_check_sees_a_higher_import_and_an_unplaced_module() {
         file("eval", "use crate::train::config;\n"),
         file("backend", "crate::with_backend!(x);\n"),
         file("newthing", ""),
+        file(
+            "layout",
+            "use crate::{\n    tensor::{DType,\n        Tensor},\n    selection::select,\n};\n",
+        ),
+        file(
+            "data",
+            "use swav_formats::{checkpoint::{self, Checkpoint}, convert::convert};\n",
+        ),
     ];
     let bad = violations(&files);
-    assert_eq!(bad.len(), 4, "{bad:#?}");
+    assert_eq!(bad.len(), 6, "{bad:#?}");
     assert!(bad[0].contains("model (layer 6) uses train"));
     assert!(bad[1].contains("tensor (layer 1) uses convert"));
     assert!(bad[2].contains("eval (layer 8) uses train"));
     assert!(bad[3].contains("`newthing` has no layer"));
+    assert!(bad[4].contains("layout (layer 3) uses selection"));
+    assert!(bad[5].contains("data (layer 6) uses convert"));
 }
 
 #[test]

@@ -38,6 +38,10 @@ pub enum ConvertError {
     /// The output's extension names no format.
     #[error("{}: unknown output format; use .safetensors, .safetensors.zst, .pth/.pt/.pth.tar/.bin, .pdparams/.pd or .mpk", .0.display())]
     OutputFormat(PathBuf),
+    /// The SwAV model failed to read or write a Burn record (the `swav` crate's error, which
+    /// names its file).
+    #[error(transparent)]
+    Model(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A format this crate writes.

@@ -137,18 +137,14 @@ pub fn header(
     // so that one input always gives the same bytes.
     let tensors = Metadata::new(None, infos).map_err(|e| serr(&e))?;
     let body = serde_json::to_vec(&tensors).map_err(|e| serr(&e))?;
+    let sorted: std::collections::BTreeMap<_, _> = metadata.into_iter().collect();
     let mut header = Vec::with_capacity(body.len() + 256);
-    if metadata.is_empty() {
-        header.extend_from_slice(&body);
-    } else {
-        let sorted: std::collections::BTreeMap<_, _> = metadata.into_iter().collect();
-        header.extend_from_slice(b"{\"__metadata__\":");
-        header.extend_from_slice(&serde_json::to_vec(&sorted).map_err(|e| serr(&e))?);
-        if body.len() > 2 {
-            header.push(b',');
-        }
-        header.extend_from_slice(&body[1..]);
+    header.extend_from_slice(b"{\"__metadata__\":");
+    header.extend_from_slice(&serde_json::to_vec(&sorted).map_err(|e| serr(&e))?);
+    if body.len() > 2 {
+        header.push(b',');
     }
+    header.extend_from_slice(&body[1..]);
     header.resize(header.len().next_multiple_of(8), b' ');
     Ok(header)
 }
@@ -215,9 +211,13 @@ mod tests {
         let (_, parsed) = safetensors::SafeTensors::read_metadata(&file).unwrap();
         assert_eq!(parsed.metadata().as_ref().unwrap()["layout"], "vlayout");
         assert_eq!(parsed.info("a.bias").unwrap().data_offsets, (8, 20));
-        // No metadata, no tensors: still valid JSON.
+        // No metadata, no tensors: still valid JSON, with an empty `__metadata__` (as the
+        // safetensors crate writes an empty map).
         let empty = header(&[], HashMap::new()).unwrap();
-        assert_eq!(String::from_utf8(empty).unwrap().trim_end(), "{}");
+        assert_eq!(
+            String::from_utf8(empty).unwrap().trim_end(),
+            "{\"__metadata__\":{}}"
+        );
         let only = header(&[], meta(&["tool"])).unwrap();
         assert_eq!(
             String::from_utf8(only).unwrap().trim_end(),

@@ -31,17 +31,18 @@ pub fn listing(rows: &[Listed]) -> String {
     text
 }
 
-/// One cached file's verification, as `--json` prints it.
+/// One cached file's verification, as `--json` prints it (keys in alphabetical order, as
+/// they have always been printed).
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub name: String,
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// `swav-fetch verify`: each file's row and the text lines; a check that failed makes the
