@@ -12,6 +12,7 @@ pub use with_model::{convert, extract, inspect};
 #[cfg(feature = "model")]
 mod with_model {
     use super::*;
+    use crate::checkpoint::Format;
     use crate::layout::{Layout, MapReport};
     use crate::model::{load, record, CpuBackend};
     use std::path::Path;
@@ -60,13 +61,10 @@ mod with_model {
                 other => ConvertError::Model(Box::new(other)),
             })?;
         record::save(model, &config, output).map_err(|e| ConvertError::Model(Box::new(e)))?;
-        let format = crate::model::open(input)
-            .map(|c| c.format)
-            .map_err(ConvertError::from)?;
         Ok(Summary {
             input: input.to_path_buf(),
             output: output.to_path_buf(),
-            input_format: format,
+            input_format: report.format.unwrap_or(Format::BurnRecord),
             output_format: OutputFormat::BurnRecord,
             key: report.key.clone(),
             stripped: Vec::new(),

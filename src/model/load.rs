@@ -6,7 +6,7 @@
 //! file had in excess.
 
 use super::swav::{Swav, SwavConfig};
-use crate::checkpoint::CheckpointError;
+use crate::checkpoint::{CheckpointError, Format};
 use crate::layout::{self, Layout, LayoutError};
 use crate::selection::{select, SelectError, Selection};
 use crate::tensor::Tensor as FileTensor;
@@ -60,6 +60,8 @@ pub struct LoadReport {
     pub layout: Option<Layout>,
     /// Key the model was found under.
     pub key: Option<String>,
+    /// The file's container format.
+    pub format: Option<Format>,
 }
 
 impl LoadReport {
@@ -80,6 +82,8 @@ pub struct BurnTensors {
     pub tensors: Vec<FileTensor>,
     pub layout: Layout,
     pub key: Option<String>,
+    /// The file's container format.
+    pub format: Format,
 }
 
 /// The model's tensors of a checkpoint, named in the Burn layout of a full SwAV model.
@@ -115,6 +119,7 @@ pub fn burn_tensors(path: &Path) -> Result<BurnTensors, LoadError> {
         tensors,
         layout: from,
         key: sel.key,
+        format: ck.format,
     })
 }
 
@@ -130,6 +135,7 @@ pub fn from_file<B: Backend>(
         let (model, config) = super::record::load::<B>(path, device)?;
         let report = LoadReport {
             layout: Some(Layout::Burn),
+            format: Some(Format::BurnRecord),
             ..Default::default()
         };
         return Ok((model, config, report));
@@ -138,6 +144,7 @@ pub fn from_file<B: Backend>(
         tensors,
         layout,
         key,
+        format,
     } = burn_tensors(path)?;
     let model_err = |message: String| LoadError::Model {
         path: path.to_path_buf(),
@@ -153,6 +160,7 @@ pub fn from_file<B: Backend>(
     let (model, mut report) = apply(model, tensors, device).map_err(model_err)?;
     report.layout = Some(layout);
     report.key = key;
+    report.format = Some(format);
     if !report.mismatched.is_empty() || (!partial && !report.missing.is_empty()) {
         let mut parts = Vec::new();
         if !report.missing.is_empty() {

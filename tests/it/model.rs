@@ -174,6 +174,7 @@ fn burn_records_round_trip_exactly() {
     )
     .unwrap();
     assert_eq!(s.tensors, 274);
+    assert_eq!(s.input_format, swav::checkpoint::Format::Pickle);
     assert!(swav::model::record::config_path(&out).exists());
     let r = reference("reference_tiny.safetensors");
     let x = images(&r);
@@ -183,7 +184,8 @@ fn burn_records_round_trip_exactly() {
         false,
     )
     .unwrap();
-    let (from_record, _, _) = load::from_file::<B>(&out, &Default::default(), false).unwrap();
+    let (from_record, _, report) = load::from_file::<B>(&out, &Default::default(), false).unwrap();
+    assert_eq!(report.format, Some(swav::checkpoint::Format::BurnRecord));
     let a: Vec<f32> = from_file.forward(x.clone()).scores[0]
         .to_data()
         .to_vec()
