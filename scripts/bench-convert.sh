@@ -26,6 +26,35 @@ big = rng.standard_normal(300_000_000, dtype=np.float32)  # 1.2 GB: over Paddle'
 paddle.save({"big": paddle.to_tensor(big), "small": paddle.to_tensor(np.ones(16, np.float32))}, sys.argv[1], protocol=2)
 PY
 fi
+if [ ! -f "$WORK/big_p4.pdparams" ]; then
+  "$PY" - "$WORK/big_p4.pdparams" <<'PY' 2>/dev/null
+import sys, numpy as np, paddle
+rng = np.random.default_rng(1)
+big = rng.standard_normal(250_000_000, dtype=np.float32)  # 1.0 GB, under the 1 GiB slice limit
+paddle.save({"big": paddle.to_tensor(big), "small": paddle.to_tensor(np.ones(16, np.float32))}, sys.argv[1], protocol=4)
+PY
+fi
+if [ ! -f "$WORK/rn50w5.pth" ]; then
+  # A facebookresearch-style ResNet-50 w5 state dict (608M parameters, 2.4 GB, as the published
+  # swav_RN50w5 file), written by torch.save.
+  "$PY" - "$WORK/rn50w5.pth" <<'PY'
+import sys, torch
+sys.path.insert(0, "tests/fixtures/generate")
+import models
+SwAVResNet, _, _ = models.torch_models()
+with torch.device("meta"):
+    m = SwAVResNet([3, 4, 6, 3], widen=5, hidden_mlp=2048, output_dim=128, nmb_prototypes=3000)
+m = m.to_empty(device="cpu")
+g = torch.Generator().manual_seed(0)
+with torch.no_grad():
+    for t in m.state_dict().values():
+        if t.is_floating_point():
+            t.normal_(0, 0.02, generator=g)
+        else:
+            t.zero_()
+torch.save({"module." + k: v for k, v in m.state_dict().items()}, sys.argv[1])
+PY
+fi
 . scripts/bins.sh
 swav_bins --bins
 BIN=$BIN_DIR/swav-convert
@@ -36,6 +65,8 @@ inputs=(
   "$WORK/full/fair_swav_full.pth.tar"
   "$WORK/full/fair_swav_full_legacy.pth.tar"
   "$WORK/big_p2.pdparams"
+  "$WORK/big_p4.pdparams"
+  "$WORK/rn50w5.pth"
 )
 measure() { # prints "seconds maxrss_kib" of a command, its stdout to $WORK/out/stdout
   /usr/bin/time -f "%e %M" -o "$WORK/out/time" "$@" > "$WORK/out/stdout"

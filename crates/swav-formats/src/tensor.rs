@@ -24,6 +24,10 @@ pub struct ByteLengthError {
 /// Bytes read in one go when streaming a tensor to a writer.
 pub const STREAM_CHUNK: usize = 8 << 20;
 
+/// Latin-1 text decoded in one go: small enough that the decoded bytes are still in the CPU's
+/// cache when they are written out.
+pub const LATIN1_CHUNK: usize = 1 << 20;
+
 /// Read-only bytes that tensors point into: a memory-mapped file or a decompressed buffer.
 pub trait Source: Send + Sync {
     /// All the bytes.
@@ -99,8 +103,8 @@ pub trait Sink: io::Write {
     }
 }
 
-/// A buffered output file takes in-kernel copies from file-backed inputs.
-impl Sink for io::BufWriter<&std::fs::File> {
+/// An output file takes in-kernel copies from file-backed inputs, and large pieces unbuffered.
+impl Sink for crate::atomic::Output<'_> {
     fn put(&mut self, t: &Tensor) -> io::Result<()> {
         t.copy_to_file(self)
     }
@@ -224,10 +228,10 @@ impl Storage {
     fn raw(&self) -> io::Result<Cow<'_, [u8]>> {
         Ok(match self {
             Storage::Mapped { buf, range } => Cow::Borrowed(&buf.bytes()[range.clone()]),
-            Storage::Latin1 { buf, range, len } => Cow::Owned(crate::latin1::decode_latin1(
-                &buf.bytes()[range.clone()],
-                *len,
-            )),
+            Storage::Latin1 { buf, range, len } => Cow::Owned(
+                crate::latin1::decode_latin1(&buf.bytes()[range.clone()], *len)
+                    .ok_or_else(not_latin1)?,
+            ),
             Storage::Owned(v) => Cow::Borrowed(v.as_slice()),
             Storage::Torch(t) => Cow::Owned(t.read()?),
             Storage::Cast { from, to } => Cow::Owned(cast_floats(&from.bytes()?, from.dtype, *to)?),
@@ -378,16 +382,7 @@ impl Tensor {
     pub fn bytes(&self) -> io::Result<Cow<'_, [u8]>> {
         let raw = self.storage.raw()?;
         if raw.len() != self.byte_len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "tensor '{}' holds {} bytes, its shape {:?} needs {}",
-                    self.name,
-                    raw.len(),
-                    self.shape,
-                    self.byte_len()
-                ),
-            ));
+            return Err(self.size_mismatch(raw.len()));
         }
         let e = self.encoding;
         if e == Encoding::default() {
@@ -419,21 +414,10 @@ impl Tensor {
         if self.encoding != Encoding::default() {
             return w.write_all(&self.bytes()?);
         }
-        let mismatch = |have: usize| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "tensor '{}' holds {have} bytes, its shape {:?} needs {}",
-                    self.name,
-                    self.shape,
-                    self.byte_len()
-                ),
-            )
-        };
         match &self.storage {
             Storage::Mapped { buf, range } => {
                 if range.len() != self.byte_len() {
-                    return Err(mismatch(range.len()));
+                    return Err(self.size_mismatch(range.len()));
                 }
                 let mut at = range.start;
                 while at < range.end {
@@ -445,31 +429,26 @@ impl Tensor {
                 Ok(())
             }
             Storage::Latin1 { buf, range, len } => {
-                if *len != self.byte_len() {
-                    return Err(mismatch(*len));
-                }
-                let src = &buf.bytes()[range.clone()];
-                stream_latin1(src, STREAM_CHUNK, w, |r| {
-                    buf.release(range.start + r.start..range.start + r.end)
-                })
+                self.decode_latin1(buf, range, *len, |part| w.write_all(part))
             }
             Storage::Concat(parts) => parts.iter().try_for_each(|p| p.write_to(w)),
             _ => w.write_all(&self.bytes()?),
         }
     }
 
-    /// Write the tensor's canonical bytes to a buffered file. Bytes stored canonically in
+    /// Write the tensor's canonical bytes to an output file. Bytes stored canonically in
     /// another file are copied by the kernel (`copy_file_range` through `std::io::copy`),
-    /// never passing through this process; everything else goes through [`Tensor::write_to`].
-    pub fn copy_to_file(&self, w: &mut io::BufWriter<&std::fs::File>) -> io::Result<()> {
-        use io::{Read, Seek};
-        match (&self.storage, self.encoding == Encoding::default()) {
-            (Storage::Mapped { buf, range }, true) if range.len() == self.byte_len() => {
-                let Some(mut src) = buf.file() else {
+    /// never passing through this process; latin-1 text is decoded a cache-sized piece at a
+    /// time and written unbuffered, as are bytes read whole; everything else goes through
+    /// [`Tensor::write_to`].
+    pub fn copy_to_file(&self, w: &mut crate::atomic::Output) -> io::Result<()> {
+        let canonical = self.encoding == Encoding::default();
+        match &self.storage {
+            Storage::Mapped { buf, range } if canonical && range.len() == self.byte_len() => {
+                let Some(src) = buf.file() else {
                     return self.write_to(w);
                 };
-                src.seek(io::SeekFrom::Start(range.start as u64))?;
-                let n = io::copy(&mut src.take(range.len() as u64), w)?;
+                let n = w.copy_range(src, range.start as u64..range.end as u64)?;
                 if n != range.len() as u64 {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -482,9 +461,50 @@ impl Tensor {
                 }
                 Ok(())
             }
-            (Storage::Concat(parts), true) => parts.iter().try_for_each(|p| p.copy_to_file(w)),
+            Storage::Latin1 { buf, range, len } if canonical => {
+                self.decode_latin1(buf, range, *len, |part| w.write_large(part))
+            }
+            Storage::Torch(_) if canonical => w.write_large(&self.bytes()?),
+            Storage::Concat(parts) if canonical => parts.iter().try_for_each(|p| p.copy_to_file(w)),
             _ => self.write_to(w),
         }
+    }
+
+    /// The error for a storage of `have` bytes where the shape needs another number.
+    fn size_mismatch(&self, have: usize) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "tensor '{}' holds {have} bytes, its shape {:?} needs {}",
+                self.name,
+                self.shape,
+                self.byte_len()
+            ),
+        )
+    }
+
+    /// Decode latin-1 storage of `len` bytes (canonical ones) to `emit` a cache-sized piece at
+    /// a time, giving the mapping's pages back as it goes.
+    fn decode_latin1(
+        &self,
+        buf: &Buffer,
+        range: &Range<usize>,
+        len: usize,
+        mut emit: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if len != self.byte_len() {
+            return Err(self.size_mismatch(len));
+        }
+        let src = &buf.bytes()[range.clone()];
+        let written = stream_latin1(src, LATIN1_CHUNK, |part, done| {
+            emit(part)?;
+            buf.release(range.start + done.start..range.start + done.end);
+            Ok(())
+        })?;
+        if written != len {
+            return Err(self.size_mismatch(written));
+        }
+        Ok(())
     }
 
     /// The bytes as f32 values (any float type is widened).
@@ -498,27 +518,37 @@ impl Tensor {
     }
 }
 
-/// Decode latin1-as-UTF-8 bytes to `w` in chunks of about `chunk` bytes, never splitting a
-/// two-byte sequence, calling `done` with each consumed range.
-fn stream_latin1<W: io::Write + ?Sized>(
+/// Latin-1 text that does not decode: the file changed since it was checked.
+fn not_latin1() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "latin-1 tensor data is no longer valid UTF-8 (the file changed while it was read?)",
+    )
+}
+
+/// Decode latin1-as-UTF-8 bytes in pieces of about `chunk` bytes, never splitting a two-byte
+/// sequence, handing `emit` each decoded piece with the input range it came from. Returns the
+/// number of bytes decoded.
+fn stream_latin1(
     src: &[u8],
     chunk: usize,
-    w: &mut W,
-    done: impl Fn(Range<usize>),
-) -> io::Result<()> {
-    let mut at = 0;
+    mut emit: impl FnMut(&[u8], Range<usize>) -> io::Result<()>,
+) -> io::Result<usize> {
+    let chunk = chunk.max(2);
+    let mut out = vec![0u8; chunk.min(src.len())];
+    let (mut at, mut total) = (0, 0);
     while at < src.len() {
-        let mut end = (at + chunk.max(2)).min(src.len());
+        let mut end = (at + chunk).min(src.len());
         if end < src.len() && src[end - 1] >= 0xc0 {
             end -= 1;
         }
-        let part = &src[at..end];
-        let n = part.iter().filter(|&&b| !(0x80..0xc0).contains(&b)).count();
-        w.write_all(&crate::latin1::decode_latin1(part, n))?;
-        done(at..end);
+        let n =
+            crate::latin1::decode_latin1_into(&src[at..end], &mut out).ok_or_else(not_latin1)?;
+        emit(&out[..n], at..end)?;
+        total += n;
         at = end;
     }
-    Ok(())
+    Ok(total)
 }
 
 /// Reorder row-major data of shape `shape` into row-major data of the reversed shape
@@ -664,9 +694,21 @@ mod tests {
             .into_bytes();
         for chunk in [2, 3, 5, 64, 1000] {
             let mut out = Vec::new();
-            stream_latin1(&utf8, chunk, &mut out, |_| {}).unwrap();
+            let mut next = 0;
+            let n = stream_latin1(&utf8, chunk, |part, done| {
+                assert_eq!(done.start, next, "pieces in order, none skipped");
+                next = done.end;
+                out.extend_from_slice(part);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!((n, next), (bytes.len(), utf8.len()));
             assert_eq!(out, bytes, "chunk {chunk}");
         }
+        // Text that is not latin-1 stops the stream with an error.
+        let bad = "aé€".as_bytes();
+        let e = stream_latin1(bad, 64, |_, _| Ok(())).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

@@ -258,6 +258,14 @@ fn join_slices(
 
 fn scalar_value(d: &pickle::NpDtype, b: &[u8]) -> Value {
     let mut le = b.to_vec();
+    if le.len() != d.size {
+        return Value::String(format!(
+            "<numpy {}{} scalar of {} bytes>",
+            d.kind,
+            d.size,
+            le.len()
+        ));
+    }
     if d.big_endian {
         le.reverse();
     }

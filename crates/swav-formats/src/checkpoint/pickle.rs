@@ -105,7 +105,11 @@ impl Bytes {
     pub fn to_vec(&self, input: &[u8]) -> Vec<u8> {
         match self {
             Bytes::Span(r) => input[r.clone()].to_vec(),
-            Bytes::Latin1 { utf8, len } => decode_latin1(&input[utf8.clone()], *len),
+            // Checked when parsed; input changed since gives no bytes, which the caller's
+            // length checks refuse.
+            Bytes::Latin1 { utf8, len } => {
+                decode_latin1(&input[utf8.clone()], *len).unwrap_or_default()
+            }
             Bytes::Owned(v) => v.clone(),
         }
     }
@@ -1023,7 +1027,9 @@ impl<'a> Machine<'a> {
         };
         let len = latin1_len(utf8)
             .ok_or_else(|| self.bad_call("latin1 string with a character above U+00FF"))?;
-        Ok(Node::Bytes(Bytes::Owned(decode_latin1(utf8, len))))
+        let bytes = decode_latin1(utf8, len)
+            .ok_or_else(|| self.bad_call("latin1 string with a character above U+00FF"))?;
+        Ok(Node::Bytes(Bytes::Owned(bytes)))
     }
 
     fn shape_of(&self, id: Id) -> Result<Vec<usize>, PickleError> {
@@ -1326,7 +1332,7 @@ mod tests {
         let text: String = bytes.iter().map(|&b| b as char).collect();
         let n = latin1_len(text.as_bytes()).unwrap();
         assert_eq!(n, 256);
-        assert_eq!(decode_latin1(text.as_bytes(), n), bytes);
+        assert_eq!(decode_latin1(text.as_bytes(), n), Some(bytes));
         assert_eq!(latin1_len("é€".as_bytes()), None); // U+20AC
         assert_eq!(latin1_len(&[0xc3]), None); // lead at the end
         assert_eq!(latin1_len(&[0xa9, 0x41]), None); // continuation first
