@@ -37,8 +37,11 @@ impl<'a> Output<'a> {
     pub fn write_large(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.buf.flush()?;
         let mut file = *self.buf.get_ref();
-        file.write_all(bytes)?;
-        self.wrote(bytes.len() as u64);
+        // In pieces, so that write-back starts while a big tensor is still being written.
+        for piece in bytes.chunks(WRITEBACK_EVERY as usize) {
+            file.write_all(piece)?;
+            self.wrote(piece.len() as u64);
+        }
         Ok(())
     }
 
@@ -51,9 +54,16 @@ impl<'a> Output<'a> {
         let mut src = src;
         src.seek(SeekFrom::Start(range.start))?;
         let mut file = *self.buf.get_ref();
-        let n = io::copy(&mut src.take(range.end - range.start), &mut file)?;
-        self.wrote(n);
-        Ok(n)
+        let (mut done, len) = (0, range.end.saturating_sub(range.start));
+        while done < len {
+            let n = io::copy(&mut src.take(WRITEBACK_EVERY.min(len - done)), &mut file)?;
+            self.wrote(n);
+            done += n;
+            if n == 0 {
+                break; // `src` ended
+            }
+        }
+        Ok(done)
     }
 
     fn wrote(&mut self, n: u64) {
