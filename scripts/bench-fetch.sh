@@ -2,22 +2,49 @@
 # Benchmark swav-fetch against curl over loopback, and check that a resumed download re-sends
 # none of the bytes already on disk.
 #
-# Serves a 1 GiB random file from 127.0.0.1 (scripts/range_server.py, sendfile + Range) and
-# prints: curl's time, ours (download + SHA-256 + fsync + atomic install), the ratio
-# (target >= 0.9x curl's throughput), then kills a download half-way, resumes it, and
-# prints how many bytes the server sent in all against the file size.
+# Serves a 1 GiB random file from 127.0.0.1 with nginx (Debian's nginx-light: sendfile, Range,
+# ETag; started here on a free port, stopped on exit) and prints, best of three each: curl's
+# time, ours (download + SHA-256 + fsync + atomic install into the cache), the ratio (target
+# >= 0.9x curl's throughput); then kills a download half-way, resumes it, and prints how many
+# bytes the server sent in all against the file size. The page cache is flushed (`sync`)
+# before each timed run, so no run pays for the previous one's writes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${BENCH_DIR:-/var/tmp/swav-bench}/fetch"
-mkdir -p "$WORK"
-FILE="$WORK/blob.bin"
+mkdir -p "$WORK/www"
+FILE="$WORK/www/blob.bin"
 [ -f "$FILE" ] || head -c $((1 << 30)) /dev/urandom > "$FILE"
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ -x "$NGINX" ] || { echo "bench-fetch: nginx not found (apt-get install nginx-light)" >&2; exit 2; }
 . scripts/bins.sh
 swav_bins --bins
 BIN=$BIN_DIR/swav-fetch
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-LOG="$WORK/server.log"; : > "$LOG"
-python3 scripts/range_server.py "$FILE" "$PORT" "$LOG" & SERVER=$!
+LOG="$WORK/access.log"; : > "$LOG"
+cat > "$WORK/nginx.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/error.log;
+events { worker_connections 64; }
+http {
+  access_log off;
+  log_format ranges '\$http_range \$status \$body_bytes_sent';
+  sendfile on;
+  tcp_nopush on;
+  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
+  uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
+  types { application/octet-stream bin; }
+  server {
+    listen 127.0.0.1:$PORT;
+    root $WORK/www;
+    access_log $LOG ranges;
+  }
+}
+CONF
+mkdir -p "$WORK/tmp"
+"$NGINX" -p "$WORK" -c "$WORK/nginx.conf" & SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 URL="http://127.0.0.1:$PORT/blob.bin"
 for _ in $(seq 50); do curl -s -o /dev/null -r 0-0 "$URL" && break; sleep 0.1; done
@@ -25,14 +52,14 @@ SIZE=$(stat -c %s "$FILE")
 cat "$FILE" > /dev/null
 
 best() { for _ in 1 2 3; do "$@"; done | sort -n | head -1; }
-t_curl() { rm -f "$WORK/curl.out"; /usr/bin/time -f %e -o "$WORK/t" curl -s --fail -o "$WORK/curl.out" "$URL"; cat "$WORK/t"; }
-t_ours() { rm -rf "$WORK/cache"; /usr/bin/time -f %e -o "$WORK/t" "$BIN" --url "$URL" --cache-dir "$WORK/cache" -q > /dev/null; cat "$WORK/t"; }
+t_curl() { rm -f "$WORK/curl.out"; sync; /usr/bin/time -f %e -o "$WORK/t" curl -s --fail -o "$WORK/curl.out" "$URL"; cat "$WORK/t"; }
+t_ours() { rm -rf "$WORK/cache"; sync; /usr/bin/time -f %e -o "$WORK/t" "$BIN" --url "$URL" --cache-dir "$WORK/cache" -q > /dev/null; cat "$WORK/t"; }
 curl_s=$(best t_curl)
 ours_s=$(best t_ours)
 python3 - "$SIZE" "$curl_s" "$ours_s" <<'PY'
 import sys
 size, c, o = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-print(f"1 GiB over loopback: curl {c:.2f} s ({size/c/1e6:.0f} MB/s), swav-fetch {o:.2f} s ({size/o/1e6:.0f} MB/s) "
+print(f"1 GiB from nginx over loopback: curl {c:.2f} s ({size/c/1e6:.0f} MB/s), swav-fetch {o:.2f} s ({size/o/1e6:.0f} MB/s) "
       f"incl. sha256 + fsync; ratio {c/o:.2f}x curl (target >= 0.9) {'ok' if c/o >= 0.9 else 'MISSED'}")
 PY
 

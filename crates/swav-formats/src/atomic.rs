@@ -108,7 +108,7 @@ impl Seek for Output<'_> {
 /// (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`). Only a head start for the final sync,
 /// which reports any error: a failure here is ignored.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File) {
+pub fn start_writeback(file: &File) {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain system call on a file descriptor this process holds open; it reads no
     // memory of ours.
@@ -118,7 +118,7 @@ fn start_writeback(file: &File) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_: &File) {}
+pub fn start_writeback(_: &File) {}
 
 /// Create `path` through `write`, atomically. `E` is the caller's error type.
 pub fn write_file<E, F>(path: &Path, write: F) -> Result<(), E>

@@ -55,6 +55,11 @@ pub const MAX_CONFIRM_HOPS: usize = 3;
 pub const MAX_HTML: u64 = 1 << 20;
 /// Body bytes between sidecar updates.
 const SIDECAR_EVERY: u64 = 64 << 20;
+/// Body bytes gathered before they are written and handed to the hashing thread.
+pub const BODY_BUFFER: usize = 1 << 20;
+/// Buffers in circulation between the receiving and the hashing thread: how far receiving
+/// may run ahead of hashing.
+const HASH_QUEUE: usize = 4;
 
 /// Build the HTTP client.
 pub fn client(opts: &HttpOptions) -> Result<reqwest::blocking::Client, FetchError> {
@@ -430,41 +435,37 @@ fn attempt(
     file.seek(SeekFrom::Start(offset))
         .map_err(|e| io_err(part, e))?;
     let bar = report.start_bar(total, offset, super::BAR);
-    let mut written = offset;
-    let mut since_sidecar = 0u64;
-    let mut buf = vec![0u8; 256 << 10];
-    let mut chunk: &[u8] = &first;
-    loop {
-        if chunk.is_empty() {
-            match resp.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => chunk = &buf[..n],
-                Err(e) => {
-                    file.flush().ok();
-                    st.sidecar.bytes = written;
-                    cache::write_sidecar(part, &st.sidecar).ok();
-                    return Ok(Outcome::Retry {
-                        wait: None,
-                        why: format!("connection broke after {written} bytes: {e}"),
-                        reached: written,
-                    });
-                }
+    let mut hashing = Hashing::start(std::mem::take(&mut st.hasher));
+    let body = receive(
+        &mut resp,
+        first,
+        &*file,
+        &mut hashing,
+        |n, written| {
+            bar.inc(n);
+            st.hashed += n;
+            st.received += n;
+            if written / SIDECAR_EVERY != (written - n) / SIDECAR_EVERY {
+                st.sidecar.bytes = written;
+                cache::write_sidecar(part, &st.sidecar).ok();
             }
-        }
-        file.write_all(chunk).map_err(|e| io_err(part, e))?;
-        st.hasher.update(chunk);
-        st.hashed += chunk.len() as u64;
-        st.received += chunk.len() as u64;
-        written += chunk.len() as u64;
-        since_sidecar += chunk.len() as u64;
-        bar.inc(chunk.len() as u64);
-        chunk = &[];
-        if since_sidecar >= SIDECAR_EVERY {
-            since_sidecar = 0;
+        },
+        offset,
+    );
+    st.hasher = hashing.finish().map_err(|e| io_err(part, e))?;
+    let written = match body {
+        Ok(written) => written,
+        Err(Received::Write(e)) => return Err(io_err(part, e)),
+        Err(Received::Broke { written, error }) => {
             st.sidecar.bytes = written;
             cache::write_sidecar(part, &st.sidecar).ok();
+            return Ok(Outcome::Retry {
+                wait: None,
+                why: format!("connection broke after {written} bytes: {error}"),
+                reached: written,
+            });
         }
-    }
+    };
     report.finish_bar();
     if let Some(t) = total {
         if written < t {
@@ -476,6 +477,125 @@ fn attempt(
         }
     }
     Ok(Outcome::Done)
+}
+
+/// How receiving a body stopped short.
+enum Received {
+    /// The file could not be written.
+    Write(io::Error),
+    /// The connection broke; `written` bytes of the file are on disk and hashed.
+    Broke { written: u64, error: io::Error },
+}
+
+/// Receive the body into `file` from `offset` on (`first`: its bytes already read), writing
+/// each piece as it arrives and handing the hashing thread a [`BODY_BUFFER`] of them at a
+/// time, and telling `progress` each piece's size and the file's length. Write-back to disk
+/// starts every [`crate::atomic::WRITEBACK_EVERY`] bytes, so the final `fsync` has little left
+/// to do. Returns the file's length.
+fn receive(
+    body: &mut impl Read,
+    first: Vec<u8>,
+    mut file: &File,
+    hashing: &mut Hashing,
+    mut progress: impl FnMut(u64, u64),
+    offset: u64,
+) -> Result<u64, Received> {
+    let mut written = offset;
+    let mut since_writeback = 0u64;
+    let mut buf = hashing.buffer();
+    let mut filled = 0;
+    let mut piece = first.len();
+    buf[..piece].copy_from_slice(&first);
+    loop {
+        if piece > 0 {
+            file.write_all(&buf[filled..filled + piece])
+                .map_err(Received::Write)?;
+            filled += piece;
+            written += piece as u64;
+            since_writeback += piece as u64;
+            if since_writeback >= crate::atomic::WRITEBACK_EVERY {
+                since_writeback = 0;
+                crate::atomic::start_writeback(file);
+            }
+            progress(piece as u64, written);
+        }
+        if filled == buf.len() {
+            hashing.feed(std::mem::take(&mut buf), filled);
+            buf = hashing.buffer();
+            filled = 0;
+        }
+        piece = match body.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(error) => {
+                hashing.feed(buf, filled);
+                return Err(Received::Broke { written, error });
+            }
+        };
+    }
+    hashing.feed(buf, filled);
+    Ok(written)
+}
+
+/// SHA-256 on a thread of its own, fed buffers as they are written: hashing a fast download
+/// overlaps receiving it instead of following it.
+struct Hashing {
+    to: Option<std::sync::mpsc::SyncSender<(Vec<u8>, usize)>>,
+    back: std::sync::mpsc::Receiver<Vec<u8>>,
+    made: usize,
+    thread: Option<std::thread::JoinHandle<Sha256>>,
+}
+
+impl Hashing {
+    /// Carry on hashing from `hasher`.
+    fn start(mut hasher: Sha256) -> Hashing {
+        let (to, from) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_QUEUE);
+        let (give_back, back) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            for (buf, len) in from {
+                hasher.update(&buf[..len]);
+                let _ = give_back.send(buf);
+            }
+            hasher
+        });
+        Hashing {
+            to: Some(to),
+            back,
+            made: 0,
+            thread: Some(thread),
+        }
+    }
+
+    /// A [`BODY_BUFFER`]-sized buffer: one the hasher is done with, or a new one while fewer
+    /// than [`HASH_QUEUE`] + 1 exist.
+    fn buffer(&mut self) -> Vec<u8> {
+        if let Ok(buf) = self.back.try_recv() {
+            return buf;
+        }
+        if self.made <= HASH_QUEUE {
+            self.made += 1;
+            return vec![0u8; BODY_BUFFER];
+        }
+        self.back.recv().unwrap_or_else(|_| vec![0u8; BODY_BUFFER])
+    }
+
+    /// Hash the first `len` bytes of `buf`.
+    fn feed(&mut self, buf: Vec<u8>, len: usize) {
+        if let Some(to) = &self.to {
+            // A send fails only when the thread is gone, which `finish` reports.
+            let _ = to.send((buf, len));
+        }
+    }
+
+    /// Wait for everything fed to be hashed.
+    fn finish(mut self) -> io::Result<Sha256> {
+        self.to = None;
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .ok_or_else(|| io::Error::other("the hashing thread failed"))
+    }
 }
 
 fn describe(e: &reqwest::Error) -> String {

@@ -641,9 +641,15 @@ pub fn copy_out(from: &Path, to: &Path) -> Result<(), FetchError> {
         return fs::rename(&tmp, to).map_err(|e| io_err(to, e));
     }
     crate::atomic::write_file(to, |mut w| {
-        let mut src = fs::File::open(from)?;
-        io::copy(&mut src, &mut w)?;
-        Ok::<_, io::Error>(w)
+        let src = fs::File::open(from)?;
+        let len = src.metadata()?.len();
+        if w.copy_range(&src, 0..len)? != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} shrank while it was copied", from.display()),
+            ));
+        }
+        Ok(w)
     })
     .map_err(|e| io_err(to, e))
 }
