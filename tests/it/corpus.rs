@@ -375,6 +375,27 @@ pub fn cases() -> Vec<Case> {
         bytes: marks,
         expect: "too large",
     });
+    // Protocol-2 array data (latin-1 text) that is not latin-1: a character above U+00FF, and
+    // a lead byte without its continuation.
+    let p2 = std::fs::read(fixture("passl_swav_tiny_np1_p2.pdparams")).unwrap();
+    let at = first_latin1_sequence(&p2);
+    for (name, at, byte, expect) in [
+        (
+            "latin1_above_ff_p2.pdparams",
+            at,
+            0xc5,
+            "character above U+00FF",
+        ),
+        ("latin1_broken_p2.pdparams", at + 1, b'A', "not UTF-8"),
+    ] {
+        let mut bytes = p2.clone();
+        bytes[at] = byte;
+        c.push(Case {
+            name,
+            bytes,
+            expect,
+        });
+    }
     // Truncations of a real Paddle file at several points.
     for (i, cut) in [3usize, 1000, real.len() / 2, real.len() - 1]
         .into_iter()
@@ -393,4 +414,20 @@ pub fn cases() -> Vec<Case> {
         });
     }
     c
+}
+
+/// The offset of the first two-byte sequence in the first array payload of a protocol-2
+/// pickle: a BINUNICODE string over 4 KiB whose characters are all ≤ U+00FF (the text
+/// `_codecs.encode(…, 'latin1')` turns into bytes).
+fn first_latin1_sequence(p: &[u8]) -> usize {
+    (0..p.len().saturating_sub(5))
+        .find_map(|i| {
+            let n = u32::from_le_bytes(p[i + 1..i + 5].try_into().unwrap()) as usize;
+            let data = p.get(i + 5..i + 5 + n)?;
+            let text = std::str::from_utf8(data).ok()?;
+            let is_payload = p[i] == b'X' && n > 4096 && text.chars().all(|c| c <= '\u{ff}');
+            let lead = data.iter().position(|&b| b == 0xc2 || b == 0xc3)?;
+            is_payload.then_some(i + 5 + lead)
+        })
+        .expect("a latin-1 payload in the protocol-2 fixture")
 }
