@@ -423,11 +423,13 @@ fn first_latin1_sequence(p: &[u8]) -> usize {
     (0..p.len().saturating_sub(5))
         .find_map(|i| {
             let n = u32::from_le_bytes(p[i + 1..i + 5].try_into().unwrap()) as usize;
+            if p[i] != b'X' || n <= 4096 {
+                return None;
+            }
             let data = p.get(i + 5..i + 5 + n)?;
             let text = std::str::from_utf8(data).ok()?;
-            let is_payload = p[i] == b'X' && n > 4096 && text.chars().all(|c| c <= '\u{ff}');
             let lead = data.iter().position(|&b| b == 0xc2 || b == 0xc3)?;
-            is_payload.then_some(i + 5 + lead)
+            text.chars().all(|c| c <= '\u{ff}').then_some(i + 5 + lead)
         })
         .expect("a latin-1 payload in the protocol-2 fixture")
 }

@@ -17,18 +17,36 @@ pub const WRITE_BUFFER: usize = 4 << 20;
 /// Bytes written between two requests to start writing the output back to disk.
 pub const WRITEBACK_EVERY: u64 = 16 << 20;
 
+/// Counts the bytes written to a file and starts its write-back to disk every
+/// [`WRITEBACK_EVERY`] of them.
+#[derive(Debug, Default)]
+pub struct Writeback {
+    /// Bytes written (or buffered for writing) since write-back was last started.
+    pending: u64,
+}
+
+impl Writeback {
+    /// `n` more bytes were written to `file`.
+    pub fn wrote(&mut self, file: &File, n: u64) {
+        self.pending += n;
+        if self.pending >= WRITEBACK_EVERY {
+            self.pending = 0;
+            start_writeback(file);
+        }
+    }
+}
+
 /// The output file of [`write_file`], given to its closure.
 pub struct Output<'a> {
     buf: BufWriter<&'a File>,
-    /// Bytes handed to the file since write-back was last started.
-    pending: u64,
+    writeback: Writeback,
 }
 
 impl<'a> Output<'a> {
     fn new(file: &'a File) -> Output<'a> {
         Output {
             buf: BufWriter::with_capacity(WRITE_BUFFER, file),
-            pending: 0,
+            writeback: Writeback::default(),
         }
     }
 
@@ -67,11 +85,7 @@ impl<'a> Output<'a> {
     }
 
     fn wrote(&mut self, n: u64) {
-        self.pending += n;
-        if self.pending >= WRITEBACK_EVERY {
-            self.pending = 0;
-            start_writeback(self.buf.get_ref());
-        }
+        self.writeback.wrote(self.buf.get_ref(), n);
     }
 
     /// Flush what is buffered and give the file back.
@@ -108,7 +122,7 @@ impl Seek for Output<'_> {
 /// (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`). Only a head start for the final sync,
 /// which reports any error: a failure here is ignored.
 #[cfg(target_os = "linux")]
-pub fn start_writeback(file: &File) {
+fn start_writeback(file: &File) {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain system call on a file descriptor this process holds open; it reads no
     // memory of ours.
@@ -118,7 +132,7 @@ pub fn start_writeback(file: &File) {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn start_writeback(_: &File) {}
+fn start_writeback(_: &File) {}
 
 /// Create `path` through `write`, atomically. `E` is the caller's error type.
 pub fn write_file<E, F>(path: &Path, write: F) -> Result<(), E>

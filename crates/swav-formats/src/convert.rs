@@ -9,6 +9,7 @@
 
 use crate::atomic;
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Format, FormatError};
+use crate::digest::FileHash;
 use crate::layout::{self, Layout, LayoutError, MapReport};
 use crate::selection::{select, SelectError, Selected, Selection};
 use crate::tensor::{DType, Tensor};
@@ -173,7 +174,21 @@ pub fn convert_with(
                 .into(),
         });
     }
-    convert_checkpoint(&open(input)?, output, opts)
+    let (ck, hash) = open_hashing(open, input)?;
+    convert_checkpoint(&ck, output, opts, hash)
+}
+
+/// Open `input` with its SHA-256 computed alongside, from before it is parsed (the hash of the
+/// file the checkpoint was read from, where `open` resolved a folder to one).
+fn open_hashing(open: Opener, input: &Path) -> Result<(Checkpoint, FileHash), ConvertError> {
+    let hash = FileHash::start(input);
+    let ck = open(input)?;
+    let hash = if ck.path == input {
+        hash
+    } else {
+        FileHash::start(&ck.path)
+    };
+    Ok((ck, hash))
 }
 
 /// The flags a Burn record output refuses: a record is the SwAV module in f32 under its own
@@ -206,6 +221,7 @@ fn convert_checkpoint(
     ck: &Checkpoint,
     output: &Path,
     opts: &ConvertOptions,
+    hash: FileHash,
 ) -> Result<Summary, ConvertError> {
     let out_format = OutputFormat::from_path(output)?;
     let as_named = opts.layout.is_none() && opts.selection.from_layout.is_none();
@@ -236,6 +252,7 @@ fn convert_checkpoint(
         format: out_format,
         dtype: opts.dtype,
         add_prefix: opts.add_prefix.clone(),
+        hash,
     })
 }
 
@@ -249,6 +266,8 @@ struct Job<'a> {
     format: OutputFormat,
     dtype: Option<DType>,
     add_prefix: Option<String>,
+    /// The input's SHA-256, under way.
+    hash: FileHash,
 }
 
 fn emit(job: Job) -> Result<Summary, ConvertError> {
@@ -267,7 +286,7 @@ fn emit(job: Job) -> Result<Summary, ConvertError> {
         ck: job.ck,
         layout: job.to,
     };
-    let sha256 = write(job.output, job.format, &tensors, &meta)?;
+    let sha256 = write(job.output, job.format, &tensors, &meta, job.hash)?;
     Ok(Summary {
         input: job.ck.path.clone(),
         output: job.output.to_path_buf(),
@@ -324,73 +343,78 @@ struct Meta<'a> {
     layout: Option<Layout>,
 }
 
-/// Write `tensors` to `output` atomically; returns the input's SHA-256.
+/// Write `tensors` to `output` atomically; returns the input's SHA-256, which `hash` has been
+/// computing on a thread of its own since the conversion started.
 ///
-/// The hash is computed on a second thread while the output is written. safetensors
-/// records it in its header: the header is written with a placeholder of the same length
-/// and patched once the hash is known (zstd output, which cannot be patched, waits for it).
+/// safetensors records the hash in its header: the header is written with a placeholder of
+/// the same length and patched once the hash is known (zstd output, which cannot be patched,
+/// waits for it).
 fn write(
     output: &Path,
     format: OutputFormat,
     tensors: &[Tensor],
     meta: &Meta,
+    hash: FileHash,
 ) -> Result<String, ConvertError> {
     use std::io::{Seek, SeekFrom, Write};
-    let werr = |source: FormatError| ConvertError::Write {
-        path: output.to_path_buf(),
-        source,
-    };
-    let input = meta.ck.path.clone();
-    let hashed = |h: std::thread::ScopedJoinHandle<'_, std::io::Result<String>>| -> Result<String, FormatError> {
-        Ok(h.join().expect("hash thread panicked")?)
+    let input = &meta.ck.path;
+    let finish = |hash: FileHash| {
+        hash.finish().map_err(|e| {
+            FormatError::Io(std::io::Error::new(
+                e.kind(),
+                format!("hashing {}: {e}", input.display()),
+            ))
+        })
     };
     let mut sha = String::new();
-    std::thread::scope(|s| {
-        let hasher = s.spawn(|| crate::digest::sha256_file(&input));
-        let sha = &mut sha;
-        match format {
-            OutputFormat::SafetensorsZstd => {
-                *sha = hashed(hasher)?;
-                atomic::write_file(output, |w| {
-                    let enc = zstd::Encoder::new(w, 3)?;
-                    let enc = checkpoint::safetensors::write(enc, tensors, metadata(meta, sha))?;
-                    Ok(enc.finish()?)
-                })
-            }
-            OutputFormat::Safetensors => atomic::write_file(output, |w| {
-                let placeholder = "0".repeat(64);
-                let mut w =
-                    checkpoint::safetensors::write(w, tensors, metadata(meta, &placeholder))?;
-                *sha = hashed(hasher)?;
-                let header = checkpoint::safetensors::header(tensors, metadata(meta, sha))?;
-                let first = checkpoint::safetensors::header(tensors, metadata(meta, &placeholder))?;
-                if header.len() != first.len() {
-                    return Err(FormatError::Safetensors(
-                        "header changed size when patched".into(),
-                    ));
-                }
-                w.seek(SeekFrom::Start(8))?;
-                w.write_all(&header)?;
-                Ok(w)
-            }),
-            OutputFormat::Torch => {
-                let root = archive_root(output);
-                atomic::write_file(output, |w| checkpoint::torch::write(w, &root, tensors))?;
-                *sha = hashed(hasher)?;
-                Ok(())
-            }
-            OutputFormat::Paddle => {
-                atomic::write_file(output, |w| checkpoint::paddle::write(w, tensors))?;
-                *sha = hashed(hasher)?;
-                Ok(())
-            }
-            OutputFormat::BurnRecord => Err(FormatError::Unsupported(
-                "a Burn record holds a whole SwAV module: make it with `swav-convert IN OUT.mpk`"
-                    .into(),
-            )),
+    let sha_out = &mut sha;
+    let written =
+        || -> Result<(), FormatError> {
+            match format {
+        OutputFormat::SafetensorsZstd => {
+            *sha_out = finish(hash)?;
+            atomic::write_file(output, |w| {
+                let enc = zstd::Encoder::new(w, 3)?;
+                let enc = checkpoint::safetensors::write(enc, tensors, metadata(meta, sha_out))?;
+                Ok(enc.finish()?)
+            })
         }
-    })
-    .map_err(werr)?;
+        OutputFormat::Safetensors => atomic::write_file(output, |w| {
+            let placeholder = "0".repeat(64);
+            let mut w = checkpoint::safetensors::write(w, tensors, metadata(meta, &placeholder))?;
+            *sha_out = finish(hash)?;
+            let header = checkpoint::safetensors::header(tensors, metadata(meta, sha_out))?;
+            let first = checkpoint::safetensors::header(tensors, metadata(meta, &placeholder))?;
+            if header.len() != first.len() {
+                return Err(FormatError::Safetensors(
+                    "header changed size when patched".into(),
+                ));
+            }
+            w.seek(SeekFrom::Start(8))?;
+            w.write_all(&header)?;
+            Ok(w)
+        }),
+        OutputFormat::Torch => {
+            let root = archive_root(output);
+            atomic::write_file(output, |w| checkpoint::torch::write(w, &root, tensors))?;
+            *sha_out = finish(hash)?;
+            Ok(())
+        }
+        OutputFormat::Paddle => {
+            atomic::write_file(output, |w| checkpoint::paddle::write(w, tensors))?;
+            *sha_out = finish(hash)?;
+            Ok(())
+        }
+        OutputFormat::BurnRecord => Err(FormatError::Unsupported(
+            "a Burn record holds a whole SwAV module: make it with `swav-convert IN OUT.mpk`"
+                .into(),
+        )),
+        }
+        };
+    written().map_err(|source| ConvertError::Write {
+        path: output.to_path_buf(),
+        source,
+    })?;
     Ok(sha)
 }
 
@@ -487,7 +511,8 @@ pub fn extract_with(
     opts: &ExtractOptions,
 ) -> Result<Summary, ConvertError> {
     OutputFormat::from_path(output)?;
-    extract_checkpoint(&open(input)?, output, opts)
+    let (ck, hash) = open_hashing(open, input)?;
+    extract_checkpoint(&ck, output, opts, hash)
 }
 
 /// [`extract`] on a checkpoint already read.
@@ -495,6 +520,7 @@ fn extract_checkpoint(
     ck: &Checkpoint,
     output: &Path,
     opts: &ExtractOptions,
+    hash: FileHash,
 ) -> Result<Summary, ConvertError> {
     let out_format = OutputFormat::from_path(output)?;
     let sel = select(
@@ -541,6 +567,7 @@ fn extract_checkpoint(
         format: out_format,
         dtype: opts.dtype,
         add_prefix: (!opts.remove_prefix).then_some(p),
+        hash,
     })
 }
 

@@ -3,16 +3,30 @@
 //! and fetch records, NCCL's unique id at a rendezvous), and back.
 
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Hash a file with SHA-256, reading it through the page cache in large blocks (not through a
 /// memory map, which would count the whole file in this process's resident memory).
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    sha256_file_until(path, &AtomicBool::new(false))
+}
+
+/// [`sha256_file`], given up (an `Interrupted` error) once `stop` is set.
+fn sha256_file_until(path: &Path, stop: &AtomicBool) -> io::Result<String> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "hashing stopped",
+            ));
+        }
         let n = file.read(&mut buf)?;
         if n == 0 {
             break;
@@ -20,6 +34,41 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(encode(&hasher.finalize()))
+}
+
+/// The SHA-256 of a file, computed on a thread of its own while the caller does other work
+/// (a conversion hashes its input while it parses and writes). Dropped unfinished, the thread
+/// stops within a block.
+pub struct FileHash {
+    thread: Option<std::thread::JoinHandle<io::Result<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FileHash {
+    /// Start hashing `path`.
+    pub fn start(path: &Path) -> FileHash {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (path, flag): (PathBuf, _) = (path.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || sha256_file_until(&path, &flag));
+        FileHash {
+            thread: Some(thread),
+            stop,
+        }
+    }
+
+    /// Wait for the hash (lowercase hexadecimal).
+    pub fn finish(mut self) -> io::Result<String> {
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_else(|| Err(io::Error::other("the hashing thread failed")))
+    }
+}
+
+impl Drop for FileHash {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// `bytes` as lowercase hexadecimal, two digits per byte.
@@ -50,6 +99,24 @@ pub fn decode(text: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn background_hash_matches_and_stops_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![1u8; 3 << 20]).unwrap();
+        let want = super::sha256_file(&path).unwrap();
+        assert_eq!(super::FileHash::start(&path).finish().unwrap(), want);
+        // sha256 of the empty string, and of a file that is not there.
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(
+            super::FileHash::start(&path).finish().unwrap(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let gone = super::FileHash::start(&dir.path().join("gone")).finish();
+        assert_eq!(gone.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        drop(super::FileHash::start(&path)); // does not wait or panic
+    }
+
     #[test]
     fn round_trip_and_bad_text() {
         let bytes: Vec<u8> = (0..=255).collect();

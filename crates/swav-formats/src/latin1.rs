@@ -12,6 +12,18 @@
 /// find it in the L2 cache.
 const CHECK_BLOCK: usize = 256 << 10;
 
+/// The end of the piece of `text` that starts at `at` and holds at most `len` bytes (at least
+/// one): one byte short of that when the piece would end on a lead byte, so that a two-byte
+/// sequence is never split between pieces.
+pub fn piece_end(text: &[u8], at: usize, len: usize) -> usize {
+    let end = at.saturating_add(len.max(2)).min(text.len());
+    if end < text.len() && text[end - 1] >= 0xc0 {
+        end - 1
+    } else {
+        end
+    }
+}
+
 /// The number of characters of `utf8` if it is a valid UTF-8 string of characters ≤ U+00FF,
 /// else `None`.
 ///
@@ -21,10 +33,7 @@ pub fn latin1_len(utf8: &[u8]) -> Option<usize> {
     let mut count = 0;
     let mut at = 0;
     while at < utf8.len() {
-        let mut end = (at + CHECK_BLOCK).min(utf8.len());
-        if end < utf8.len() && utf8[end - 1] >= 0xc0 {
-            end += 1; // a two-byte sequence stays in one block
-        }
+        let end = piece_end(utf8, at, CHECK_BLOCK);
         let block = &utf8[at..end];
         if block.iter().fold(0u8, |m, &b| m.max(b)) >= 0xc4 || !simdutf::validate_utf8(block) {
             return None;
@@ -52,8 +61,10 @@ pub fn decode_latin1_into(utf8: &[u8], out: &mut [u8]) -> Option<usize> {
         return Some(0);
     }
     // SAFETY: `utf8` is readable for its length and `out` writable for at least as many
-    // bytes, which bounds what the conversion writes whatever the input holds (every output
-    // byte consumes at least one input byte). It returns 0 for input that is not valid UTF-8
+    // bytes. simdutf documents the output size only for valid input (the character count);
+    // for any input, its kernels in the pinned version (0.7.0, simdutf 7.7.1: the scalar,
+    // Westmere/Haswell and Ice Lake ones) never write past as many bytes as they have read,
+    // which `out.len() >= utf8.len()` covers. It returns 0 for input that is not valid UTF-8
     // or holds a character above U+00FF, and the character count otherwise.
     let n = unsafe { simdutf::convert_utf8_to_latin1(utf8.as_ptr(), utf8.len(), out.as_mut_ptr()) };
     (n != 0).then_some(n)

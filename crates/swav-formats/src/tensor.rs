@@ -74,7 +74,6 @@ impl Source for MappedFile {
 
     #[cfg(unix)]
     fn release(&self, range: Range<usize>) {
-        const PAGE: usize = 4096;
         let start = range.start.next_multiple_of(PAGE);
         let end = range.end / PAGE * PAGE;
         if end > start {
@@ -91,6 +90,9 @@ impl Source for MappedFile {
         }
     }
 }
+
+/// The memory page size [`Source::release`] rounds to.
+const PAGE: usize = 4096;
 
 /// A shared [`Source`].
 pub type Buffer = Arc<dyn Source>;
@@ -496,9 +498,14 @@ impl Tensor {
             return Err(self.size_mismatch(len));
         }
         let src = &buf.bytes()[range.clone()];
+        // Pages are given back from the last whole page released, so none straddling two
+        // pieces is kept.
+        let mut released = range.start;
         let written = stream_latin1(src, LATIN1_CHUNK, |part, done| {
             emit(part)?;
-            buf.release(range.start + done.start..range.start + done.end);
+            let end = range.start + done.end;
+            buf.release(released..end);
+            released = end / PAGE * PAGE;
             Ok(())
         })?;
         if written != len {
@@ -534,14 +541,10 @@ fn stream_latin1(
     chunk: usize,
     mut emit: impl FnMut(&[u8], Range<usize>) -> io::Result<()>,
 ) -> io::Result<usize> {
-    let chunk = chunk.max(2);
-    let mut out = vec![0u8; chunk.min(src.len())];
+    let mut out = vec![0u8; chunk.max(2).min(src.len())];
     let (mut at, mut total) = (0, 0);
     while at < src.len() {
-        let mut end = (at + chunk).min(src.len());
-        if end < src.len() && src[end - 1] >= 0xc0 {
-            end -= 1;
-        }
+        let end = crate::latin1::piece_end(src, at, chunk);
         let n =
             crate::latin1::decode_latin1_into(&src[at..end], &mut out).ok_or_else(not_latin1)?;
         emit(&out[..n], at..end)?;

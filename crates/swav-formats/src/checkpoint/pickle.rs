@@ -817,10 +817,7 @@ impl<'a> Machine<'a> {
         let mut count = Some(0usize);
         let mut at = 0;
         while at < s.len() {
-            let mut end = (at + SCAN_CHUNK).min(s.len());
-            if end < s.len() && s[end - 1] & 0xfe == 0xc2 {
-                end += 1; // keep a two-byte sequence in one chunk
-            }
+            let end = crate::latin1::piece_end(s, at, SCAN_CHUNK);
             count = count.zip(latin1_len(&s[at..end])).map(|(a, b)| a + b);
             if count.is_none() {
                 break;

@@ -501,22 +501,22 @@ fn receive(
     offset: u64,
 ) -> Result<u64, Received> {
     let mut written = offset;
-    let mut since_writeback = 0u64;
+    let mut writeback = crate::atomic::Writeback::default();
     let mut buf = hashing.buffer();
     let mut filled = 0;
     let mut piece = first.len();
+    debug_assert!(piece <= buf.len(), "the sniffed start fits a buffer");
     buf[..piece].copy_from_slice(&first);
     loop {
         if piece > 0 {
-            file.write_all(&buf[filled..filled + piece])
-                .map_err(Received::Write)?;
+            if let Err(e) = file.write_all(&buf[filled..filled + piece]) {
+                // What is on disk stays hashed, as after a broken connection.
+                hashing.feed(buf, filled);
+                return Err(Received::Write(e));
+            }
             filled += piece;
             written += piece as u64;
-            since_writeback += piece as u64;
-            if since_writeback >= crate::atomic::WRITEBACK_EVERY {
-                since_writeback = 0;
-                crate::atomic::start_writeback(file);
-            }
+            writeback.wrote(file, piece as u64);
             progress(piece as u64, written);
         }
         if filled == buf.len() {
