@@ -55,25 +55,42 @@ pub const MAX_CONFIRM_HOPS: usize = 3;
 pub const MAX_HTML: u64 = 1 << 20;
 /// Body bytes between sidecar updates.
 const SIDECAR_EVERY: u64 = 64 << 20;
-/// Body bytes gathered before they are written and handed to the hashing thread.
+/// Body bytes handed to the hashing thread at a time.
 pub const BODY_BUFFER: usize = 1 << 20;
-/// Buffers in circulation between the receiving and the hashing thread: how far receiving
+/// Batches of [`BODY_BUFFER`] bytes waiting for the hashing thread at most: how far receiving
 /// may run ahead of hashing.
 const HASH_QUEUE: usize = 4;
 
+/// The HTTP client, and a runtime that drives it on the calling thread: a body is written and
+/// hashed straight from the buffers hyper received it into, with no copy into a buffer of
+/// ours and no hand-over between threads (reqwest's blocking client does both).
+pub struct Http {
+    client: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
 /// Build the HTTP client.
-pub fn client(opts: &HttpOptions) -> Result<reqwest::blocking::Client, FetchError> {
+pub fn client(opts: &HttpOptions) -> Result<Http, FetchError> {
+    let failed = |e: &dyn std::fmt::Display| FetchError::Network {
+        url: String::new(),
+        message: format!("cannot build the HTTP client: {e}"),
+    };
     // rustls needs a process-wide crypto provider; ring is the one compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::blocking::Client::builder()
-        .connect_timeout(opts.connect_timeout)
-        .timeout(opts.read_timeout)
-        .user_agent(concat!("swav-fetch/", env!("CARGO_PKG_VERSION")))
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
-        .map_err(|e| FetchError::Network {
-            url: String::new(),
-            message: format!("cannot build the HTTP client: {e}"),
-        })
+        .map_err(|e| failed(&e))?;
+    let client = {
+        let _in_runtime = rt.enter();
+        reqwest::Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            .read_timeout(opts.read_timeout)
+            .user_agent(concat!("swav-fetch/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| failed(&e))?
+    };
+    Ok(Http { client, rt })
 }
 
 /// What a finished download produced.
@@ -104,7 +121,7 @@ enum Outcome {
 
 /// Download `url` into `part` (resuming what `sidecar` describes), hashing as it goes.
 pub fn download(
-    client: &reqwest::blocking::Client,
+    http: &Http,
     url: &str,
     part: &Path,
     mut sidecar: Option<Sidecar>,
@@ -147,7 +164,7 @@ pub fn download(
     let mut furthest = start_len;
     let mut hops = 0usize;
     loop {
-        match attempt(client, &url, &mut file, part, &mut state, report)? {
+        match attempt(http, &url, &mut file, part, &mut state, report)? {
             Outcome::Done => break,
             Outcome::Follow(next) => {
                 hops += 1;
@@ -271,7 +288,7 @@ fn retryable(status: u16) -> bool {
     matches!(status, 408 | 425 | 429) || (500..600).contains(&status)
 }
 
-fn retry_after(resp: &reqwest::blocking::Response) -> Option<Duration> {
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let v = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)?
@@ -280,7 +297,7 @@ fn retry_after(resp: &reqwest::blocking::Response) -> Option<Duration> {
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-fn header(resp: &reqwest::blocking::Response, name: reqwest::header::HeaderName) -> Option<String> {
+fn header(resp: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<String> {
     resp.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -288,7 +305,7 @@ fn header(resp: &reqwest::blocking::Response, name: reqwest::header::HeaderName)
 }
 
 /// `Content-Range: bytes START-END/TOTAL` → (START, TOTAL).
-fn content_range(resp: &reqwest::blocking::Response) -> Option<(u64, Option<u64>)> {
+fn content_range(resp: &reqwest::Response) -> Option<(u64, Option<u64>)> {
     let v = header(resp, reqwest::header::CONTENT_RANGE)?;
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
@@ -297,7 +314,7 @@ fn content_range(resp: &reqwest::blocking::Response) -> Option<(u64, Option<u64>
 }
 
 fn attempt(
-    client: &reqwest::blocking::Client,
+    http: &Http,
     url: &str,
     file: &mut File,
     part: &Path,
@@ -314,7 +331,8 @@ fn attempt(
     if have > 0 && !resuming {
         file.set_len(0).map_err(|e| io_err(part, e))?;
     }
-    let mut req = client
+    let mut req = http
+        .client
         .get(url)
         .header(reqwest::header::ACCEPT_ENCODING, "identity");
     if resuming {
@@ -325,7 +343,7 @@ fn attempt(
                 validator.clone().unwrap_or_default(),
             );
     }
-    let mut resp = match req.send() {
+    let mut resp = match http.rt.block_on(async move { req.send().await }) {
         Ok(r) => r,
         Err(e) => {
             return Ok(Outcome::Retry {
@@ -398,15 +416,15 @@ fn attempt(
         206 => content_range(&resp).and_then(|(_, t)| t),
         _ => header(&resp, reqwest::header::CONTENT_LENGTH).and_then(|v| v.trim().parse().ok()),
     };
-    let mut first = Vec::new();
+    let mut first = Received::default();
     if offset == 0 {
         // Sniff the start of the body: an HTML page is never weights, whatever its type says.
-        (&mut resp).take(512).read_to_end(&mut first).ok();
+        first = read_upto(http, &mut resp, Received::default(), 512);
+        let start = first.joined(512);
         if content_type.to_ascii_lowercase().contains("text/html")
-            || crate::checkpoint::sniff::looks_like_html(&first)
+            || crate::checkpoint::sniff::looks_like_html(&start)
         {
-            let mut page = first.clone();
-            (&mut resp).take(MAX_HTML).read_to_end(&mut page).ok();
+            let page = read_upto(http, &mut resp, first, MAX_HTML as usize).joined(usize::MAX);
             let text = String::from_utf8_lossy(&page);
             let url = url.to_string();
             return match html::classify(&text, &url) {
@@ -437,6 +455,7 @@ fn attempt(
     let bar = report.start_bar(total, offset, super::BAR);
     let mut hashing = Hashing::start(std::mem::take(&mut st.hasher));
     let body = receive(
+        http,
         &mut resp,
         first,
         &*file,
@@ -455,8 +474,8 @@ fn attempt(
     st.hasher = hashing.finish().map_err(|e| io_err(part, e))?;
     let written = match body {
         Ok(written) => written,
-        Err(Received::Write(e)) => return Err(io_err(part, e)),
-        Err(Received::Broke { written, error }) => {
+        Err(Stopped::Write(e)) => return Err(io_err(part, e)),
+        Err(Stopped::Broke { written, error }) => {
             st.sidecar.bytes = written;
             cache::write_sidecar(part, &st.sidecar).ok();
             return Ok(Outcome::Retry {
@@ -479,112 +498,138 @@ fn attempt(
     Ok(Outcome::Done)
 }
 
+/// Body bytes received before the body proper is written (the start that was sniffed), and
+/// the error that ended them, if one did.
+#[derive(Default)]
+struct Received {
+    chunks: Vec<bytes::Bytes>,
+    len: usize,
+    error: Option<reqwest::Error>,
+}
+
+impl Received {
+    /// At most `max` of the bytes, in one piece.
+    fn joined(&self, max: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len.min(max));
+        for c in &self.chunks {
+            out.extend_from_slice(&c[..c.len().min(max - out.len())]);
+        }
+        out
+    }
+}
+
+/// Read more of `resp` into `got` until it holds `max` bytes, the body ends or it fails.
+fn read_upto(http: &Http, resp: &mut reqwest::Response, mut got: Received, max: usize) -> Received {
+    while got.len < max && got.error.is_none() {
+        match http.rt.block_on(async { resp.chunk().await }) {
+            Ok(Some(c)) => {
+                got.len += c.len();
+                got.chunks.push(c);
+            }
+            Ok(None) => break,
+            Err(e) => got.error = Some(e),
+        }
+    }
+    got
+}
+
 /// How receiving a body stopped short.
-enum Received {
+enum Stopped {
     /// The file could not be written.
     Write(io::Error),
     /// The connection broke; `written` bytes of the file are on disk and hashed.
-    Broke { written: u64, error: io::Error },
+    Broke { written: u64, error: String },
 }
 
-/// Receive the body into `file` from `offset` on (`first`: its bytes already read), writing
-/// each piece as it arrives and handing the hashing thread a [`BODY_BUFFER`] of them at a
-/// time, and telling `progress` each piece's size and the file's length. Write-back to disk
-/// starts every [`crate::atomic::WRITEBACK_EVERY`] bytes, so the final `fsync` has little left
-/// to do. Returns the file's length.
+/// Receive the body into `file` from `offset` on (`first`: what was read of it already),
+/// writing each chunk as it arrives and handing the hashing thread about a [`BODY_BUFFER`] of
+/// them at a time, and telling `progress` each chunk's size and the file's length. Write-back
+/// to disk starts every [`crate::atomic::WRITEBACK_EVERY`] bytes, so the final `fsync` has
+/// little left to do. Returns the file's length.
 fn receive(
-    body: &mut impl Read,
-    first: Vec<u8>,
+    http: &Http,
+    resp: &mut reqwest::Response,
+    first: Received,
     mut file: &File,
     hashing: &mut Hashing,
     mut progress: impl FnMut(u64, u64),
     offset: u64,
-) -> Result<u64, Received> {
+) -> Result<u64, Stopped> {
     let mut written = offset;
     let mut writeback = crate::atomic::Writeback::default();
-    let mut buf = hashing.buffer();
-    let mut filled = 0;
-    let mut piece = first.len();
-    debug_assert!(piece <= buf.len(), "the sniffed start fits a buffer");
-    buf[..piece].copy_from_slice(&first);
+    let mut batch = Vec::new();
+    let mut batched = 0;
+    let mut next = first.chunks.into_iter();
+    let mut error = first.error;
     loop {
-        if piece > 0 {
-            if let Err(e) = file.write_all(&buf[filled..filled + piece]) {
-                // What is on disk stays hashed, as after a broken connection.
-                hashing.feed(buf, filled);
-                return Err(Received::Write(e));
-            }
-            filled += piece;
-            written += piece as u64;
-            writeback.wrote(file, piece as u64);
-            progress(piece as u64, written);
-        }
-        if filled == buf.len() {
-            hashing.feed(std::mem::take(&mut buf), filled);
-            buf = hashing.buffer();
-            filled = 0;
-        }
-        piece = match body.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-            Err(error) => {
-                hashing.feed(buf, filled);
-                return Err(Received::Broke { written, error });
-            }
+        let chunk = match next.next() {
+            Some(c) => c,
+            None if error.is_some() => break,
+            None => match http.rt.block_on(async { resp.chunk().await }) {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            },
         };
+        if let Err(e) = file.write_all(&chunk) {
+            // What is on disk stays hashed, as after a broken connection.
+            hashing.feed(batch);
+            return Err(Stopped::Write(e));
+        }
+        let n = chunk.len() as u64;
+        written += n;
+        writeback.wrote(file, n);
+        progress(n, written);
+        batched += chunk.len();
+        batch.push(chunk);
+        if batched >= BODY_BUFFER {
+            hashing.feed(std::mem::take(&mut batch));
+            batched = 0;
+        }
     }
-    hashing.feed(buf, filled);
-    Ok(written)
+    hashing.feed(batch);
+    match error {
+        Some(e) => Err(Stopped::Broke {
+            written,
+            error: describe(&e),
+        }),
+        None => Ok(written),
+    }
 }
 
-/// SHA-256 on a thread of its own, fed buffers as they are written: hashing a fast download
-/// overlaps receiving it instead of following it.
+/// SHA-256 on a thread of its own, fed the body's chunks as they are written: hashing a fast
+/// download overlaps receiving it instead of following it.
 struct Hashing {
-    to: Option<std::sync::mpsc::SyncSender<(Vec<u8>, usize)>>,
-    back: std::sync::mpsc::Receiver<Vec<u8>>,
-    made: usize,
+    to: Option<std::sync::mpsc::SyncSender<Vec<bytes::Bytes>>>,
     thread: Option<std::thread::JoinHandle<Sha256>>,
 }
 
 impl Hashing {
     /// Carry on hashing from `hasher`.
     fn start(mut hasher: Sha256) -> Hashing {
-        let (to, from) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_QUEUE);
-        let (give_back, back) = std::sync::mpsc::channel();
+        let (to, from) = std::sync::mpsc::sync_channel::<Vec<bytes::Bytes>>(HASH_QUEUE);
         let thread = std::thread::spawn(move || {
-            for (buf, len) in from {
-                hasher.update(&buf[..len]);
-                let _ = give_back.send(buf);
+            for batch in from {
+                for chunk in &batch {
+                    hasher.update(chunk);
+                }
             }
             hasher
         });
         Hashing {
             to: Some(to),
-            back,
-            made: 0,
             thread: Some(thread),
         }
     }
 
-    /// A [`BODY_BUFFER`]-sized buffer: one the hasher is done with, or a new one while fewer
-    /// than [`HASH_QUEUE`] + 1 exist.
-    fn buffer(&mut self) -> Vec<u8> {
-        if let Ok(buf) = self.back.try_recv() {
-            return buf;
-        }
-        if self.made <= HASH_QUEUE {
-            self.made += 1;
-            return vec![0u8; BODY_BUFFER];
-        }
-        self.back.recv().unwrap_or_else(|_| vec![0u8; BODY_BUFFER])
-    }
-
-    /// Hash the first `len` bytes of `buf`.
-    fn feed(&mut self, buf: Vec<u8>, len: usize) {
+    /// Hash `batch`, in order after what was fed before.
+    fn feed(&mut self, batch: Vec<bytes::Bytes>) {
         if let Some(to) = &self.to {
             // A send fails only when the thread is gone, which `finish` reports.
-            let _ = to.send((buf, len));
+            let _ = to.send(batch);
         }
     }
 
