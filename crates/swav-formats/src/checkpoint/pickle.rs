@@ -346,6 +346,8 @@ const SCAN_CHUNK: usize = 16 << 20;
 struct Machine<'a> {
     dialect: Dialect,
     release: &'a dyn Fn(Range<usize>),
+    /// Where the input was last given back up to.
+    released: usize,
     input: &'a [u8],
     pos: usize,
     nodes: Vec<Node>,
@@ -359,6 +361,7 @@ impl<'a> Machine<'a> {
         Machine {
             dialect: Dialect::Paddle,
             release: &|_| {},
+            released: 0,
             input,
             pos: 0,
             nodes: Vec::new(),
@@ -505,6 +508,12 @@ impl<'a> Machine<'a> {
 
     fn run(mut self) -> Result<Pickle, PickleError> {
         loop {
+            // Give back the input behind: reading the opcodes between arrays' bytes maps in
+            // whole large folios of the page cache (megabytes each), never released otherwise.
+            if self.pos - self.released >= SCAN_CHUNK {
+                (self.release)(self.released..self.pos);
+                self.released = self.pos;
+            }
             let at = self.pos;
             let op = self.u8()?;
             match op {
