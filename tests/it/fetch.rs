@@ -269,6 +269,21 @@ fn a_stalled_server_times_out() {
 }
 
 #[test]
+fn a_server_that_never_answers_times_out() {
+    let srv = server::start(data());
+    let dir = tempfile::tempdir().unwrap();
+    let (r, a) = registry(&srv, "/mute/x", None);
+    let mut o = opts(dir.path());
+    o.http.read_timeout = Duration::from_millis(500);
+    o.http.retries = 1;
+    let t = Instant::now();
+    let e = fetch::fetch(&r, &a, &o).unwrap_err();
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert_clean(dir.path());
+}
+
+#[test]
 fn wrong_hashes_and_wrong_files_are_refused() {
     let srv = server::start(data());
     let dir = tempfile::tempdir().unwrap();

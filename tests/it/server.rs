@@ -5,7 +5,7 @@
 //! half-way · `/cutnorange/` both · `/alwayscut/` every answer stops at the file's middle ·
 //! `/alwayscutnorange/` the same, ignoring Range · `/429/` one 429 with `Retry-After: 1` first · `/503/` two 503
 //! first · `/404/` · `/html/` an HTML page · `/sneaky/` an HTML page labelled as octet-stream ·
-//! `/stall/` headers, then silence · `/slow/` throttled · `/uc` Drive's warning page
+//! `/stall/` headers, then silence · `/mute/` reads the request, never answers · `/slow/` throttled · `/uc` Drive's warning page
 //! (form → `/download`) · `/download` the file when `confirm=t` and `uuid` are given ·
 //! `/quota/uc` Drive's quota page.
 
@@ -130,6 +130,11 @@ fn handle(
         .next()
         .unwrap_or("")
         .to_string();
+    if route == "mute" {
+        // Hold the connection open without a status line for longer than any test waits.
+        std::thread::sleep(Duration::from_secs(30));
+        return;
+    }
     let range = req
         .headers()
         .iter()

@@ -27,7 +27,8 @@ pub enum ConvertError {
     /// The model's tensors could not be picked out of the input.
     #[error(transparent)]
     Select(#[from] SelectError),
-    /// The output could not be written.
+    /// The output could not be written (or the input's hash, which it records, could not be
+    /// computed: the message names the input).
     #[error("{}: {source}", path.display())]
     Write { path: PathBuf, source: FormatError },
     /// The tensor names do not fit the layouts.
@@ -348,7 +349,8 @@ struct Meta<'a> {
 ///
 /// safetensors records the hash in its header: the header is written with a placeholder of
 /// the same length and patched once the hash is known (zstd output, which cannot be patched,
-/// waits for it).
+/// waits for it). Every format waits for the hash before the output is renamed into place, so
+/// a failed hash leaves no output.
 fn write(
     output: &Path,
     format: OutputFormat,
@@ -356,6 +358,25 @@ fn write(
     meta: &Meta,
     hash: FileHash,
 ) -> Result<String, ConvertError> {
+    let mut sha = String::new();
+    write_output(output, format, tensors, meta, hash, &mut sha).map_err(|source| {
+        ConvertError::Write {
+            path: output.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(sha)
+}
+
+/// [`write`]'s work, the hash stored in `sha` once known.
+fn write_output(
+    output: &Path,
+    format: OutputFormat,
+    tensors: &[Tensor],
+    meta: &Meta,
+    hash: FileHash,
+    sha: &mut String,
+) -> Result<(), FormatError> {
     use std::io::{Seek, SeekFrom, Write};
     let input = &meta.ck.path;
     let finish = |hash: FileHash| {
@@ -366,24 +387,20 @@ fn write(
             ))
         })
     };
-    let mut sha = String::new();
-    let sha_out = &mut sha;
-    let written =
-        || -> Result<(), FormatError> {
-            match format {
+    match format {
         OutputFormat::SafetensorsZstd => {
-            *sha_out = finish(hash)?;
+            *sha = finish(hash)?;
             atomic::write_file(output, |w| {
                 let enc = zstd::Encoder::new(w, 3)?;
-                let enc = checkpoint::safetensors::write(enc, tensors, metadata(meta, sha_out))?;
+                let enc = checkpoint::safetensors::write(enc, tensors, metadata(meta, sha))?;
                 Ok(enc.finish()?)
             })
         }
         OutputFormat::Safetensors => atomic::write_file(output, |w| {
             let placeholder = "0".repeat(64);
             let mut w = checkpoint::safetensors::write(w, tensors, metadata(meta, &placeholder))?;
-            *sha_out = finish(hash)?;
-            let header = checkpoint::safetensors::header(tensors, metadata(meta, sha_out))?;
+            *sha = finish(hash)?;
+            let header = checkpoint::safetensors::header(tensors, metadata(meta, sha))?;
             let first = checkpoint::safetensors::header(tensors, metadata(meta, &placeholder))?;
             if header.len() != first.len() {
                 return Err(FormatError::Safetensors(
@@ -396,26 +413,22 @@ fn write(
         }),
         OutputFormat::Torch => {
             let root = archive_root(output);
-            atomic::write_file(output, |w| checkpoint::torch::write(w, &root, tensors))?;
-            *sha_out = finish(hash)?;
-            Ok(())
+            atomic::write_file(output, |w| {
+                let w = checkpoint::torch::write(w, &root, tensors)?;
+                *sha = finish(hash)?;
+                Ok(w)
+            })
         }
-        OutputFormat::Paddle => {
-            atomic::write_file(output, |w| checkpoint::paddle::write(w, tensors))?;
-            *sha_out = finish(hash)?;
-            Ok(())
-        }
+        OutputFormat::Paddle => atomic::write_file(output, |w| {
+            let w = checkpoint::paddle::write(w, tensors)?;
+            *sha = finish(hash)?;
+            Ok(w)
+        }),
         OutputFormat::BurnRecord => Err(FormatError::Unsupported(
             "a Burn record holds a whole SwAV module: make it with `swav-convert IN OUT.mpk`"
                 .into(),
         )),
-        }
-        };
-    written().map_err(|source| ConvertError::Write {
-        path: output.to_path_buf(),
-        source,
-    })?;
-    Ok(sha)
+    }
 }
 
 /// The folder name `torch.save` gives the records: the file's stem, ASCII only.

@@ -27,10 +27,12 @@ fn sha256_file_until(path: &Path, stop: &AtomicBool) -> io::Result<String> {
                 "hashing stopped",
             ));
         }
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         hasher.update(&buf[..n]);
     }
     Ok(encode(&hasher.finalize()))
@@ -49,11 +51,12 @@ impl FileHash {
     pub fn start(path: &Path) -> FileHash {
         let stop = Arc::new(AtomicBool::new(false));
         let (path, flag): (PathBuf, _) = (path.to_path_buf(), stop.clone());
-        let thread = std::thread::spawn(move || sha256_file_until(&path, &flag));
-        FileHash {
-            thread: Some(thread),
-            stop,
-        }
+        // A thread that cannot be started leaves no handle: `finish` reports it.
+        let thread = std::thread::Builder::new()
+            .name("sha256".into())
+            .spawn(move || sha256_file_until(&path, &flag))
+            .ok();
+        FileHash { thread, stop }
     }
 
     /// Wait for the hash (lowercase hexadecimal).
@@ -61,7 +64,11 @@ impl FileHash {
         self.thread
             .take()
             .and_then(|t| t.join().ok())
-            .unwrap_or_else(|| Err(io::Error::other("the hashing thread failed")))
+            .unwrap_or_else(|| {
+                Err(io::Error::other(
+                    "the hashing thread failed or did not start",
+                ))
+            })
     }
 }
 

@@ -27,7 +27,9 @@ use std::time::Duration;
 pub struct HttpOptions {
     /// Time allowed to connect.
     pub connect_timeout: Duration,
-    /// Time allowed for any one read (headers or a piece of the body) to make progress.
+    /// Time allowed for any one read (headers or a piece of the body) to make progress. Time
+    /// spent writing a piece to disk counts against the next read, so a disk that stalls
+    /// longer than this ends the attempt, which then resumes.
     pub read_timeout: Duration,
     /// Failed attempts allowed per URL before trying the next mirror.
     pub retries: u32,
@@ -66,7 +68,18 @@ const HASH_QUEUE: usize = 4;
 /// ours and no hand-over between threads (reqwest's blocking client does both).
 pub struct Http {
     client: reqwest::Client,
-    rt: tokio::runtime::Runtime,
+    /// Always set; taken only when dropped.
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Http {
+    /// Run `work` to completion on the runtime.
+    fn run<F: std::future::Future>(&self, work: F) -> F::Output {
+        self.rt
+            .as_ref()
+            .expect("the runtime lives as long as the client")
+            .block_on(work)
+    }
 }
 
 /// Build the HTTP client.
@@ -90,7 +103,20 @@ pub fn client(opts: &HttpOptions) -> Result<Http, FetchError> {
             .build()
             .map_err(|e| failed(&e))?
     };
-    Ok(Http { client, rt })
+    Ok(Http {
+        client,
+        rt: Some(rt),
+    })
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        // Nothing of ours runs on the runtime once a download returns; do not wait for a
+        // resolver thread that may still be blocked.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// What a finished download produced.
@@ -343,7 +369,7 @@ fn attempt(
                 validator.clone().unwrap_or_default(),
             );
     }
-    let mut resp = match http.rt.block_on(async move { req.send().await }) {
+    let mut resp = match http.run(async move { req.send().await }) {
         Ok(r) => r,
         Err(e) => {
             return Ok(Outcome::Retry {
@@ -504,6 +530,8 @@ fn attempt(
 struct Received {
     chunks: Vec<bytes::Bytes>,
     len: usize,
+    /// The body ended within them.
+    ended: bool,
     error: Option<reqwest::Error>,
 }
 
@@ -520,13 +548,13 @@ impl Received {
 
 /// Read more of `resp` into `got` until it holds `max` bytes, the body ends or it fails.
 fn read_upto(http: &Http, resp: &mut reqwest::Response, mut got: Received, max: usize) -> Received {
-    while got.len < max && got.error.is_none() {
-        match http.rt.block_on(async { resp.chunk().await }) {
+    while got.len < max && got.error.is_none() && !got.ended {
+        match http.run(async { resp.chunk().await }) {
             Ok(Some(c)) => {
                 got.len += c.len();
                 got.chunks.push(c);
             }
-            Ok(None) => break,
+            Ok(None) => got.ended = true,
             Err(e) => got.error = Some(e),
         }
     }
@@ -564,8 +592,8 @@ fn receive(
     loop {
         let chunk = match next.next() {
             Some(c) => c,
-            None if error.is_some() => break,
-            None => match http.rt.block_on(async { resp.chunk().await }) {
+            None if error.is_some() || first.ended => break,
+            None => match http.run(async { resp.chunk().await }) {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
