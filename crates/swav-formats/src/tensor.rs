@@ -94,6 +94,34 @@ impl Source for MappedFile {
 /// The memory page size [`Source::release`] rounds to.
 const PAGE: usize = 4096;
 
+/// Gives consumed input back in order: each call releases from the last whole page the one
+/// before gave back, so no page straddling two pieces stays mapped ([`Source::release`] rounds
+/// inward to whole pages).
+pub struct GiveBack<F: Fn(Range<usize>)> {
+    release: F,
+    from: usize,
+}
+
+impl<F: Fn(Range<usize>)> GiveBack<F> {
+    /// Nothing before `from` is given back.
+    pub fn new(release: F, from: usize) -> Self {
+        GiveBack { release, from }
+    }
+
+    /// Where the next call starts giving back.
+    pub fn from(&self) -> usize {
+        self.from
+    }
+
+    /// Everything up to `end` has been consumed.
+    pub fn upto(&mut self, end: usize) {
+        if end > self.from {
+            (self.release)(self.from..end);
+            self.from = end / PAGE * PAGE;
+        }
+    }
+}
+
 /// A shared [`Source`].
 pub type Buffer = Arc<dyn Source>;
 
@@ -421,11 +449,12 @@ impl Tensor {
                 if range.len() != self.byte_len() {
                     return Err(self.size_mismatch(range.len()));
                 }
+                let mut give_back = GiveBack::new(|r| buf.release(r), range.start);
                 let mut at = range.start;
                 while at < range.end {
                     let end = (at + STREAM_CHUNK).min(range.end);
                     w.write_all(&buf.bytes()[at..end])?;
-                    buf.release(at..end);
+                    give_back.upto(end);
                     at = end;
                 }
                 Ok(())
@@ -498,14 +527,10 @@ impl Tensor {
             return Err(self.size_mismatch(len));
         }
         let src = &buf.bytes()[range.clone()];
-        // Pages are given back from the last whole page released, so none straddling two
-        // pieces is kept.
-        let mut released = range.start;
+        let mut give_back = GiveBack::new(|r| buf.release(r), range.start);
         let written = stream_latin1(src, LATIN1_CHUNK, |part, done| {
             emit(part)?;
-            let end = range.start + done.end;
-            buf.release(released..end);
-            released = end / PAGE * PAGE;
+            give_back.upto(range.start + done.end);
             Ok(())
         })?;
         if written != len {
@@ -685,6 +710,18 @@ mod tests {
             },
         );
         assert_eq!(&*f.bytes().unwrap(), &[0, 1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn give_back_leaves_no_page_between_pieces() {
+        let calls = std::cell::RefCell::new(Vec::new());
+        let mut g = GiveBack::new(|r| calls.borrow_mut().push(r), 100);
+        g.upto(5000);
+        g.upto(9000);
+        g.upto(8000); // already behind: nothing
+        assert_eq!(g.from(), 8192);
+        // Each call starts at the page boundary at or before the previous end.
+        assert_eq!(*calls.borrow(), vec![100..5000, 4096..9000]);
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! else a file calls is refused, as in a Paddle file.
 
 use crate::latin1::{decode_latin1, latin1_len};
+use crate::tensor::GiveBack;
 use std::collections::HashMap;
 use std::ops::Range;
 use thiserror::Error;
@@ -336,7 +337,7 @@ pub fn parse_dialect(input: &[u8], dialect: Dialect) -> Result<Pickle, PickleErr
 /// scanned (a memory-mapped input gives those pages back).
 pub fn parse_with(input: &[u8], release: &dyn Fn(Range<usize>)) -> Result<Pickle, PickleError> {
     let mut m = Machine::new(input);
-    m.release = release;
+    m.give_back = GiveBack::new(release, 0);
     m.run()
 }
 
@@ -345,9 +346,8 @@ const SCAN_CHUNK: usize = 16 << 20;
 
 struct Machine<'a> {
     dialect: Dialect,
-    release: &'a dyn Fn(Range<usize>),
-    /// Where the input was last given back up to.
-    released: usize,
+    /// Gives the input behind back (a memory map's pages).
+    give_back: GiveBack<&'a dyn Fn(Range<usize>)>,
     input: &'a [u8],
     pos: usize,
     nodes: Vec<Node>,
@@ -360,8 +360,7 @@ impl<'a> Machine<'a> {
     fn new(input: &'a [u8]) -> Self {
         Machine {
             dialect: Dialect::Paddle,
-            release: &|_| {},
-            released: 0,
+            give_back: GiveBack::new(&|_| {}, 0),
             input,
             pos: 0,
             nodes: Vec::new(),
@@ -510,9 +509,8 @@ impl<'a> Machine<'a> {
         loop {
             // Give back the input behind: reading the opcodes between arrays' bytes maps in
             // whole large folios of the page cache (megabytes each), never released otherwise.
-            if self.pos - self.released >= SCAN_CHUNK {
-                (self.release)(self.released..self.pos);
-                self.released = self.pos;
+            if self.pos - self.give_back.from() >= SCAN_CHUNK {
+                self.give_back.upto(self.pos);
             }
             let at = self.pos;
             let op = self.u8()?;
@@ -831,7 +829,7 @@ impl<'a> Machine<'a> {
             if count.is_none() {
                 break;
             }
-            (self.release)(r.start + at..r.start + end);
+            self.give_back.upto(r.start + end);
             at = end;
         }
         if count.is_none() {

@@ -58,7 +58,7 @@ pub const MAX_HTML: u64 = 1 << 20;
 /// Body bytes between sidecar updates.
 const SIDECAR_EVERY: u64 = 64 << 20;
 /// Body bytes handed to the hashing thread at a time.
-pub const BODY_BUFFER: usize = 1 << 20;
+const BODY_BUFFER: usize = 1 << 20;
 /// Batches of [`BODY_BUFFER`] bytes waiting for the hashing thread at most: how far receiving
 /// may run ahead of hashing.
 const HASH_QUEUE: usize = 4;
