@@ -189,6 +189,25 @@ pub fn hits<B: Backend>(logits: Tensor<B, 2>, labels: &[i64]) -> (usize, usize) 
     (t1, t5)
 }
 
+/// The loader settings of a linear evaluation's images for `world` ranks, of which this
+/// process loads `part`: every image once per epoch, in order or shuffled.
+fn loader_config(
+    cfg: &LinearEvalConfig,
+    world: usize,
+    part: (usize, usize),
+    shuffle: bool,
+) -> LoaderConfig {
+    LoaderConfig {
+        batch_size: cfg.batch_size.max(1) * world,
+        workers: cfg.workers.max(1),
+        shuffle,
+        drop_last: false,
+        seed: cfg.seed,
+        prefetch: 2,
+        part,
+    }
+}
+
 /// The loader of validation images for `world` ranks, of which this process loads `part`:
 /// evaluation transform, in order.
 fn val_loader(
@@ -197,15 +216,7 @@ fn val_loader(
     world: usize,
     part: (usize, usize),
 ) -> Loader {
-    let lc = LoaderConfig {
-        batch_size: cfg.batch_size.max(1) * world,
-        workers: cfg.workers.max(1),
-        shuffle: false,
-        drop_last: false,
-        seed: cfg.seed,
-        prefetch: 2,
-        part,
-    };
+    let lc = loader_config(cfg, world, part, false);
     let pipeline = Pipeline::Eval {
         transform: cfg.val_transform(),
         mean: cfg.mean,
@@ -496,15 +507,7 @@ pub fn train<A: AutodiffBackend>(
         session,
         sum: Job::Sum,
     });
-    let lc = LoaderConfig {
-        batch_size: cfg.batch_size.max(1) * world,
-        workers: cfg.workers.max(1),
-        shuffle: true,
-        drop_last: false,
-        seed: cfg.seed,
-        prefetch: 2,
-        part,
-    };
+    let lc = loader_config(cfg, world, part, true);
     let per_epoch = train_set.len().div_ceil(lc.batch_size);
     let total = per_epoch * cfg.epochs;
     let pipeline = Pipeline::Eval {
